@@ -1,0 +1,63 @@
+# securemail: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Debian packages the tests use (real peers, never mocks).
+TEST_APT :=
+# Debian packages the benchmarks use (the peers they are compared with).
+BENCH_APT := postfix postfix-pcre
+
+.PHONY: run test lint format bench venv system-deps bench-deps clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+securemail.toml: | $(STAMP)
+	$(BIN)/securemail config init securemail.toml
+
+system-deps:
+	@scripts/apt-install $(TEST_APT)
+
+bench-deps:
+	@scripts/apt-install $(BENCH_APT)
+
+## run: set everything up and run the demo of the classifier and policy engine
+run: $(STAMP) securemail.toml
+	@echo "== securemail classify (health and social care sender) =="
+	$(BIN)/securemail classify --config securemail.toml jo.bloggs@nhs.net "Ward 7 <ward7@trust.secure.nhs.uk>" \
+		clerk@example.nhs.uk case@dwp.gov.uk someone@gmail.com a@insecure.nhs.uk \
+		"x@nhs.nеt" 'a@nhs.net@evil.com' '"x@nhs.net"@evil.com' team@nhsgg.scot.nhs.uk
+	@echo "== the same for a government sender =="
+	$(BIN)/securemail classify --config securemail.toml --audience government jo.bloggs@nhs.net case@dwp.gov.uk
+	@echo "== securemail policy explain examples/referral.eml =="
+	$(BIN)/securemail policy explain --config securemail.toml examples/referral.eml
+	@echo "== securemail classify --json - < examples/addresses.txt =="
+	$(BIN)/securemail classify --config securemail.toml --json - < examples/addresses.txt
+
+## test: install what the tests need and run lint + the whole suite
+test: $(STAMP) system-deps
+	$(BIN)/ruff check securemail tests bench
+	$(BIN)/ruff format --check securemail tests bench
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check securemail tests bench
+	$(BIN)/ruff format --check securemail tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix securemail tests bench
+	$(BIN)/ruff format securemail tests bench
+
+## bench: the benchmarks, each against a peer measured in the same run
+bench: $(STAMP) bench-deps
+	$(BIN)/python bench/classify_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,415 @@
+"""Load ``securemail.toml`` once, validate every value, and freeze it.
+
+Like Postfix's parameter tables, each setting is declared once with its type, default
+and allowed range (the section dataclasses below plus ``_CHECKS``); loading walks that
+declaration, so an unknown key, a wrong type or an out-of-range value is reported with
+the file, line and key before anything starts: ``securemail.toml:14: delivery.port:
+must be between 1 and 65535``. Nothing else in securemail reads TOML or the environment.
+
+Environment variables ``SECUREMAIL_<SECTION>_<KEY>`` override the file (lists are
+comma-separated), so a container or a test can move one port without a new file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from securemail.addresses import AddressError, normalise_domain
+from securemail.errors import ConfigError
+from securemail.rules import Audience
+
+DEFAULT_CONFIG_NAME = "securemail.toml"
+ENV_CONFIG = "SECUREMAIL_CONFIG"
+ENV_PREFIX = "SECUREMAIL_"
+
+
+@dataclass(frozen=True, slots=True)
+class OrganisationConfig:
+    name: str = "Example Trust"
+    audience: Audience = Audience.HEALTH_AND_CARE
+    domains: tuple[str, ...] = ("example.nhs.uk",)
+    hostname: str = "mail.example.nhs.uk"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    inbound: str = "127.0.0.1:2525"
+    submission: str = "127.0.0.1:5870"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path = Path("var/tls/cert.pem")
+    key: Path = Path("var/tls/key.pem")
+    ca_file: Path | None = None
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    url: str = "sqlite:///var/spool.db"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    deliver_to: str = "127.0.0.1:2526"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    networks: tuple[str, ...] = ()
+    users_file: Path = Path("var/users.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    port: int = 25
+    tls_failure_notify_after: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    key_dir: Path = Path("var/dkim")
+    selector: str = "s1"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    smtp_port: int = 25
+    https_port: int = 443
+    selectors: tuple[str, ...] = ()
+    concurrency: int = 50
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    accredited_list: Path | None = None
+    secure_domains: tuple[str, ...] = ()
+    deny_domains: tuple[str, ...] = ()
+    unknown_sensitive_action: str = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    organisation: OrganisationConfig = field(default_factory=OrganisationConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    source: Path | None = None
+    """The file this was loaded from (None: built-in defaults)."""
+
+
+# --- value checks: each returns the cleaned value or raises ValueError(message) -------
+
+
+def _one_of(*allowed: str) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _between(low: float, high: float) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        assert isinstance(value, int | float)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return check
+
+
+def _host_port(value: object) -> object:
+    assert isinstance(value, str)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def parse_nameserver(item: str) -> tuple[str, int]:
+    """``192.0.2.1``, ``192.0.2.1:5353``, ``::1`` or ``[::1]:5353`` → (ip, port)."""
+    try:
+        return str(ipaddress.ip_address(item)), 53
+    except ValueError:
+        pass
+    host, sep, port = item.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        raise ValueError(f"expected IP or IP:PORT, got {item!r}") from None
+
+
+def _host_ports(value: object) -> object:
+    assert isinstance(value, tuple)
+    for item in value:
+        parse_nameserver(item)
+    return value
+
+
+def _networks(value: object) -> object:
+    assert isinstance(value, tuple)
+    try:
+        return tuple(str(ipaddress.ip_network(item, strict=False)) for item in value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _domain_patterns(value: object) -> object:
+    """``example.org`` (exactly) or ``*.example.org`` (it and its subdomains)."""
+    assert isinstance(value, tuple)
+    out = []
+    for item in value:
+        wildcard = item.startswith("*.")
+        try:
+            domain = normalise_domain(item[2:] if wildcard else item)
+        except AddressError as exc:
+            raise ValueError(f"{item!r}: {exc}") from None
+        out.append(f"*.{domain}" if wildcard else domain)
+    return tuple(out)
+
+
+def _domains(value: object) -> object:
+    assert isinstance(value, tuple)
+    try:
+        return tuple(normalise_domain(item) for item in value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*")
+
+
+def _selectors(value: object) -> object:
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if not isinstance(item, str) or not _SELECTOR.fullmatch(item):
+            raise ValueError(f"{item!r} is not a valid DKIM selector")
+    return value
+
+
+_PORT = _between(1, 65535)
+_CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
+    ("organisation", "domains"): _domains,
+    ("listen", "inbound"): _host_port,
+    ("listen", "submission"): _host_port,
+    ("tls", "min_version"): _one_of("1.2", "1.3"),
+    ("dns", "nameservers"): _host_ports,
+    ("dns", "timeout"): _between(0.1, 120),
+    ("inbound", "deliver_to"): _host_port,
+    ("relay", "networks"): _networks,
+    ("delivery", "port"): _PORT,
+    ("delivery", "tls_failure_notify_after"): _between(0, 5 * 86400),
+    ("dkim", "selector"): _selectors,
+    ("check", "smtp_port"): _PORT,
+    ("check", "https_port"): _PORT,
+    ("check", "selectors"): _selectors,
+    ("check", "concurrency"): _between(1, 10000),
+    ("check", "timeout"): _between(0.1, 300),
+    ("policy", "secure_domains"): _domain_patterns,
+    ("policy", "deny_domains"): _domain_patterns,
+    ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
+}
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def find_config(path: Path | None) -> Path | None:
+    """The file to load: ``--config``, else ``$SECUREMAIL_CONFIG``, else ./securemail.toml."""
+    if path is not None:
+        return path
+    if env := os.environ.get(ENV_CONFIG):
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, override from the environment, validate. Raises ``ConfigError`` (one line)."""
+    environ = os.environ if environ is None else environ
+    source = find_config(path)
+    text = ""
+    data: dict[str, object] = {}
+    if source is not None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    base = source.resolve().parent if source is not None else Path.cwd()
+    where = _Locator(source, text)
+    sections: dict[str, object] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{where(name, None)}: unknown section [{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(name, None)}: [{name}] must be a table")
+    for name, cls in _SECTIONS.items():
+        raw = dict(typing.cast(dict[str, object], data.get(name, {})))
+        sections[name] = _build_section(name, cls, raw, environ, base, where)
+    return Config(**sections, source=source)  # type: ignore[arg-type]
+
+
+def _build_section(
+    section: str,
+    cls: type,
+    raw: dict[str, object],
+    environ: Mapping[str, str],
+    base: Path,
+    where: _Locator,
+) -> object:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            hint = _close_match(key, names)
+            raise ConfigError(f"{where(section, key)}: {section}.{key}: unknown key{hint}")
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        env_name = f"{ENV_PREFIX}{section}_{f.name}".upper()
+        origin = where(section, f.name)
+        if env_name in environ:
+            raw[f.name] = _from_env(environ[env_name], hints[f.name])
+            origin = f"${env_name}"
+        if f.name not in raw:
+            continue
+        try:
+            value = _coerce(raw[f.name], hints[f.name], base)
+            check = _CHECKS.get((section, f.name))
+            values[f.name] = check(value) if check else value
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {section}.{f.name}: {exc}") from None
+    return cls(**values)
+
+
+def _coerce(value: object, hint: object, base: Path) -> object:
+    """Check a TOML value against the declared type, converting where the type says."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # Path | None: "" means "not set"
+        if value in ("", None):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a path string, got {_tname(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {_tname(value)}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_tname(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {_tname(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_tname(value)}")
+        return float(value)
+    if isinstance(hint, type) and issubclass(hint, str):  # str and StrEnum
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {_tname(value)}")
+        if hint is not str:
+            allowed = [m.value for m in typing.cast(type[Audience], hint)]
+            if value not in allowed:
+                raise ValueError(f"expected one of {', '.join(allowed)}")
+            return hint(value)
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")  # a bug in the schema, not input
+
+
+def _from_env(text: str, hint: object) -> object:
+    """Environment values are strings; read them as the declared type would be in TOML."""
+    if typing.get_origin(hint) is tuple:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if hint is int and re.fullmatch(r"-?\d+", text.strip()):
+        return int(text)
+    if hint is float and re.fullmatch(r"-?\d+(\.\d*)?", text.strip()):
+        return float(text)
+    if hint is bool and text.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return text.strip().lower() in ("true", "1", "yes")
+    return text
+
+
+def _tname(value: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _close_match(key: str, names: set[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(names), n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+class _Locator:
+    """Find ``file:line`` for a section or key, so errors point where to edit."""
+
+    def __init__(self, source: Path | None, text: str) -> None:
+        self.source = source
+        self.lines = text.splitlines()
+
+    def __call__(self, section: str, key: str | None) -> str:
+        name = str(self.source) if self.source else "<defaults>"
+        in_section = False
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                in_section = stripped.strip("[] ") == section
+                if in_section and key is None:
+                    return f"{name}:{number}"
+            elif in_section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
+                return f"{name}:{number}"
+        return name
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
+
+
+def default_config_text() -> str:
+    """The commented configuration ``securemail config init`` writes."""
+    return resources.files("securemail").joinpath("default_config.toml").read_text("utf-8")

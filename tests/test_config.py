@@ -1,0 +1,105 @@
+"""Config: defaults, the template, env overrides, and one clear error per mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from securemail.config import Config, default_config_text, load_config
+from securemail.errors import ConfigError
+from securemail.rules import Audience
+
+
+def write(tmp_path, text):
+    path = tmp_path / "securemail.toml"
+    path.write_text(text)
+    return path
+
+
+def test_template_loads_to_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, default_config_text()), environ={})
+    defaults = Config()
+    assert cfg.organisation == defaults.organisation
+    assert cfg.delivery == defaults.delivery
+    assert cfg.check == defaults.check
+    assert cfg.policy.unknown_sensitive_action == "hold"
+    assert cfg.tls.cert == tmp_path / "var/tls/cert.pem"  # relative to the file
+    assert cfg.tls.ca_file is None
+    assert cfg.policy.accredited_list == tmp_path / "var/accredited.csv"
+
+
+def test_values_are_typed_and_normalised(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+[organisation]
+audience = "government"
+domains = ["Example.NHS.uk."]
+[dns]
+nameservers = ["127.0.0.1:5353", "::1"]
+[policy]
+secure_domains = ["Partner.ORG", "*.Council.Example"]
+""",
+        ),
+        environ={},
+    )
+    assert cfg.organisation.audience is Audience.GOVERNMENT
+    assert cfg.organisation.domains == ("example.nhs.uk",)
+    assert cfg.dns.nameservers == ("127.0.0.1:5353", "::1")
+    assert cfg.policy.secure_domains == ("partner.org", "*.council.example")
+
+
+def test_environment_overrides(tmp_path):
+    path = write(tmp_path, "[delivery]\nport = 25\n")
+    cfg = load_config(
+        path,
+        environ={
+            "SECUREMAIL_DELIVERY_PORT": "2526",
+            "SECUREMAIL_DNS_NAMESERVERS": "127.0.0.1:5353, 127.0.0.2",
+            "SECUREMAIL_ORGANISATION_AUDIENCE": "government",
+        },
+    )
+    assert cfg.delivery.port == 2526
+    assert cfg.dns.nameservers == ("127.0.0.1:5353", "127.0.0.2")
+    assert cfg.organisation.audience is Audience.GOVERNMENT
+
+
+ERRORS = [
+    ("[delivery]\nport = 0\n", "securemail.toml:2: delivery.port: must be between 1 and 65535"),
+    ("[delivery]\nport = \"25\"\n", "delivery.port: expected a whole number, got a string"),
+    ("[dns]\nnameserver = []\n", "securemail.toml:2: dns.nameserver: unknown key (did you mean nameservers?)"),
+    ("[nope]\nx = 1\n", "securemail.toml:1: unknown section [nope]"),
+    ("[organisation]\naudience = \"nhs\"\n", "expected one of government, health-and-care"),
+    ("[policy]\nunknown_sensitive_action = \"drop\"\n", "expected one of hold, reject, portal"),
+    ("[policy]\nsecure_domains = [\"a@b.org\"]\n", "policy.secure_domains"),
+    ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", "relay.networks"),
+    ("[tls]\nmin_version = \"1.1\"\n", "expected one of 1.2, 1.3"),
+    ("[listen]\ninbound = \"localhost\"\n", "expected HOST:PORT"),
+    ("[dns]\nnameservers = [\"dns.example\"]\n", "expected IP or IP:PORT"),
+    ("[delivery\n", "securemail.toml"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), ERRORS)
+def test_errors_name_file_line_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_environment_value_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match=r"\$SECUREMAIL_DELIVERY_PORT: delivery.port"):
+        load_config(write(tmp_path, ""), environ={"SECUREMAIL_DELIVERY_PORT": "http"})
+
+
+def test_missing_file_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(Path(tmp_path / "absent.toml"), environ={})
+
+
+def test_no_file_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(environ={})
+    assert cfg.source is None
+    assert cfg.delivery.port == 25
