@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # Debian packages the tests use (real peers, never mocks).
 TEST_APT :=
 # Debian packages the benchmarks use (the peers they are compared with).
-BENCH_APT := postfix postfix-pcre
+BENCH_APT := postfix postfix-pcre time
 
 .PHONY: run test lint format bench venv system-deps bench-deps clean
 

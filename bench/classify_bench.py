@@ -18,16 +18,17 @@ emit one line per input line.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+GNU_TIME = "/usr/bin/time"
 SECUREMAIL = ROOT / ".venv" / "bin" / "securemail"
 
 PCRE_TABLE = r"""
@@ -46,13 +47,12 @@ FIRST = ["jo", "sam", "alex", "chris", "pat", "lee", "kim", "ash", "jan", "max"]
 LAST = ["smith", "jones", "taylor", "brown", "williams", "wilson", "evans", "patel"]
 
 
-def generate(n: int, seed: int) -> list[str]:
+def generate(n: int, seed: int) -> Iterator[str]:
     """A realistic mix: mostly NHS/government, a long tail of other domains, some junk."""
     rng = random.Random(seed)
     trusts = [f"trust{i}" for i in range(2000)]
     councils = [f"council{i}" for i in range(500)]
     tail = [f"company{i}.co.uk" for i in range(50000)]
-    out = []
     for _ in range(n):
         local = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{rng.randrange(100)}"
         roll = rng.random()
@@ -72,20 +72,28 @@ def generate(n: int, seed: int) -> list[str]:
             addr = f"{local}@nhs.net@{rng.choice(tail)}"
         else:
             addr = f"{local}@bücher{rng.randrange(1000)}.example"
-        out.append(addr)
-    return out
+        yield addr
 
 
-def run(cmd: list[str], stdin: Path, stdout: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child process."""
+def run(cmd: list[str], stdin: Path, stdout: Path, rss_file: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command.
+
+    RSS comes from GNU time, not from this process's wait4(): Linux carries ru_maxrss
+    across exec, so a child forked from this (large) process would report our size.
+    """
     with stdin.open("rb") as src, stdout.open("wb") as dst:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=src, stdout=dst, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", str(rss_file), *cmd],
+            stdin=src,
+            stdout=dst,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
         elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{cmd[0]} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return elapsed, usage.ru_maxrss
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[0]} failed: {proc.stderr.decode(errors='replace')}")
+    return elapsed, int(rss_file.read_text().split()[-1])
 
 
 def count_lines(path: Path) -> int:
@@ -105,22 +113,33 @@ def main() -> None:
         work = Path(tmp)
         table = work / "guidance.pcre"
         table.write_text(PCRE_TABLE)
+        postfix_etc = work / "etc"
+        postfix_etc.mkdir()
+        (postfix_etc / "main.cf").write_text("compatibility_level = 3.6\n")
         env_cfg = work / "securemail.toml"
         env_cfg.write_text("")
         print(f"{'N':>10} {'securemail/s':>13} {'per min':>12} {'peak RSS':>9} "
               f"{'postmap/s':>11} {'ratio':>6}")  # fmt: skip
         for n in (int(s) for s in args.sizes.split(",")):
             addresses = work / f"addresses-{n}.txt"
-            addresses.write_text("\n".join(generate(n, args.seed)) + "\n")
+            with addresses.open("w") as f:
+                for address in generate(n, args.seed):
+                    f.write(address + "\n")
             out = work / "out.jsonl"
             sm_time, sm_rss = run(
                 [str(SECUREMAIL), "classify", "--config", str(env_cfg), "--json", "-"],
                 addresses,
                 out,
+                work / "rss",
             )
             if (got := count_lines(out)) != n:
                 sys.exit(f"securemail printed {got} lines for {n} addresses")
-            pm_time, _ = run([postmap, "-q", "-", f"pcre:{table}"], addresses, out)
+            pm_time, _ = run(
+                [postmap, "-c", str(postfix_etc), "-q", "-", f"pcre:{table}"],
+                addresses,
+                out,
+                work / "rss",
+            )
             if (got := count_lines(out)) != n:
                 sys.exit(f"postmap printed {got} lines for {n} addresses")
             sm_rate, pm_rate = n / sm_time, n / pm_time

@@ -109,6 +109,16 @@ class Classifier:
         self.local_secure = DomainPatterns(secure_domains)
         self.local_deny = DomainPatterns(deny_domains)
         self._rules: dict[str, Rule] = {rule.suffix: rule for rule in TABLES[audience]}
+        # One shared verdict per guidance row: the cache then costs a key per domain.
+        self._rule_verdicts = {
+            rule.id: _Verdict(
+                rule.status,
+                rule.id,
+                rule_reason(rule, audience),
+                (rule.note,) if rule.note else (),
+            )
+            for rule in (*TABLES[audience], OTHER)
+        }
         self._cache: dict[str, _Verdict] = {}
 
     def classify(self, text: str) -> Classification:
@@ -154,9 +164,11 @@ class Classifier:
 
     def _guidance(self, domain: str) -> _Verdict:
         rule = next((self._rules[s] for s in _suffixes(domain) if s in self._rules), OTHER)
-        notes = [rule.note] if rule.note else []
-        notes.extend(self._warnings(domain, rule))
-        return _Verdict(rule.status, rule.id, rule_reason(rule, self.audience), tuple(notes))
+        shared = self._rule_verdicts[rule.id]
+        warnings = self._warnings(domain, rule)
+        if not warnings:
+            return shared
+        return _Verdict(shared.status, shared.rule, shared.reason, (*shared.notes, *warnings))
 
     def _accredited(self, entry: AccreditedEntry, before: _Verdict) -> _Verdict:
         assert self.accredited is not None

@@ -17,11 +17,18 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Annotated, TextIO
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+try:  # typer >= 0.22 vendors click; older releases depend on it
+    from typer._click import exceptions as click_errors
+    from typer._click.utils import echo
+except ImportError:  # pragma: no cover
+    from click import echo
+    from click import exceptions as click_errors
 
 from securemail import __version__
 from securemail.accredited import import_accredited, load_accredited
@@ -49,7 +56,7 @@ app.add_typer(accredited_app, name="accredited", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATUS_STYLE = {Status.SECURE: "bold green", Status.UNKNOWN: "yellow", Status.INVALID: "bold red"}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -94,7 +101,7 @@ def build_classifier(
     if path is not None:
         if accredited is None and not path.exists():
             err.print(
-                f"[yellow]warning:[/] accredited list {path} not found; "
+                f"[yellow]warning:[/] accredited list {escape(str(path))} not found; "
                 "run 'securemail accredited import CSV' to use one"
             )
         else:
@@ -209,7 +216,7 @@ def _print_classifications(results: list[Classification]) -> None:
         reason = Text(c.reason)
         for note in c.notes:
             reason.append(f"\nnote: {note}", style="dim")
-        table.add_row(Text(c.status.value, STATUS_STYLE[c.status]), c.address, c.rule, reason)
+        table.add_row(Text(c.status.value, STATUS_STYLE[c.status]), Text(c.address), c.rule, reason)
     out.print(table)
 
 
@@ -254,7 +261,7 @@ def policy_explain(
         )
         return
     label = "[bold red]sensitive[/]" if sensitivity.sensitive else "[green]not sensitive[/]"
-    out.print(f"{message}: {label}: {sensitivity.summary()}")
+    out.print(f"{escape(str(message))}: {label}: {escape(sensitivity.summary())}")
     _print_decisions(decisions)
 
 
@@ -288,11 +295,11 @@ def _print_decisions(decisions: list[Decision]) -> None:
         table.add_column(column, overflow="fold", ratio=1 if column == "reason" else None)
     for d in decisions:
         table.add_row(
-            d.recipient,
+            Text(d.recipient),
             Text(d.status.value, STATUS_STYLE[d.status]),
             d.action.value,
             d.tls.label if d.tls is not None else "-",
-            d.reason,
+            Text(d.reason),
         )
     out.print(table)
 
@@ -330,10 +337,10 @@ def accredited_import(
         sys.stdout.write(_json_line(summary))
         return
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(
         f"imported {report.imported} domains from {report.rows} rows "
-        f"({report.expired} expired, {report.skipped} rows skipped) → {dest}"
+        f"({report.expired} expired, {report.skipped} rows skipped) → {escape(str(dest))}"
     )
 
 
@@ -361,14 +368,14 @@ def accredited_show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None
                 )
             )
         return
-    table = Table(title=f"{listed.source} ({len(listed)} domains)")
+    table = Table(title=Text(f"{listed.source} ({len(listed)} domains)"))
     for column in ("domain", "organisation", "expires"):
         table.add_column(column)
     for e in entries:
         expires = e.expires.isoformat() if e.expires else "-"
         style = "red" if e.expired(today) else ""
         domain = f"*.{e.domain}" if e.subdomains else e.domain
-        table.add_row(domain, e.organisation, Text(expires, style))
+        table.add_row(domain, Text(e.organisation), Text(expires, style))
     out.print(table)
 
 
@@ -389,10 +396,10 @@ def config_init(
 ) -> None:
     """Write a commented default securemail.toml (kept if it exists)."""
     if path.exists() and not force:
-        out.print(f"{path} exists; kept it (use --force to overwrite)")
+        out.print(f"{escape(str(path))} exists; kept it (use --force to overwrite)")
         return
     path.write_text(default_config_text(), encoding="utf-8")
-    out.print(f"wrote {path}")
+    out.print(f"wrote {escape(str(path))}")
 
 
 @config_app.command("check")
@@ -403,11 +410,11 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     if json_out:
         sys.stdout.write(_json_line(effective))
         return
-    out.print(f"{find_config(config) or 'built-in defaults'}: OK")
+    out.print(escape(f"{find_config(config) or 'built-in defaults'}: OK"))
     for section, values in effective.items():
         if isinstance(values, dict):
             for key, value in values.items():
-                out.print(f"  {section}.{key} = {value!r}")
+                out.print(escape(f"  {section}.{key} = {value!r}"))
 
 
 def _config_dict(cfg: Config) -> dict[str, object]:
@@ -440,17 +447,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; turn every user error into one line and exit status 2."""
     try:
         rv = app(args=argv, prog_name="securemail", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+    except click_errors.NoArgsIsHelpError as exc:
+        echo(exc.ctx.get_help() if exc.ctx else str(exc))
         rv = 0
-    except click.UsageError as exc:
+    except click_errors.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "securemail"
         _fail(f"{command}: {exc.format_message()} (see '{command} --help')")
-    except click.ClickException as exc:
+    except click_errors.ClickException as exc:
         _fail(exc.format_message())
     except SecuremailError as exc:
         _fail(str(exc))
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", status=130)
     except KeyboardInterrupt:
         _fail("interrupted", status=130)

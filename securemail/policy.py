@@ -75,25 +75,25 @@ def decide(
         return decision(
             Action.DELIVER,
             TlsRequirement.REQUIRED,
-            f"secure recipient ({c.reason}): deliver only over verified TLS (SCCI1596 forced TLS)",
+            "secure recipient: deliver only over verified TLS (SCCI1596 forced TLS)",
         )
     if not sensitivity.sensitive:
         return decision(
             Action.DELIVER,
             TlsRequirement.OPPORTUNISTIC,
-            f"recipient not known to be secure ({c.reason}); message not sensitive: "
+            "recipient not known to be secure, message not sensitive: "
             "deliver with opportunistic TLS",
         )
     action = UNKNOWN_SENSITIVE_ACTIONS[unknown_sensitive_action]
     found = sensitivity.summary()
     why = {
         Action.ENCRYPT: "sent through the secure portal instead of in the clear",
-        Action.HOLD: "held for an operator to release or delete ([policy] "
-        "unknown_sensitive_action = hold)",
+        Action.HOLD: "held for an operator to release or delete "
+        "([policy] unknown_sensitive_action = hold)",
         Action.REJECT: "refused ([policy] unknown_sensitive_action = reject)",
     }[action]
     return decision(
         action,
         None,
-        f"sensitive message ({found}) to a recipient not known to be secure ({c.reason}): {why}",
+        f"sensitive message ({found}) to a recipient not known to be secure: {why}",
     )

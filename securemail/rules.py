@@ -37,7 +37,7 @@ class Status(StrEnum):
     INVALID = "invalid"
 
 
-GUIDE = "Sharing Sensitive Information by Email (NHS Digital, Feb 2019)"
+GUIDE = "NHS Digital, Feb 2019"
 TABLE_TITLE = {
     Audience.GOVERNMENT: "Guidance issued to government organisations",
     Audience.HEALTH_AND_CARE: "Guidance issued to health and social care organisations",
@@ -118,11 +118,9 @@ HSC_ONLY_SUFFIXES = frozenset(rule.suffix for rule in _HSC_ONLY)
 def rule_reason(rule: Rule, audience: Audience) -> str:
     """The sentence that cites the guidance row behind a decision."""
     verdict = "Secure" if rule.status is Status.SECURE else "Unknown"
+    cite = f"'{TABLE_TITLE[audience]}', {GUIDE}"
     if rule is OTHER and audience is Audience.GOVERNMENT:
-        return f"not listed in {GUIDE}, '{TABLE_TITLE[audience]}' → {verdict}"
+        return f"not listed → {verdict} ({cite})"
     if rule is OTHER:
-        return f"{GUIDE}, '{TABLE_TITLE[audience]}': '{rule.pattern}' → {verdict}"
-    return (
-        f"{rule.service}: {GUIDE}, '{TABLE_TITLE[audience]}': "
-        f"recipient address ends '{rule.pattern}' → {verdict}"
-    )
+        return f"'{rule.pattern}' → {verdict} ({cite})"
+    return f"{rule.service}: '{rule.pattern}' → {verdict} ({cite})"

@@ -1,6 +1,7 @@
 """The command line, as a user meets it: real processes, exit codes, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -15,7 +16,7 @@ SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(*args, stdin=None, cwd=None):
+def run(*args, stdin=None, cwd=None, columns=80):
     return subprocess.run(
         [*SECUREMAIL, *args],
         input=stdin,
@@ -23,6 +24,7 @@ def run(*args, stdin=None, cwd=None):
         timeout=60,
         cwd=cwd,
         check=False,
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 
@@ -248,3 +250,13 @@ def test_broken_pipe_is_quiet(config):
     )
     assert proc.stdout.count(b"\n") == 1
     assert b"Traceback" not in proc.stderr
+
+
+def test_untrusted_text_is_not_rich_markup(tmp_path, config):
+    eml = _message(tmp_path, "[secure] [bold]referral[/bold]", "hello", to="b@gmail.com")
+    proc = run("policy", "explain", "-c", str(config), str(eml), columns=1000)
+    out = proc.stdout.decode()
+    assert "[secure]" in out  # the tag is shown, not swallowed as markup
+    assert "[policy] unknown_sensitive_action = hold" in out
+    proc = run("classify", "-c", str(config), "[red]x@gmail.com")
+    assert "[red]x@gmail.com" in proc.stdout.decode()

@@ -1,0 +1,285 @@
+"""Decide whether a message is sensitive, so policy never sends it in the clear by mistake.
+
+A gateway that encrypts only what users remember to tag leaks what they forget, so we
+look for what makes a message sensitive whatever its sender intended: a government
+protective marking (``OFFICIAL-SENSITIVE``), the ``[secure]`` subject tag (or the legacy
+``[encrypt]``), and valid NHS numbers. Every finding says where it was, so a person
+told "this will be encrypted" can see why.
+
+Errors lean one way on purpose. Nothing here raises on hostile or broken input, because
+a crash would let a message skip the check; what cannot be parsed as MIME is still
+scanned as text. Markings count only in the first and last few non-blank lines of a
+body, where people put them, so prose that merely mentions the phrase does not trigger.
+
+Only text/plain and text/html parts are read, including those of attached messages.
+Other attachments (PDFs, Office documents) are not scanned yet. NHS numbers are masked
+in every marker because markers are logged, and a full NHS number is personal data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import policy
+from email.header import decode_header
+from email.headerregistry import BaseHeader, HeaderRegistry
+from email.message import Message
+from email.parser import BytesParser
+from enum import StrEnum
+from html.parser import HTMLParser
+
+_HEAD_LINES = 10
+_TAIL_LINES = 5
+# The stdlib header parser is superlinear on long values; no real MIME header needs more.
+_MAX_HEADER_CHARS = 4096
+
+_SEP = "[ \\-\u00a0]"
+_NHS_CANDIDATE = re.compile(
+    rf"(?<![0-9])(?<![0-9]{_SEP})([0-9]{{3}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})"
+    rf"(?![0-9])(?!{_SEP}[0-9])"
+)
+_NHS_EXACT = re.compile(rf"([0-9]{{3}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})")
+_DASHES = "\\-_:\u2010\u2011\u2013\u2014"
+_BLANK = "[ \t\u00a0]"
+_MARKING = re.compile(
+    rf"(?<![^\W\d_])official(?:{_BLANK}{{0,3}}[{_DASHES}]{_BLANK}{{0,3}}|{_BLANK}{{1,3}})sensitive"
+    rf"(?:{_BLANK}{{0,3}}(?:\[{_BLANK}{{0,3}}([a-z]{{2,20}}){_BLANK}{{0,3}}\]"
+    rf"|[{_DASHES}]{_BLANK}{{0,3}}(personal|commercial|locsen)(?![a-z])))?",
+    re.IGNORECASE,
+)
+_SUBJECT_TAG = re.compile(r"\[\s*(secure|encrypt)\s*\]", re.IGNORECASE)
+_HTML_SPACE = re.compile(r"[ \t\r\n\f]+")
+_HTML_TAG = re.compile(r"<[^>]*>")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_TEXT_TYPES = frozenset({"text/plain", "text/html"})
+_HIDDEN_TAGS = frozenset({"script", "style"})
+_BLOCK_TAGS = frozenset(
+    {"p", "br", "div", "tr", "td", "th", "li", "ul", "ol", "table", "hr", "pre", "blockquote"}
+    | {"h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "header", "footer"}
+)
+
+
+class Kind(StrEnum):
+    MARKING = "protective-marking"
+    SUBJECT_TAG = "subject-tag"
+    NHS_NUMBER = "nhs-number"
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """One finding. ``text`` is normalised, and masked for NHS numbers (safe to log)."""
+
+    kind: Kind
+    where: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sensitivity:
+    """What made a message sensitive; no markers means nothing was found."""
+
+    markers: tuple[Marker, ...] = ()
+
+    @property
+    def sensitive(self) -> bool:
+        return bool(self.markers)
+
+    def summary(self) -> str:
+        """One sentence for a person; counts NHS numbers rather than listing even masked ones."""
+        if not self.markers:
+            return "no sensitive content found"
+        groups: dict[tuple[Kind, str, str], int] = {}
+        for marker in self.markers:
+            text = "" if marker.kind is Kind.NHS_NUMBER else marker.text
+            key = (marker.kind, marker.where, text)
+            groups[key] = groups.get(key, 0) + 1
+        phrases = []
+        for (kind, where, text), count in groups.items():
+            if kind is Kind.NHS_NUMBER:
+                phrases.append(f"{count} NHS number{'' if count == 1 else 's'} in {where}")
+            else:
+                noun = "marking" if kind is Kind.MARKING else "tag"
+                phrases.append(f"{text} {noun} in {where}")
+        return "; ".join(phrases)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sensitive": self.sensitive,
+            "markers": [
+                {"kind": m.kind.value, "where": m.where, "text": m.text} for m in self.markers
+            ],
+        }
+
+
+NOT_SENSITIVE = Sensitivity()
+
+
+def _check_digits_ok(digits: str) -> bool:
+    """Apply the NHS modulus 11 check to ten ASCII digits.
+
+    Numbers whose ten digits are all the same are refused even though some (such as
+    ``0000000000``) pass the check: they are never issued, and are typed as placeholders.
+    """
+    if digits == digits[0] * 10:
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+def is_valid_nhs_number(number: str) -> bool:
+    """True for a valid NHS number written ``9434765919``, ``943 476 5919`` or ``943-476-5919``."""
+    match = _NHS_EXACT.fullmatch(number)
+    return match is not None and _check_digits_ok(match[1] + match[3] + match[4])
+
+
+def find_nhs_numbers(text: str) -> list[str]:
+    """Return the digits of each valid NHS number in ``text``, in order of appearance.
+
+    Ten digits inside a longer run (a phone or account number) do not count: a digit, or
+    a separator and a digit, may not touch either end.
+    """
+    found = []
+    for match in _NHS_CANDIDATE.finditer(text):
+        digits = match[1] + match[3] + match[4]
+        if _check_digits_ok(digits):
+            found.append(digits)
+    return found
+
+
+def scan_message(raw: bytes) -> Sensitivity:
+    """Scan an RFC 5322 message for sensitive content. Never raises."""
+    markers: list[Marker] = []
+    try:
+        msg = BytesParser(policy=_POLICY).parsebytes(raw)
+        for subject in _subjects(msg):
+            markers += _scan_text(subject, "subject", is_subject=True)
+        for where, text in _bodies(msg):
+            markers += _scan_text(text, where, is_subject=False)
+    except Exception:
+        markers += _scan_text(raw.decode("utf-8", errors="replace"), "body", is_subject=False)
+    return Sensitivity(tuple(dict.fromkeys(markers)))
+
+
+class _BoundedHeaders(HeaderRegistry):
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        return super().__call__(name, value[:_MAX_HEADER_CHARS])
+
+
+_POLICY = policy.default.clone(header_factory=_BoundedHeaders())
+
+
+def _scan_text(text: str, where: str, *, is_subject: bool) -> list[Marker]:
+    markers = []
+    if is_subject:
+        markers += [
+            Marker(Kind.SUBJECT_TAG, where, f"[{m[1].lower()}]")
+            for m in _SUBJECT_TAG.finditer(text)
+        ]
+    for line in [text] if is_subject else _edge_lines(text):
+        for match in _MARKING.finditer(line):
+            descriptor = match[1] or match[2]
+            label = (
+                f"OFFICIAL-SENSITIVE [{descriptor.upper()}]" if descriptor else "OFFICIAL-SENSITIVE"
+            )
+            markers.append(Marker(Kind.MARKING, where, label))
+    markers += [Marker(Kind.NHS_NUMBER, where, f"*** *** {d[-4:]}") for d in find_nhs_numbers(text)]
+    return markers
+
+
+def _edge_lines(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[:_HEAD_LINES] + lines[max(_HEAD_LINES, len(lines) - _TAIL_LINES) :]
+
+
+def _subjects(msg: Message) -> Iterator[str]:
+    # Raw values, decoded here: the policy's own header parser takes minutes on a 5 MB one.
+    for name, value in msg.raw_items():
+        if name.lower() == "subject":
+            yield _decode_header(value)
+
+
+def _decode_header(value: str) -> str:
+    value = _FOLD.sub("", value)
+    with contextlib.suppress(UnicodeError):
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", errors="replace")
+    try:
+        words = decode_header(value)
+    except Exception:
+        return value
+    return "".join(
+        word if isinstance(word, str) else _decode(word, charset or "raw-unicode-escape")
+        for word, charset in words
+    )
+
+
+def _bodies(msg: Message) -> Iterator[tuple[str, str]]:
+    if not msg.is_multipart():
+        if msg.get_content_type() in _TEXT_TYPES or msg.get_content_maintype() == "multipart":
+            yield "body", _part_text(msg)
+        return
+    index = 0
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if part.is_multipart() or (
+            ctype not in _TEXT_TYPES and part.get_content_maintype() != "multipart"
+        ):
+            continue
+        index += 1
+        yield f"part {index} ({ctype})", _part_text(part)
+
+
+def _part_text(part: Message) -> str:
+    """Decode one leaf part; a multipart left unsplit (broken boundary) is read as raw text."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        payload = str(part.get_payload()).encode("utf-8", "surrogateescape")
+    text = _decode(payload, part.get_content_charset())
+    return _html_text(text) if part.get_content_type() == "text/html" else text
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return data.decode("utf-8", errors="replace")
+
+
+class _TextExtractor(HTMLParser):
+    """Collect the text a reader would see, one line per block, so tags cannot split it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden += 1
+        elif tag in _BLOCK_TAGS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _BLOCK_TAGS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.chunks.append(_HTML_SPACE.sub(" ", data))
+
+
+def _html_text(markup: str) -> str:
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:
+        return html.unescape(_HTML_TAG.sub("\n", markup))
+    return "".join(parser.chunks)
