@@ -15,7 +15,7 @@ from datetime import date
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -432,6 +432,279 @@ def _config_dict(cfg: Config) -> dict[str, object]:
         for f in dataclasses.fields(cfg)
         if f.name != "source"
     }
+
+
+# --- gateway ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Run the gateway: inbound and submission listeners, spool and delivery.
+
+    Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
+    transaction finish, deliveries in flight finish or are retried on the next start.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from securemail.gateway import Gateway
+
+    cfg = load_config(config)
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+
+    async def run() -> None:
+        gateway = Gateway(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await gateway.stop(grace=0)
+            raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+        inbound = cfg.listen.inbound
+        err.print(
+            f"securemail {__version__} ready: inbound {inbound}, submission "
+            f"{cfg.listen.submission}; e.g. swaks --server {inbound} --to someone@"
+            f"{cfg.organisation.domains[0] if cfg.organisation.domains else 'example.org'}"
+        )
+        await stop.wait()
+        err.print("stopping…")
+        await gateway.stop()
+
+    _run_async(run())
+
+
+def _run_async(coro: Any) -> None:
+    """uvloop when installed (measurably faster TLS and socket handling), else asyncio."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+queue_app = typer.Typer(help="Inspect and manage the spool (works while the gateway runs).")
+app.add_typer(queue_app, name="queue", no_args_is_help=True)
+
+
+def _with_spool(config: Path | None, action: Any) -> Any:
+    import asyncio
+
+    from securemail.spool import open_spool
+
+    cfg = load_config(config)
+    base = cfg.source.resolve().parent if cfg.source else None
+
+    async def run() -> Any:
+        spool = open_spool(cfg.spool.url, base=base)
+        await spool.open()
+        try:
+            return await action(spool)
+        finally:
+            await spool.close()
+
+    return asyncio.run(run())
+
+
+@queue_app.command("list")
+def queue_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only recipients in this state.")
+    ] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Messages in the spool, one row per recipient."""
+    from securemail.spool import RcptStatus
+
+    wanted = None
+    if status is not None:
+        try:
+            wanted = RcptStatus(status)
+        except ValueError:
+            names = ", ".join(s.value for s in RcptStatus)
+            raise InputError(f"--status {status!r}: expected one of {names}") from None
+    messages = _with_spool(config, lambda spool: spool.list_messages(status=wanted))
+    if json_out:
+        for m in messages:
+            sys.stdout.write(_json_line(_message_json(m)))
+        return
+    table = Table(title=f"{len(messages)} messages")
+    for column in (
+        "queue id",
+        "received",
+        "sender",
+        "recipient",
+        "status",
+        "tls",
+        "attempts",
+        "last error / reason",
+    ):
+        table.add_column(column, overflow="fold")
+    for m in messages:
+        for r in m.recipients:
+            table.add_row(
+                m.queue_id,
+                _when(m.received),
+                Text(m.sender or "<>"),
+                Text(r.rcpt),
+                r.status.value,
+                r.tls or "-",
+                str(r.attempts),
+                Text(r.last_error or r.reason),
+            )
+    out.print(table)
+
+
+@queue_app.command("show")
+def queue_show(
+    queue_id: Annotated[str, typer.Argument(help="Queue ID.")],
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One message: envelope, sensitivity and each recipient's state."""
+    info = _with_spool(config, lambda spool: spool.get(queue_id))
+    if info is None:
+        raise InputError(f"{queue_id}: no such message in the spool")
+    if json_out:
+        sys.stdout.write(_json_line(_message_json(info)))
+        return
+    out.print(Text(f"{info.queue_id}  received {_when(info.received)}  size {info.size}"))
+    out.print(Text(f"from <{info.sender}>  client {info.client}  user {info.auth_user or '-'}"))
+    out.print(Text(f"sensitivity: {info.sensitivity or 'none'}"))
+    for r in info.recipients:
+        out.print(Text(f"  <{r.rcpt}> {r.status.value} tls={r.tls or '-'} attempts={r.attempts}"))
+        out.print(Text(f"      decision: {r.reason}"))
+        if r.last_error:
+            out.print(Text(f"      last: {r.last_error}"))
+
+
+@queue_app.command("flush")
+def queue_flush(config: ConfigOpt = None) -> None:
+    """Retry every deferred recipient now."""
+    count = _with_spool(config, lambda spool: spool.flush())
+    out.print(f"{count} recipients due now")
+
+
+@queue_app.command("release")
+def queue_release(
+    queue_id: Annotated[str, typer.Argument(help="Queue ID of a held message.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Release a held message for delivery (an operator's decision, logged)."""
+    count = _with_spool(config, lambda spool: spool.release(queue_id))
+    if not count:
+        raise InputError(f"{queue_id}: no held recipients (see 'securemail queue show')")
+    out.print(f"released {count} recipients of {queue_id}")
+
+
+@queue_app.command("delete")
+def queue_delete(
+    queue_id: Annotated[str, typer.Argument(help="Queue ID.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a message from the spool, whatever its state."""
+    if not _with_spool(config, lambda spool: spool.delete(queue_id)):
+        raise InputError(f"{queue_id}: no such message in the spool")
+    out.print(f"deleted {queue_id}")
+
+
+def _message_json(m: Any) -> dict[str, object]:
+    return {
+        "queue_id": m.queue_id,
+        "sender": m.sender,
+        "received": m.received,
+        "size": m.size,
+        "client": m.client,
+        "auth_user": m.auth_user,
+        "sensitivity": m.sensitivity,
+        "recipients": [
+            {
+                "rcpt": r.rcpt,
+                "domain": r.domain,
+                "status": r.status.value,
+                "tls": r.tls,
+                "reason": r.reason,
+                "attempts": r.attempts,
+                "next_attempt": r.next_attempt,
+                "last_error": r.last_error,
+            }
+            for r in m.recipients
+        ],
+    }
+
+
+def _when(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+user_app = typer.Typer(help="Submission users (argon2id password hashes).")
+app.add_typer(user_app, name="user", no_args_is_help=True)
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name (the AUTH login).")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Add or replace a user allowed to send through the submission listener."""
+    import getpass
+
+    from securemail.users import add_user
+
+    cfg = load_config(config)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise InputError("the passwords differ")
+    existed = add_user(cfg.relay.users_file, name, password)
+    out.print(f"{'replaced' if existed else 'added'} {name} in {escape(str(cfg.relay.users_file))}")
+
+
+tls_app = typer.Typer(help="The listeners' certificate.")
+app.add_typer(tls_app, name="tls", no_args_is_help=True)
+
+
+@tls_app.command("selfsigned")
+def tls_selfsigned(
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing pair.")] = False,
+) -> None:
+    """Create a self-signed certificate for [organisation] hostname, if none exists."""
+    from securemail.smtp.tls import write_self_signed
+
+    cfg = load_config(config)
+    cert, key = cfg.tls.cert, cfg.tls.key
+    if cert.exists() and key.exists() and not force:
+        out.print(f"{escape(str(cert))} exists; kept it")
+        return
+    write_self_signed(cert, key, cfg.organisation.hostname)
+    out.print(f"wrote {escape(str(cert))} and {escape(str(key))} for {cfg.organisation.hostname}")
 
 
 @app.command()

@@ -44,6 +44,9 @@ class OrganisationConfig:
 class ListenConfig:
     inbound: str = "127.0.0.1:2525"
     submission: str = "127.0.0.1:5870"
+    max_message_size: int = 10 * 1024 * 1024  # NHSmail's attachment limit
+    max_recipients: int = 100
+    timeout: float = 300.0  # idle seconds per SMTP command (RFC 5321 §4.5.3.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,11 @@ class RelayConfig:
 class DeliveryConfig:
     port: int = 25
     tls_failure_notify_after: int = 900
+    retry_base: float = 60.0
+    retry_max: float = 3600.0
+    max_lifetime: float = 5 * 86400.0
+    concurrency: int = 100
+    per_destination: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +152,17 @@ def _between(low: float, high: float) -> Callable[[object], object]:
     return check
 
 
-def _host_port(value: object) -> object:
+def _host_port(value: object, lowest: int = 1) -> object:
     assert isinstance(value, str)
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+def _listen_address(value: object) -> object:
+    """Like HOST:PORT, but port 0 (the OS picks one; tests use it) is allowed."""
+    return _host_port(value, lowest=0)
 
 
 def parse_nameserver(item: str) -> tuple[str, int]:
@@ -219,14 +232,22 @@ def _selectors(value: object) -> object:
 _PORT = _between(1, 65535)
 _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("organisation", "domains"): _domains,
-    ("listen", "inbound"): _host_port,
-    ("listen", "submission"): _host_port,
+    ("listen", "inbound"): _listen_address,
+    ("listen", "submission"): _listen_address,
     ("tls", "min_version"): _one_of("1.2", "1.3"),
     ("dns", "nameservers"): _host_ports,
     ("dns", "timeout"): _between(0.1, 120),
     ("inbound", "deliver_to"): _host_port,
     ("relay", "networks"): _networks,
+    ("listen", "max_message_size"): _between(1024, 1024**3),
+    ("listen", "max_recipients"): _between(1, 10000),
+    ("listen", "timeout"): _between(1, 3600),
     ("delivery", "port"): _PORT,
+    ("delivery", "retry_base"): _between(0.01, 86400),
+    ("delivery", "retry_max"): _between(0.01, 7 * 86400),
+    ("delivery", "max_lifetime"): _between(1, 30 * 86400),
+    ("delivery", "concurrency"): _between(1, 10000),
+    ("delivery", "per_destination"): _between(1, 1000),
     ("delivery", "tls_failure_notify_after"): _between(0, 5 * 86400),
     ("dkim", "selector"): _selectors,
     ("check", "smtp_port"): _PORT,

@@ -1,0 +1,277 @@
+"""The gateway: listeners → policy → spool → queue manager → delivery, in one process.
+
+This module only wires the pieces together from one ``Config`` and owns their
+lifecycle. Start order is spool (recovery of interrupted deliveries), queue manager,
+then listeners; stop order is the reverse, so a SIGTERM never loses mail: listeners
+stop accepting, open sessions get ``grace`` seconds to finish, in-flight deliveries
+finish or stay ``delivering`` for the next start, and the spool is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from securemail.accredited import load_accredited
+from securemail.classify import Classifier
+from securemail.config import Config
+from securemail.delivery import Deliverer
+from securemail.dns import Resolver
+from securemail.dsn import build_dsn
+from securemail.policy import Action, Decision, TlsRequirement, decide
+from securemail.queue import QueueManager, Schedule
+from securemail.rules import Status
+from securemail.sensitivity import Sensitivity, scan_message
+from securemail.smtp.server import (
+    AuthLimiter,
+    GatewayHandler,
+    GatewaySMTP,
+    Reply,
+    Transaction,
+    received_header,
+)
+from securemail.smtp.tls import (
+    opportunistic_client_context,
+    server_context,
+    verified_client_context,
+)
+from securemail.spool import Delivery, NewMessage, NewRecipient, RcptStatus, new_queue_id
+from securemail.spool import open_spool as open_spool_url
+from securemail.users import UserStore
+
+log = logging.getLogger("securemail.gateway")
+
+_STATUS_FOR = {Action.DELIVER: RcptStatus.QUEUED, Action.HOLD: RcptStatus.HELD,
+               Action.ENCRYPT: RcptStatus.HELD}  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    config: Config
+    clock: object = field(default=time.time)
+    servers: list[asyncio.Server] = field(default_factory=list)
+    _sessions: set[GatewaySMTP] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.own_domains = frozenset(cfg.organisation.domains)
+        self.classifier = self._classifier()
+        self.spool = open_spool_url(cfg.spool.url, base=_base(cfg))
+        self.resolver = Resolver.from_config(cfg.dns)
+        host, port = _split(cfg.inbound.deliver_to)
+        self.deliverer = Deliverer(
+            self.resolver,
+            helo=cfg.organisation.hostname,
+            port=cfg.delivery.port,
+            verified=verified_client_context(cfg.tls.ca_file),
+            opportunistic=opportunistic_client_context(),
+            internal=dict.fromkeys(self.own_domains, (host, port)),
+        )
+        self.queue = QueueManager(
+            self.spool,
+            self.deliverer,
+            bounce=self.bounce,
+            schedule=Schedule(
+                retry_base=cfg.delivery.retry_base,
+                retry_max=cfg.delivery.retry_max,
+                max_lifetime=cfg.delivery.max_lifetime,
+            ),
+            concurrency=cfg.delivery.concurrency,
+            per_destination=cfg.delivery.per_destination,
+        )
+        self.users = UserStore(cfg.relay.users_file)
+        self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
+        self._queue_task: asyncio.Task[None] | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
+
+    def _classifier(self) -> Classifier:
+        policy = self.config.policy
+        today = date.today()
+        listed = None
+        if policy.accredited_list is not None and policy.accredited_list.exists():
+            listed = load_accredited(policy.accredited_list, today=today)
+        return Classifier(
+            self.config.organisation.audience,
+            today=today,
+            accredited=listed,
+            secure_domains=policy.secure_domains,
+            deny_domains=policy.deny_domains,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.spool.open()
+        if self.spool.recovered:
+            log.warning("recovered %d interrupted deliveries; retrying", self.spool.recovered)
+        self._queue_task = asyncio.ensure_future(self.queue.run())
+        limiter = AuthLimiter()
+        loop = asyncio.get_running_loop()
+        for role, address in (
+            ("inbound", self.config.listen.inbound),
+            ("submission", self.config.listen.submission),
+        ):
+            handler = GatewayHandler(
+                role,
+                classify=self.classifier.classify,
+                accept=self.accept,
+                own_domains=self.own_domains,
+                relay_networks=self.config.relay.networks if role == "inbound" else (),
+                authenticate=self.users.verify if role == "submission" else None,
+                max_recipients=self.config.listen.max_recipients,
+                limiter=limiter,
+            )
+            host, port = _split(address)
+            server = await loop.create_server(
+                lambda handler=handler, role=role: self._protocol(handler, role), host, port
+            )
+            self.servers.append(server)
+            bound = server.sockets[0].getsockname()
+            self.addresses[role] = (bound[0], bound[1])
+            log.info("listening role=%s address=%s:%d", role, bound[0], bound[1])
+
+    def _protocol(self, handler: GatewayHandler, role: str) -> GatewaySMTP:
+        listen = self.config.listen
+        protocol = GatewaySMTP(
+            handler,
+            hostname=self.config.organisation.hostname,
+            ident="securemail",
+            tls_context=self.tls,
+            require_starttls=role == "submission",
+            auth_required=role == "submission",
+            auth_require_tls=True,
+            data_size_limit=listen.max_message_size,
+            timeout=listen.timeout,
+            enable_SMTPUTF8=True,
+            command_call_limit=1000,
+        )
+        protocol.on_close = self._sessions.discard
+        self._sessions.add(protocol)
+        return protocol
+
+    async def stop(self, grace: float = 30.0) -> None:
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for session in list(self._sessions):
+                if not session.in_transaction:
+                    session.close_idle()
+            if not self._sessions:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self._sessions):
+            session.close_idle()
+        await self.queue.stop(max(deadline - time.monotonic(), 1.0))
+        if self._queue_task is not None:
+            self._queue_task.cancel()
+            await asyncio.gather(self._queue_task, return_exceptions=True)
+        await self.spool.close()
+        log.info("stopped")
+
+    # --- the pipeline ------------------------------------------------------------------
+
+    def decisions(self, t: Transaction, sensitivity: Sensitivity) -> list[Decision]:
+        action = self.config.policy.unknown_sensitive_action
+        out = []
+        for rcpt, c in t.recipients:
+            if c.domain in self.own_domains:
+                out.append(
+                    Decision(rcpt, c.status, Action.DELIVER, TlsRequirement.OPPORTUNISTIC,
+                             "our own domain: to the internal mail server", "own-domain")
+                )  # fmt: skip
+            else:
+                out.append(decide(c, sensitivity, action))
+        return out
+
+    async def accept(self, t: Transaction) -> Reply:
+        """Policy for every recipient, then store durably; 250 only after commit."""
+        sensitivity = scan_message(t.data)
+        decisions = self.decisions(t, sensitivity)
+        refused = [d for d in decisions if d.action is Action.REJECT]
+        if refused:
+            log.warning(
+                "refused from=<%s> client=%s reason=%r", t.sender, t.peer, refused[0].reason
+            )
+            who = ", ".join(d.recipient for d in refused[:3])
+            return Reply(
+                "550 5.7.1 Message refused by policy: sensitive content to a recipient not "
+                f"known to be secure ({who}); remove them or use a secure route"
+            )
+        queue_id = new_queue_id()
+        now = time.time()
+        data = received_header(t, self.config.organisation.hostname, queue_id, now) + t.data
+        recipients = tuple(
+            NewRecipient(
+                address=d.recipient,
+                domain=c.domain,
+                status=_STATUS_FOR[d.action],
+                tls=d.tls.label if d.tls is not None else None,
+                reason=d.reason,
+            )
+            for d, (_, c) in zip(decisions, t.recipients, strict=True)
+        )
+        message = NewMessage(
+            sender=t.sender,
+            recipients=recipients,
+            data=data,
+            client=f"{t.peer} helo={t.helo}",
+            auth_user=t.auth_user,
+            sensitivity=sensitivity.summary(),
+            received=now,
+            queue_id=queue_id,
+        )
+        try:
+            await self.spool.store(message)
+        except Exception:
+            log.exception("could not store message from=<%s>", t.sender)
+            return Reply("451 4.3.0 Temporary failure storing the message; try again later")
+        self.queue.wake()
+        held = sum(r.status is RcptStatus.HELD for r in recipients)
+        log.info(
+            "accepted id=%s from=<%s> rcpts=%d held=%d size=%d client=%s tls=%s auth=%s "
+            "sensitive=%s decisions=%s",
+            queue_id,
+            t.sender,
+            len(recipients),
+            held,
+            len(data),
+            t.peer,
+            t.tls or "none",
+            t.auth_user or "-",
+            "yes" if sensitivity.sensitive else "no",
+            [(d.recipient, d.action.value, d.tls.label if d.tls else "-") for d in decisions],
+        )
+        return Reply(f"250 2.0.0 Ok: queued as {queue_id}")
+
+    async def bounce(self, delivery: Delivery, detail: str, original: bytes) -> None:
+        """Queue a DSN to the sender; it goes through policy like any other message."""
+        dsn = build_dsn(
+            hostname=self.config.organisation.hostname,
+            sender=delivery.sender,
+            queue_id=delivery.queue_id,
+            failures=[(delivery.rcpt, detail)],
+            original=original,
+            arrival=delivery.received,
+        )
+        c = self.classifier.classify(delivery.sender)
+        if c.status is Status.INVALID:
+            log.warning("no DSN for id=%s: sender %r invalid", delivery.queue_id, delivery.sender)
+            return
+        t = Transaction("dsn", "127.0.0.1", self.config.organisation.hostname, "", "", "",
+                        [(delivery.sender, c)], dsn)  # fmt: skip
+        reply = await self.accept(t)
+        log.info("dsn for id=%s to=<%s>: %s", delivery.queue_id, delivery.sender, reply.text)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _base(config: Config) -> Path | None:
+    return config.source.resolve().parent if config.source else None

@@ -1,0 +1,215 @@
+"""What the rest of the gateway may ask of the spool, independent of where it keeps mail.
+
+The spool is the gateway's promise: once a client has heard ``250`` its message is on disk
+and stays there until every recipient has a final answer (delivered, or bounced with a
+DSN), whatever happens to the process or the power. Everything above the spool (the
+SMTP server, the queue manager, the ``queue`` commands) talks to this protocol only, so
+a second backend (PostgreSQL for a clustered gateway) can be added without touching them.
+
+A recipient moves through the states of ``RcptStatus`` like a Postfix queue file moves
+between the incoming, active, deferred and hold queues::
+
+    QUEUED ──claim──▶ DELIVERING ──record──▶ DELIVERED | BOUNCED   (final: message removed
+      ▲                   │                                          once all are final)
+      └──── due ── DEFERRED ◀─┘
+    HELD ──release──▶ QUEUED
+
+Queue ids sort by arrival time, like Postfix's long queue ids, so listing the queue in id
+order lists it oldest first without a separate index.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from securemail.errors import SecuremailError
+
+
+class SpoolError(SecuremailError):
+    """The spool's storage refused an operation (locked, full, unreadable, a constraint).
+
+    The backend's own exception is kept as ``__cause__`` for the log; the message is one
+    line a person can act on.
+    """
+
+
+class SpoolClosedError(RuntimeError):
+    """An operation was attempted on a spool that is not open: a bug in the caller."""
+
+
+class RcptStatus(StrEnum):
+    QUEUED = "queued"  # waiting for its next attempt (next_attempt time)
+    DELIVERING = "delivering"  # claimed by the queue manager; on restart back to QUEUED
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # temporary failure; claimable like QUEUED once next_attempt is due
+    BOUNCED = "bounced"  # permanent failure; a DSN was (or will be) generated
+    HELD = "held"  # policy hold: only an operator's release/delete moves it
+
+
+FINAL = frozenset({RcptStatus.DELIVERED, RcptStatus.BOUNCED})
+ACCEPTED = frozenset({RcptStatus.QUEUED, RcptStatus.HELD})
+# QUEUED puts a claimed recipient back unattempted (e.g. the gateway is shutting down).
+OUTCOMES = FINAL | {RcptStatus.DEFERRED, RcptStatus.QUEUED}
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str  # addr-spec as received (RCPT TO)
+    domain: str  # normalised destination domain
+    status: RcptStatus  # QUEUED or HELD at acceptance
+    tls: str | None  # "required" | "opportunistic" | None (from policy)
+    reason: str  # policy decision reason (logged, shown by `queue show`)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    sender: str  # MAIL FROM ("" for the null sender)
+    recipients: tuple[NewRecipient, ...]
+    data: bytes  # the full message as it will be delivered (CRLF line ends)
+    client: str = ""  # e.g. "127.0.0.1:54321 helo=mail.example" for logs
+    auth_user: str = ""
+    sensitivity: str = ""  # summary sentence
+    received: float = 0.0  # epoch seconds; 0 means now
+    # "" lets the spool assign one; the gateway assigns it first when the id must appear
+    # in the Received: header it adds (as Postfix's does) before the message is stored.
+    queue_id: str = ""
+
+    def check(self) -> None:
+        """Refuse, before anything is queued, a message no recipient could ever leave."""
+        if not self.recipients:
+            raise ValueError("a message needs at least one recipient")
+        if self.queue_id and not QUEUE_ID.fullmatch(self.queue_id):
+            raise ValueError(f"{self.queue_id!r} is not a queue id (see new_queue_id)")
+        for rcpt in self.recipients:
+            if rcpt.status not in ACCEPTED:
+                raise ValueError(f"{rcpt.address}: accepted as {rcpt.status}, not queued/held")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One claimed recipient: everything the queue manager needs to try it."""
+
+    queue_id: str
+    sender: str
+    rcpt: str
+    domain: str
+    tls: str | None
+    attempts: int  # attempts before this one
+    received: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RcptState:
+    rcpt: str
+    domain: str
+    status: RcptStatus
+    tls: str | None
+    reason: str
+    attempts: int
+    next_attempt: float
+    last_error: str
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    queue_id: str
+    sender: str
+    received: float
+    size: int
+    client: str
+    auth_user: str
+    sensitivity: str
+    recipients: tuple[RcptState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The queue manager's result for one claimed recipient."""
+
+    queue_id: str
+    rcpt: str
+    status: RcptStatus  # DELIVERED, DEFERRED, BOUNCED (or QUEUED to put back unattempted)
+    error: str = ""  # last error or delivery detail ("250 2.0.0 Ok queued as X")
+    next_attempt: float = 0.0  # for DEFERRED (0 means now)
+    count_attempt: bool = True  # False when putting back unattempted (e.g. at shutdown)
+
+    def check(self) -> None:
+        if self.status not in OUTCOMES:
+            raise ValueError(f"{self.queue_id} {self.rcpt}: {self.status} is not an outcome")
+
+
+class Spool(Protocol):
+    """The durable queue. Every method is safe to call concurrently from one event loop.
+
+    ``store`` and ``record`` return only after their change is durable; callers never
+    need a separate commit or sync.
+    """
+
+    recovered: int  # recipients put back from DELIVERING to QUEUED by the last open()
+    commits: int  # transactions committed (for benchmarks: ops_committed / commits)
+    ops_committed: int
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def store(self, message: NewMessage) -> str: ...
+    async def claim_due(self, now: float, limit: int) -> list[Delivery]: ...
+    async def message_data(self, queue_id: str) -> bytes | None: ...
+    async def record(self, outcomes: Sequence[Outcome]) -> None: ...
+    async def list_messages(
+        self, *, status: RcptStatus | None = None, limit: int = 1000
+    ) -> list[MessageInfo]: ...
+    async def get(self, queue_id: str) -> MessageInfo | None: ...
+    async def release(self, queue_id: str) -> int: ...
+    async def delete(self, queue_id: str) -> bool: ...
+    async def flush(self) -> int: ...
+    async def next_due(self) -> float | None: ...
+    async def counts(self) -> dict[str, int]: ...
+
+
+# Crockford's base32: digits and upper-case letters without I, L, O, U, so an id read
+# aloud or copied from a log cannot be mistyped into another valid id.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_BITS = 30  # 6 characters
+QUEUE_ID = re.compile(f"[{_ALPHABET}]{{16}}")
+_id_lock = threading.Lock()
+_last_ms = 0
+_last_random = 0
+
+
+def _base32(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A 16-character id: 10 characters of milliseconds, then 6 random ones.
+
+    Within one process ids are strictly increasing (two in the same millisecond, or a
+    clock stepping back, count on from the last one, as ULIDs do), so they never collide;
+    across processes 30 random bits per millisecond make a collision negligible, and the
+    database's primary key would refuse one rather than overwrite.
+    """
+    global _last_ms, _last_random
+    ms = int((time.time() if now is None else now) * 1000)
+    with _id_lock:
+        if ms <= _last_ms:
+            ms, rand = _last_ms, _last_random + 1
+            if rand >> _RANDOM_BITS:
+                ms, rand = ms + 1, secrets.randbits(_RANDOM_BITS - 1)
+        else:
+            # Half the range, so the increments above have room before they carry.
+            rand = secrets.randbits(_RANDOM_BITS - 1)
+        _last_ms, _last_random = ms, rand
+    return _base32(ms, 10) + _base32(rand, 6)

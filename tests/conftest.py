@@ -1,0 +1,43 @@
+"""Shared fixtures."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dnsserver import DnsServer
+from pki import TestPKI
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    """A started loopback DNS server with no records; tests add what they need."""
+    with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pki() -> Iterator[TestPKI]:
+    """The test CA (trustme) for the whole session: `pki.ca_file`, `pki.server_cert(...)`."""
+    p = TestPKI()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def postfix_tmp() -> Iterator[Path]:
+    """A short, world-traversable (0755) base directory for Postfix instances.
+
+    Not pytest's tmp_path: /tmp/pytest-of-root is 0700 (Postfix's pipe(8) and the
+    unprivileged daemons need to traverse it) and its long paths overflow the 107-byte
+    unix-socket limit under queue_directory. Removed afterwards unless
+    SECUREMAIL_KEEP_TMP is set. Stop instances before this fixture is torn down
+    (fixtures that depend on it are).
+    """
+    base = Path(tempfile.mkdtemp(prefix="sm-pf-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    if not os.environ.get("SECUREMAIL_KEEP_TMP"):
+        shutil.rmtree(base, ignore_errors=True)
