@@ -50,6 +50,7 @@ class Item:
     sender: str
     rcpts: tuple[str, ...]
     data: bytes
+    received: float = 0.0  # when we accepted it (epoch), for the delay= log field
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +203,13 @@ class Deliverer:
                 f"{conn.peer} said {reply.code} {reply.text.splitlines()[-1] if reply.text else ''}"
             )
             log.info(
-                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) result=%s reply=%r",
+                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r",
                 item.queue_id,
                 rcpt,
                 conn.peer,
                 tls_info,
                 verified,
+                time.time() - item.received if item.received else 0.0,
                 "sent" if delivered else ("bounced" if reply.code >= 500 else "deferred"),
                 str(reply)[:200],
             )

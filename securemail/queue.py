@@ -139,7 +139,13 @@ class QueueManager:
                     if data is None:  # deleted by an operator meanwhile
                         continue
                     items.append(
-                        Item(first.queue_id, first.sender, tuple(d.rcpt for d in rcpts), data)
+                        Item(
+                            first.queue_id,
+                            first.sender,
+                            tuple(d.rcpt for d in rcpts),
+                            data,
+                            first.received,
+                        )
                     )
                     by_key.update({(d.queue_id, d.rcpt): (d, data) for d in rcpts})
                 results = await self.deliverer.deliver(domain, tls, items)

@@ -250,7 +250,7 @@ class SinkServer:
             raw = proto._original_transport or proto.transport
             if raw is not None:
                 raw.abort()
-        with contextlib.suppress(asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 5)
         await asyncio.sleep(0)
 

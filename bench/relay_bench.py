@@ -1,0 +1,309 @@
+"""Forced, verified TLS relay throughput: securemail vs Postfix, same load, same run.
+
+    sudo .venv/bin/python bench/relay_bench.py [--msgs 2000] [--sessions 20] [--size 10240]
+                                               [--runs 2]
+
+Topology (the one in shared/tools/postfix_relay_baseline.sh; loopback only):
+
+    smtp-source -s SESSIONS -m MSGS -l SIZE -f a@example.nhs.uk -t b@sink.test
+        │ SMTP                                  │ SMTP
+        ▼                                       ▼
+    securemail serve (inbound,            Postfix relay (relayhost = the sink,
+    sink.test in secure_domains ⇒          smtp_tls_security_level = secure,
+    forced TLS; MX from a loopback DNS)    match=mx.sink.test, test CA)
+        │ STARTTLS, chain + name mx.sink.test verified against the test CA
+        ▼
+    sink: Postfix smtpd with STARTTLS (cert for mx.sink.test), smtpd_proxy_filter →
+    smtp-sink (discards; no queue file, no fsync on the sink side)
+
+For each relay it prints msgs/s accepted (smtp-source done: every message had its 250,
+which both give only after fsync), msgs/s delivered (every message logged as sent),
+p50/p99 accept→delivered latency (Postfix's ``delay=``, securemail's ``delay=``), and
+securemail ÷ Postfix ratios. Cross-checks: the sink's count of accepted messages, and
+no deferred/bounced/unverified deliveries on either relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dnsserver import DnsServer  # noqa: E402
+from pki import TestPKI  # noqa: E402
+from postfix import PostfixInstance, free_port  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SENDER, RCPT = "a@example.nhs.uk", "b@sink.test"
+
+
+def wait(predicate, timeout: float, what: str) -> float:
+    """Poll every 20 ms until predicate() is true; return the time it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.02)
+    sys.exit(f"timeout after {timeout}s waiting for {what}")
+
+
+def count(path: Path, pattern: str) -> int:
+    try:
+        return len(re.findall(pattern, path.read_text(errors="replace")))
+    except FileNotFoundError:
+        return 0
+
+
+def delays(path: Path, pattern: str, skip: int) -> list[float]:
+    found = re.findall(pattern, path.read_text(errors="replace"))
+    return [float(d) for d in found[skip:]]
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class Sink:
+    """TLS-terminating Postfix smtpd in front of smtp-sink."""
+
+    def __init__(self, base: Path, pki: TestPKI) -> None:
+        cert, key = pki.server_cert("mx.sink.test")
+        chain = base / "sink-chain.pem"
+        chain.write_bytes(key.read_bytes() + cert.read_bytes())
+        chain.chmod(0o600)
+        self.sink_port = free_port()
+        self.postfix = PostfixInstance(
+            base,
+            "sink",
+            myhostname="mx.sink.test",
+            main_cf={
+                "smtpd_tls_security_level": "may",
+                "smtpd_tls_chain_files": str(chain),
+                "smtpd_tls_loglevel": "1",
+                "smtpd_proxy_filter": f"127.0.0.1:{self.sink_port}",
+                "smtpd_proxy_ehlo": "mx.sink.test",
+                "smtpd_proxy_timeout": "60s",
+                "smtpd_client_connection_count_limit": "0",
+                "smtpd_client_connection_rate_limit": "0",
+            },
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{self.sink_port}", "256"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.postfix.start()
+
+    def accepted(self) -> int:
+        return count(self.postfix.maillog, r"proxy-accept: END-OF-MESSAGE")
+
+    def stop(self) -> None:
+        self.postfix.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def source(port: int, msgs: int, sessions: int, size: int, log: Path) -> None:
+    with log.open("wb") as out:
+        subprocess.run(
+            [SMTP_SOURCE, "-s", str(sessions), "-m", str(msgs), "-l", str(size),
+             "-f", SENDER, "-t", RCPT, "-M", "client.bench.test", f"127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, check=True, timeout=600,
+        )  # fmt: skip
+
+
+def run_postfix(relay: PostfixInstance, args: argparse.Namespace, log: Path) -> dict:
+    before = count(relay.maillog, r"status=sent")
+    t0 = time.monotonic()
+    source(relay.port, args.msgs, args.sessions, args.size, log)
+    t1 = time.monotonic()
+    t2 = wait(
+        lambda: (
+            relay.queue_count() == 0 and count(relay.maillog, r"status=sent") - before >= args.msgs
+        ),
+        600,
+        "Postfix to deliver everything",
+    )
+    time.sleep(0.3)
+    bad = count(relay.maillog, r"Untrusted TLS|Anonymous TLS|status=(deferred|bounced)")
+    return {
+        "accepted": args.msgs / (t1 - t0),
+        "delivered": args.msgs / (t2 - t0),
+        "bad": bad,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--msgs", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit(
+            "run as root (Postfix instances need it): sudo .venv/bin/python bench/relay_bench.py"
+        )
+    for tool in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
+        if not Path(tool).exists():
+            sys.exit(f"{tool} missing: run 'make bench' (it installs postfix)")
+
+    base = Path(tempfile.mkdtemp(prefix="sm-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    pki = TestPKI()
+    sink = Sink(base, pki)
+    dns = DnsServer(
+        {"sink.test": {"MX": ["10 mx.sink.test."]}, "mx.sink.test": {"A": ["127.0.0.1"]}}
+    )
+    relay = PostfixInstance(
+        base,
+        "relay",
+        myhostname="relay.bench.test",
+        main_cf={
+            "relayhost": sink.postfix.address,
+            "smtp_tls_security_level": "secure",
+            "smtp_tls_policy_maps": f"texthash:{base}/relay/etc/tls_policy",
+            "smtp_tls_CAfile": str(pki.ca_file),
+            "smtp_tls_loglevel": "1",
+            "smtp_tls_session_cache_database": "btree:${data_directory}/smtp_scache",
+            "smtpd_client_connection_count_limit": "0",
+            "smtpd_client_connection_rate_limit": "0",
+        },
+    )
+    (base / "relay" / "etc").mkdir(parents=True, exist_ok=True)
+    (base / "relay" / "etc" / "tls_policy").write_text(
+        f"{sink.postfix.address} secure match=mx.sink.test\n"
+    )
+    sm_port = free_port()
+    sm_dir = base / "securemail"
+    sm_dir.mkdir()
+    gw_log = sm_dir / "gateway.log"
+    gateway: subprocess.Popen[bytes] | None = None
+    results: dict[str, list[dict[str, float]]] = {"securemail": [], "postfix": []}
+    try:
+        dns.start()
+        sink.start()
+        relay.start()
+        cert, key = pki.server_cert("relay.example.nhs.uk")
+        config = sm_dir / "securemail.toml"
+        config.write_text(
+            f"""
+[organisation]
+domains = ["example.nhs.uk"]
+hostname = "relay.example.nhs.uk"
+[listen]
+inbound = "127.0.0.1:{sm_port}"
+submission = "127.0.0.1:0"
+[tls]
+cert = "{cert}"
+key = "{key}"
+ca_file = "{pki.ca_file}"
+[dns]
+nameservers = ["{dns.nameserver}"]
+[spool]
+url = "sqlite:///spool.db"
+[relay]
+networks = ["127.0.0.0/8"]
+[delivery]
+port = {sink.postfix.port}
+[policy]
+secure_domains = ["sink.test"]
+"""
+        )
+        with gw_log.open("wb") as log:
+            gateway = subprocess.Popen(
+                [str(ROOT / ".venv/bin/securemail"), "serve", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait(lambda: count(gw_log, r"ready: inbound") > 0, 30, "securemail to start")
+        print(
+            f"load: smtp-source -s {args.sessions} -m {args.msgs} -l {args.size}; "
+            f"forced verified TLS to mx.sink.test; {args.runs} runs each, alternating",
+            flush=True,
+        )
+        for run in range(1, args.runs + 1):
+            for name in ("securemail", "postfix"):
+                sink_before = sink.accepted()
+                log = base / f"source-{name}-{run}.log"
+                if name == "postfix":
+                    r = run_postfix(relay, args, log)
+                    lat = delays(relay.maillog, r"delay=([\d.]+),[^\n]*status=sent", 0)
+                    r["lat"] = lat[-args.msgs :]
+                else:
+                    before = count(gw_log, r"result=sent")
+                    t0 = time.monotonic()
+                    source(sm_port, args.msgs, args.sessions, args.size, log)
+                    t1 = time.monotonic()
+                    t2 = wait(
+                        lambda before=before: count(gw_log, r"result=sent") - before >= args.msgs,
+                        600,
+                        "securemail to deliver everything",
+                    )
+                    lat = delays(gw_log, r"delay=([\d.]+) result=sent", before)
+                    r = {
+                        "accepted": args.msgs / (t1 - t0),
+                        "delivered": args.msgs / (t2 - t0),
+                        "lat": lat,
+                        "bad": count(gw_log, r"result=(deferred|bounced)|\(unverified\)"),
+                    }
+                time.sleep(0.5)
+                r["sink"] = sink.accepted() - sink_before
+                results[name].append(r)
+                p50, p99 = percentile(r["lat"], 50), percentile(r["lat"], 99)
+                print(
+                    f"{name:10} run {run}: accepted {r['accepted']:7.1f} msg/s  delivered "
+                    f"{r['delivered']:7.1f} msg/s  latency p50 {p50 * 1000:6.0f} ms  p99 "
+                    f"{p99 * 1000:6.0f} ms  [sink got {r['sink']}, deferred/bounced/"
+                    f"unverified {r['bad']}]",
+                    flush=True,
+                )
+        sm, pf = results["securemail"], results["postfix"]
+
+        def mean(rows: list[dict[str, float]], key: str) -> float:
+            return statistics.mean(row[key] for row in rows)
+
+        print(
+            f"\nmean delivered: securemail {mean(sm, 'delivered'):.1f} msg/s, Postfix "
+            f"{mean(pf, 'delivered'):.1f} msg/s, ratio {mean(sm, 'delivered') / mean(pf, 'delivered'):.2f}"
+        )
+        print(
+            f"mean accepted:  securemail {mean(sm, 'accepted'):.1f} msg/s, Postfix "
+            f"{mean(pf, 'accepted'):.1f} msg/s, ratio {mean(sm, 'accepted') / mean(pf, 'accepted'):.2f}"
+        )
+        sm_lat = [x for row in sm for x in row["lat"]]
+        pf_lat = [x for row in pf for x in row["lat"]]
+        print(
+            f"latency p50/p99: securemail {percentile(sm_lat, 50) * 1000:.0f}/"
+            f"{percentile(sm_lat, 99) * 1000:.0f} ms, Postfix {percentile(pf_lat, 50) * 1000:.0f}/"
+            f"{percentile(pf_lat, 99) * 1000:.0f} ms"
+        )
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(30)
+        relay.stop()
+        sink.stop()
+        dns.stop()
+        pki.close()
+
+
+if __name__ == "__main__":
+    main()
