@@ -5,11 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # Debian packages the tests use (real peers, never mocks).
-TEST_APT :=
+TEST_APT := postfix swaks testssl.sh openssl
 # Debian packages the benchmarks use (the peers they are compared with).
 BENCH_APT := postfix postfix-pcre time
 
-.PHONY: run test lint format bench venv system-deps bench-deps clean
+.PHONY: run demo test lint format bench venv system-deps bench-deps clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,14 @@ system-deps:
 bench-deps:
 	@scripts/apt-install $(BENCH_APT)
 
-## run: set everything up and run the demo of the classifier and policy engine
+## run: set everything up (venv, config, self-signed cert, SQLite spool) and run the gateway
 run: $(STAMP) securemail.toml
+	$(BIN)/securemail tls selfsigned --config securemail.toml
+	@echo "== add a submission user with: $(BIN)/securemail user add NAME =="
+	$(BIN)/securemail serve --config securemail.toml
+
+## demo: the classifier and policy engine on sample addresses and a sample message
+demo: $(STAMP) securemail.toml
 	@echo "== securemail classify (health and social care sender) =="
 	$(BIN)/securemail classify --config securemail.toml jo.bloggs@nhs.net "Ward 7 <ward7@trust.secure.nhs.uk>" \
 		clerk@example.nhs.uk case@dwp.gov.uk someone@gmail.com a@insecure.nhs.uk \
@@ -58,6 +64,7 @@ format: $(STAMP)
 ## bench: the benchmarks, each against a peer measured in the same run
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/classify_bench.py
+	$(BIN)/python bench/relay_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
