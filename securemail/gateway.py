@@ -75,10 +75,12 @@ class Gateway:
             self.spool,
             self.deliverer,
             bounce=self.bounce,
+            delay_notice=self.delay_notice,
             schedule=Schedule(
                 retry_base=cfg.delivery.retry_base,
                 retry_max=cfg.delivery.retry_max,
                 max_lifetime=cfg.delivery.max_lifetime,
+                tls_notify_after=cfg.delivery.tls_failure_notify_after,
             ),
             concurrency=cfg.delivery.concurrency,
             per_destination=cfg.delivery.per_destination,
@@ -250,6 +252,13 @@ class Gateway:
 
     async def bounce(self, delivery: Delivery, detail: str, original: bytes) -> None:
         """Queue a DSN to the sender; it goes through policy like any other message."""
+        await self._notify(delivery, detail, original, "failed")
+
+    async def delay_notice(self, delivery: Delivery, detail: str, original: bytes) -> None:
+        """Forced TLS keeps failing: tell the sender the message has NOT arrived yet."""
+        await self._notify(delivery, detail, original, "delayed")
+
+    async def _notify(self, delivery: Delivery, detail: str, original: bytes, action: str) -> None:
         dsn = build_dsn(
             hostname=self.config.organisation.hostname,
             sender=delivery.sender,
@@ -257,6 +266,7 @@ class Gateway:
             failures=[(delivery.rcpt, detail)],
             original=original,
             arrival=delivery.received,
+            action=action,
         )
         c = self.classifier.classify(delivery.sender)
         if c.status is Status.INVALID:
@@ -265,7 +275,9 @@ class Gateway:
         t = Transaction("dsn", "127.0.0.1", self.config.organisation.hostname, "", "", "",
                         [(delivery.sender, c)], dsn)  # fmt: skip
         reply = await self.accept(t)
-        log.info("dsn for id=%s to=<%s>: %s", delivery.queue_id, delivery.sender, reply.text)
+        log.info(
+            "dsn (%s) for id=%s to=<%s>: %s", action, delivery.queue_id, delivery.sender, reply.text
+        )
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -36,6 +36,7 @@ class Schedule:
     retry_max: float = 3600.0
     max_lifetime: float = 5 * 86400.0
     jitter: float = 0.2
+    tls_notify_after: float = 900.0  # forced TLS still failing by then: tell the sender
 
     def next_attempt(self, now: float, attempts: int, rng: random.Random) -> float:
         """Exponential backoff: base·2^(n-1), capped, ±jitter."""
@@ -50,6 +51,7 @@ class QueueManager:
         deliverer: Deliverer,
         *,
         bounce: Bounce,
+        delay_notice: Bounce | None = None,
         schedule: Schedule | None = None,
         concurrency: int = 100,
         per_destination: int = 20,
@@ -60,6 +62,7 @@ class QueueManager:
         self.spool = spool
         self.deliverer = deliverer
         self.bounce = bounce
+        self.delay_notice = delay_notice
         self.schedule = schedule or Schedule()
         self.connections = asyncio.Semaphore(concurrency)
         self.per_destination = per_destination
@@ -188,7 +191,18 @@ class QueueManager:
                 log.warning("bounced id=%s rcpt=<%s> reason=%r", r.queue_id, r.rcpt, detail)
                 continue
             when = self.schedule.next_attempt(now, delivery.attempts + 1, self.rng)
-            outcomes.append(Outcome(r.queue_id, r.rcpt, RcptStatus.DEFERRED, r.detail, when))
+            notify = self._tls_notice_due(r, delivery, now, when)
+            if notify:
+                waited = _age(now - delivery.received)
+                log.warning(
+                    "ALERT forced TLS failing id=%s rcpt=<%s> for %s; sender <%s> notified: %s",
+                    r.queue_id, r.rcpt, waited, delivery.sender, r.detail,
+                )  # fmt: skip
+                assert self.delay_notice is not None
+                await self.delay_notice(delivery, r.detail, data)
+            outcomes.append(
+                Outcome(r.queue_id, r.rcpt, RcptStatus.DEFERRED, r.detail, when, notified=notify)
+            )
             log.info(
                 "deferred id=%s rcpt=<%s> tls_failure=%s retry_in=%.0fs reason=%r",
                 r.queue_id,
@@ -201,6 +215,19 @@ class QueueManager:
             if delivery.sender:
                 await self.bounce(delivery, detail, data)
         await self.spool.record(outcomes)
+
+    def _tls_notice_due(self, r: Result, delivery: Delivery, now: float, retry: float) -> bool:
+        """Notify once, no later than ``tls_notify_after``: at the last deferral before it.
+
+        Clinical safety (DESIGN.md): forced TLS is never relaxed, so a sender must not be
+        left believing a time-critical message arrived while it waits for a TLS fix.
+        """
+        if not r.tls_failure or delivery.notified or self.delay_notice is None:
+            return False
+        if not delivery.sender:
+            return False
+        deadline = delivery.received + self.schedule.tls_notify_after
+        return now >= deadline or retry > deadline
 
 
 def _age(seconds: float) -> str:

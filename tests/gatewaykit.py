@@ -32,6 +32,7 @@ def write_config(
     inbound: str = "127.0.0.1:0",
     submission: str = "127.0.0.1:0",
     extra: str = "",
+    delivery_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
     path = tmp_path / "securemail.toml"
@@ -71,6 +72,7 @@ users_file = "users.toml"
 port = {delivery_port}
 retry_base = 0.2
 retry_max = 1.0
+{delivery_extra}
 
 {extra}
 """

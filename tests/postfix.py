@@ -233,7 +233,7 @@ class PostfixInstance:
         return out
 
     def start(self) -> PostfixInstance:
-        """Write the config, start the master, wait until smtpd accepts connections."""
+        """Write the config, start the master (listeners bound when this returns)."""
         if self._running:
             return self
         require_tools(POSTFIX, "script")

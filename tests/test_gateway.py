@@ -46,7 +46,7 @@ def mx(pki):
 async def gateway_factory(tmp_path, pki, dns_server, internal):
     started = []
 
-    async def make(delivery_port, extra=""):
+    async def make(delivery_port, extra="", delivery_extra=""):
         path = write_config(
             tmp_path,
             pki=pki,
@@ -54,6 +54,7 @@ async def gateway_factory(tmp_path, pki, dns_server, internal):
             delivery_port=delivery_port,
             internal_port=internal.port,
             extra=extra,
+            delivery_extra=delivery_extra,
         )
         add_user(tmp_path / "users.toml", "alice", PASSWORD)
         gateway = await start_gateway(path)
@@ -456,3 +457,41 @@ async def test_connection_reuse_for_many_messages(gateway, mx, pki):
         )
     await asyncio.to_thread(mx.wait, 20)
     assert len(mx.sessions) < 20
+
+
+async def test_forced_tls_failure_sends_one_delay_notice(
+    gateway_factory, dns_server, pki, internal
+):
+    """DESIGN.md clinical safety: the sender learns the message has not arrived."""
+    add_mx(dns_server, "nhs.net")
+    with SinkServer(hostname="mx.nhs.net") as plain:  # no STARTTLS: forced TLS fails
+        gateway = await gateway_factory(plain.port, delivery_extra="tls_failure_notify_after = 0")
+        await asyncio.to_thread(
+            submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["gp@nhs.net"], message(subject="urgent")
+        )
+        notices = await asyncio.to_thread(internal.wait, 1)
+        await asyncio.sleep(1.0)  # several more TLS failures by now: still one notice
+        assert len(internal.messages) == 1
+        assert plain.messages == []
+    data = notices[0].data
+    assert notices[0].rcpt_tos == [f"alice@{ORG_DOMAIN}"]
+    assert b"Action: delayed" in data and b"did not offer STARTTLS" in data
+    assert b"nothing was sent in the clear" in data
+    states = await rcpt_states(gateway)
+    assert states["gp@nhs.net"][0] == "deferred"
+
+
+async def test_no_delay_notice_before_the_deadline(gateway_factory, dns_server, pki, internal):
+    add_mx(dns_server, "nhs.net")
+    with SinkServer(hostname="mx.nhs.net") as plain:
+        gateway = await gateway_factory(plain.port)  # default: 15 minutes
+        await asyncio.to_thread(
+            submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["gp@nhs.net"], message()
+        )
+        await eventually(lambda: _deferred_twice(gateway))
+    assert internal.messages == []
+
+
+async def _deferred_twice(gateway):
+    (m,) = await gateway.spool.list_messages()
+    return m.recipients[0].attempts >= 2

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL, tls TEXT,
     reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL, claimed_by TEXT, PRIMARY KEY (queue_id, rcpt));
+    updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue_id, rcpt));
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
 """
 _DUE = (s.RcptStatus.QUEUED.value, s.RcptStatus.DEFERRED.value)
@@ -392,7 +393,7 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
     for status in _DUE:
         rows += conn.execute(
             "SELECT r.next_attempt, r.rowid, r.queue_id, m.sender, r.rcpt, r.domain, r.tls,"
-            " r.attempts, m.received, m.size FROM recipients r JOIN messages m"
+            " r.attempts, m.received, m.size, r.notified FROM recipients r JOIN messages m"
             " ON m.id = r.queue_id WHERE r.status = ? AND r.next_attempt <= ?"
             " ORDER BY r.next_attempt, r.rowid LIMIT ?",
             (status, now, limit),
@@ -402,7 +403,7 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
         "UPDATE recipients SET status = 'delivering', claimed_by = ?, updated = ? WHERE rowid = ?",
         [(token, time.time(), row[1]) for row in rows],
     )
-    return [s.Delivery(*row[2:]) for row in rows]
+    return [s.Delivery(*row[2:-1], notified=bool(row[-1])) for row in rows]
 
 
 def _data(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
@@ -414,10 +415,11 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
     now = time.time()
     conn.executemany(
         "UPDATE recipients SET status = ?, last_error = COALESCE(NULLIF(?, ''), last_error),"
-        " attempts = attempts + ?, next_attempt = ?, claimed_by = NULL, updated = ?"
+        " attempts = attempts + ?, next_attempt = ?, claimed_by = NULL, updated = ?,"
+        " notified = MAX(notified, ?)"
         " WHERE queue_id = ? AND rcpt = ? AND status = 'delivering'",
-        [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, o.queue_id,
-          o.rcpt) for o in outcomes],
+        [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
+          o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
     done = 0
     for queue_id in sorted({o.queue_id for o in outcomes if o.status in s.FINAL}):

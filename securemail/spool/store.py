@@ -104,6 +104,7 @@ class Delivery:
     attempts: int  # attempts before this one
     received: float
     size: int
+    notified: bool = False  # the sender has had a delay notice (forced-TLS failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class Outcome:
     error: str = ""  # last error or delivery detail ("250 2.0.0 Ok queued as X")
     next_attempt: float = 0.0  # for DEFERRED (0 means now)
     count_attempt: bool = True  # False when putting back unattempted (e.g. at shutdown)
+    notified: bool = False  # a delay notice went to the sender: never send another
 
     def check(self) -> None:
         if self.status not in OUTCOMES:
