@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -63,6 +63,71 @@ class BackgroundLoop:
         if self._thread.is_alive():
             raise RuntimeError(f"event loop thread {self._thread.name} did not stop")
         self.loop.close()
+
+
+class LoopbackService:
+    """A test server on its own thread and event loop: start/stop, context manager.
+
+    Subclasses set ``host``/``port``/``_bg``/``_server`` in ``__init__`` and provide
+    ``_create_server`` and ``_abort_connections``.
+    """
+
+    host: str
+    port: int
+    _bg: BackgroundLoop | None
+    _server: asyncio.AbstractServer | None
+
+    async def _create_server(self) -> asyncio.AbstractServer:
+        raise NotImplementedError
+
+    def _abort_connections(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        if self._bg is not None:
+            return self
+        bg = BackgroundLoop(type(self).__name__)
+        bg.start()
+        self._bg = bg
+        try:
+            self._server = bg.call(self._create_server())
+        except BaseException:
+            self._bg = None
+            bg.stop()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self._abort_connections()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+        await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        bg, self._bg = self._bg, None
+        if bg is None:
+            return
+        try:
+            if self._server is not None:
+                with contextlib.suppress(Exception):
+                    bg.call(self._close())
+        finally:
+            self._server = None
+            bg.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        """``[127.0.0.1]:port`` (Postfix nexthop syntax)."""
+        return f"[{self.host}]:{self.port}"
 
 
 @dataclass
@@ -169,7 +234,7 @@ class _RecordingSMTP(SMTP):
         super().connection_lost(error)
 
 
-class SinkServer:
+class SinkServer(LoopbackService):
     """An SMTP server on 127.0.0.1:<OS-chosen port> that records everything.
 
     * `tls_context`: offer STARTTLS with it; `require_tls`: refuse MAIL etc. before it.
@@ -208,22 +273,6 @@ class SinkServer:
         self._bg: BackgroundLoop | None = None
         self._server: asyncio.AbstractServer | None = None
 
-    # ------------------------------------------------------------- lifecycle
-    def start(self) -> SinkServer:
-        if self._bg is not None:
-            return self
-        bg = BackgroundLoop(f"SinkServer-{self.hostname}")
-        bg.start()
-        self._bg = bg
-        try:
-            self._server = bg.call(self._create_server())
-        except BaseException:
-            self._bg = None
-            bg.stop()
-            raise
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def _create_server(self) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         handler = _Handler(self)
@@ -243,39 +292,11 @@ class SinkServer:
 
         return await loop.create_server(factory, host=self.host, port=self.port)
 
-    async def _close(self) -> None:
-        assert self._server is not None
-        self._server.close()
+    def _abort_connections(self) -> None:
         for proto in list(self._protocols):
             raw = proto._original_transport or proto.transport
             if raw is not None:
                 raw.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
-        await asyncio.sleep(0)
-
-    def stop(self) -> None:
-        bg, self._bg = self._bg, None
-        if bg is None:
-            return
-        try:
-            if self._server is not None:
-                with contextlib.suppress(Exception):
-                    bg.call(self._close())
-        finally:
-            self._server = None
-            bg.stop()
-
-    def __enter__(self) -> SinkServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        """``[127.0.0.1]:port`` (Postfix nexthop syntax)."""
-        return f"[{self.host}]:{self.port}"
 
     # ------------------------------------------------------------- recording (loop thread)
     def _new_session(self, proto: _RecordingSMTP, peer: Any) -> SessionRecord:

@@ -21,7 +21,7 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
-from smtpsink import BackgroundLoop
+from smtpsink import BackgroundLoop, LoopbackService
 
 _LIMIT = 1 << 20
 _STARTTLS_502 = b"502 5.5.1 not implemented\r\n"
@@ -52,7 +52,7 @@ def _strip_starttls(reply: list[bytes]) -> tuple[list[bytes], int]:
     return kept, removed
 
 
-class StripTLSProxy:
+class StripTLSProxy(LoopbackService):
     """STARTTLS-stripping SMTP proxy on 127.0.0.1:<OS-chosen port> in front of a real server."""
 
     def __init__(
@@ -81,53 +81,12 @@ class StripTLSProxy:
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    # ------------------------------------------------------------- lifecycle
-    def start(self) -> StripTLSProxy:
-        if self._bg is not None:
-            return self
-        bg = BackgroundLoop("StripTLSProxy")
-        bg.start()
-        self._bg = bg
-        try:
-            self._server = bg.call(
-                asyncio.start_server(self._handle, self.host, 0, limit=_LIMIT)  # type: ignore[arg-type]
-            )
-        except BaseException:
-            self._bg = None
-            bg.stop()
-            raise
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
+    async def _create_server(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._handle, self.host, 0, limit=_LIMIT)  # type: ignore[arg-type]
 
-    async def _close(self) -> None:
-        assert self._server is not None
-        self._server.close()
+    def _abort_connections(self) -> None:
         for w in list(self._writers):
             w.transport.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
-
-    def stop(self) -> None:
-        bg, self._bg = self._bg, None
-        if bg is None:
-            return
-        try:
-            if self._server is not None:
-                with contextlib.suppress(Exception):
-                    bg.call(self._close())
-        finally:
-            self._server = None
-            bg.stop()
-
-    def __enter__(self) -> StripTLSProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}"
 
     # ------------------------------------------------------------- relaying
     def _rec(self, buf: bytearray, data: bytes) -> None:

@@ -49,6 +49,16 @@ async def _gateway(tmp_path, pki, dns_server, delivery_port, internal_port):
     return await start_gateway(path)
 
 
+async def _swaks(port: int, to: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    """swaks (a real SMTP client) → the Postfix sender on ``port``."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["swaks", "--silent", "2", "--server", "127.0.0.1", "--port", str(port),
+         "--from", "someone@sender.test", "--to", to, *extra],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 async def test_postfix_sends_to_securemail_inbound(
     tmp_path, postfix_tmp, pki, dns_server, internal
 ):
@@ -57,12 +67,9 @@ async def test_postfix_sends_to_securemail_inbound(
     try:
         host, port = gateway.addresses["inbound"]
         with postfix_sender(postfix_tmp, f"[{host}]:{port}") as sender:
-            proc = await asyncio.to_thread(
-                subprocess.run,
-                ["swaks", "--silent", "2", "--server", "127.0.0.1", "--port", str(sender.port),
-                 "--from", "someone@sender.test", "--to", f"jo@{ORG_DOMAIN}",
-                 "--header", "Subject: via real postfix", "--body", "hello from postfix"],
-                capture_output=True, timeout=60, check=False,
+            proc = await _swaks(
+                sender.port, f"jo@{ORG_DOMAIN}",
+                "--header", "Subject: via real postfix", "--body", "hello from postfix",
             )  # fmt: skip
             assert proc.returncode == 0, proc.stderr
             received = await asyncio.to_thread(internal.wait, 1, 60)
@@ -83,12 +90,7 @@ async def test_postfix_relay_attempt_refused(tmp_path, postfix_tmp, pki, dns_ser
     try:
         host, port = gateway.addresses["inbound"]
         with postfix_sender(postfix_tmp, f"[{host}]:{port}") as sender:
-            proc = await asyncio.to_thread(
-                subprocess.run,
-                ["swaks", "--silent", "2", "--server", "127.0.0.1", "--port", str(sender.port),
-                 "--from", "someone@sender.test", "--to", "victim@gmail.test"],
-                capture_output=True, timeout=60, check=False,
-            )  # fmt: skip
+            proc = await _swaks(sender.port, "victim@gmail.test")
             assert proc.returncode == 0  # Postfix accepted it for relaying to us ...
             lines = await asyncio.to_thread(sender.wait_for_log, r"status=bounced", 1, 60)
         assert "554 5.7.1" in lines[0] and "Relay access denied" in lines[0]  # ... we refused
