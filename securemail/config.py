@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from securemail.addresses import AddressError, normalise_domain
+from securemail.addresses import AddressError, normalise_domain, parse_address
 from securemail.errors import ConfigError
 from securemail.rules import Audience
 
@@ -94,6 +94,16 @@ class DeliveryConfig:
 class DkimConfig:
     key_dir: Path = Path("var/dkim")
     selector: str = "s1"
+    sign: bool = True  # sign outbound mail from our domains when a key exists
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    verify: bool = True  # SPF, DKIM, DMARC and ARC on inbound mail
+    enforce_dmarc: bool = True  # p=reject refused, p=quarantine marked/diverted
+    secure_senders_must_pass: bool = True  # From: a secure domain must pass DMARC
+    quarantine_to: str = ""  # deliver quarantined mail here instead (an address)
+    arc_seal: bool = True  # ARC-seal what we forward to the internal server
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: Path | None = None
@@ -218,6 +229,16 @@ def _domains(value: object) -> object:
         raise ValueError(str(exc)) from None
 
 
+def _optional_address(value: object) -> object:
+    assert isinstance(value, str)
+    if value:
+        try:
+            parse_address(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
@@ -255,6 +276,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("check", "selectors"): _selectors,
     ("check", "concurrency"): _between(1, 10000),
     ("check", "timeout"): _between(0.1, 300),
+    ("auth", "quarantine_to"): _optional_address,
     ("policy", "secure_domains"): _domain_patterns,
     ("policy", "deny_domains"): _domain_patterns,
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),

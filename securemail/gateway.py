@@ -10,13 +10,19 @@ finish or stay ``delivering`` for the next start, and the spool is flushed and c
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
 from securemail.accredited import load_accredited
+from securemail.auth import inbound as auth
+from securemail.auth.arc import arc_seal
+from securemail.auth.dkim import DkimSigner, load_keys
+from securemail.auth.dmarc import header_from_domain
+from securemail.auth.results import authentication_results
 from securemail.classify import Classifier
 from securemail.config import Config
 from securemail.delivery import Deliverer
@@ -86,6 +92,13 @@ class Gateway:
             per_destination=cfg.delivery.per_destination,
         )
         self.users = UserStore(cfg.relay.users_file)
+        self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
+        self.signer = DkimSigner(self.keys)
+        self.relay_networks = [ipaddress.ip_network(n) for n in cfg.relay.networks]
+        self.auth_policy = auth.AuthPolicy(
+            enforce_dmarc=cfg.auth.enforce_dmarc,
+            secure_senders_must_pass=cfg.auth.secure_senders_must_pass,
+        )
         self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
         self._queue_task: asyncio.Task[None] | None = None
         self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
@@ -191,8 +204,19 @@ class Gateway:
         return out
 
     async def accept(self, t: Transaction) -> Reply:
-        """Policy for every recipient, then store durably; 250 only after commit."""
-        sensitivity = scan_message(t.data)
+        """Authenticate (inbound) or sign (outbound), decide per recipient, then store
+        durably: 250 only after commit."""
+        queue_id = new_queue_id()
+        now = time.time()
+        headers, body = b"", t.data
+        if self._from_outside(t):
+            judged = await self._authenticate(t, queue_id)
+            if isinstance(judged, Reply):
+                return judged
+            headers, body, t = judged
+        elif t.role != "dsn":
+            headers = self._dkim_sign(body)
+        sensitivity = scan_message(body)
         decisions = self.decisions(t, sensitivity)
         refused = [d for d in decisions if d.action is Action.REJECT]
         if refused:
@@ -204,9 +228,7 @@ class Gateway:
                 "550 5.7.1 Message refused by policy: sensitive content to a recipient not "
                 f"known to be secure ({who}); remove them or use a secure route"
             )
-        queue_id = new_queue_id()
-        now = time.time()
-        data = received_header(t, self.config.organisation.hostname, queue_id, now) + t.data
+        data = received_header(t, self.config.organisation.hostname, queue_id, now) + headers + body
         recipients = tuple(
             NewRecipient(
                 address=d.recipient,
@@ -249,6 +271,75 @@ class Gateway:
             [(d.recipient, d.action.value, d.tls.label if d.tls else "-") for d in decisions],
         )
         return Reply(f"250 2.0.0 Ok: queued as {queue_id}")
+
+    # --- authentication ------------------------------------------------------------
+
+    def _from_outside(self, t: Transaction) -> bool:
+        """Inbound mail from another organisation (not our relay clients): verify it."""
+        if t.role != "inbound" or not self.config.auth.verify:
+            return False
+        ip = ipaddress.ip_address(t.peer)
+        return not any(ip in network for network in self.relay_networks)
+
+    async def _authenticate(
+        self, t: Transaction, queue_id: str
+    ) -> Reply | tuple[bytes, bytes, Transaction]:
+        """SPF/DKIM/DMARC/ARC; a Reply to refuse, or (headers, body, transaction) to go on."""
+        authserv_id = self.config.organisation.hostname
+        body = auth.strip_own_headers(t.data, authserv_id)
+        verdict = await auth.authenticate(
+            body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver
+        )
+        decision = auth.decide(
+            verdict, tls=bool(t.tls), classify=self.classifier.classify, policy=self.auth_policy
+        )
+        log.info(
+            "auth id=%s from=<%s> header_from=%s %s action=%s trust=%s detail=%r",
+            queue_id,
+            t.sender,
+            verdict.from_domain,
+            " ".join(f"{m.method}={m.result.value}" for m in verdict.method_results()),
+            decision.action.value,
+            "secure" if decision.trusted else "external",
+            decision.log,
+        )
+        if decision.action in (auth.Action.REJECT, auth.Action.TEMPFAIL):
+            return Reply(decision.reply, decision.log)
+        headers = auth.result_headers(authserv_id, verdict, decision)
+        quarantine_to = self.config.auth.quarantine_to
+        if decision.action is auth.Action.QUARANTINE and quarantine_to:
+            c = self.classifier.classify(quarantine_to)
+            t = replace(t, recipients=[(quarantine_to, c)])
+        if self.config.auth.arc_seal and self.keys:
+            headers = self._arc_seal(headers + body, verdict) + headers
+        return headers, body, t
+
+    def _arc_seal(self, message: bytes, verdict: auth.AuthVerdict) -> bytes:
+        key = self.keys.get(self.config.organisation.domains[0]) or next(iter(self.keys.values()))
+        results = authentication_results(
+            self.config.organisation.hostname, verdict.method_results()
+        )
+        try:
+            return arc_seal(
+                message,
+                domain=key.domain,
+                selector=key.selector,
+                private_pem=key.private_pem,
+                authserv_id=self.config.organisation.hostname,
+                auth_results=results,
+            )
+        except Exception:  # sealing is best effort: never lose mail over it
+            log.exception("ARC sealing failed; forwarding unsealed")
+            return b""
+
+    def _dkim_sign(self, data: bytes) -> bytes:
+        """A DKIM-Signature for mail From one of our domains, when we hold its key."""
+        if not self.config.dkim.sign or not self.keys:
+            return b""
+        domain, _ = header_from_domain(data)
+        if domain is None or domain not in self.keys:
+            return b""
+        return self.signer.sign(data, domain) or b""
 
     async def bounce(self, delivery: Delivery, detail: str, original: bytes) -> None:
         """Queue a DSN to the sender; it goes through policy like any other message."""

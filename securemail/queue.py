@@ -73,6 +73,7 @@ class QueueManager:
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self._runner: asyncio.Task[object] | None = None
 
     def wake(self) -> None:
         """New mail or a state change: look at the spool now."""
@@ -80,6 +81,7 @@ class QueueManager:
 
     async def run(self) -> None:
         """Until ``stop``: claim, dispatch, sleep until something is due or we are woken."""
+        self._runner = asyncio.current_task()
         while not self._stopping:
             self._wake.clear()
             claimed: list[Delivery] = []
@@ -103,8 +105,15 @@ class QueueManager:
         """
         self._stopping = True
         self._wake.set()
+        deadline = time.monotonic() + grace
+        runner = self._runner
+        if runner is not None and not runner.done() and runner is not asyncio.current_task():
+            # A claim already under way still dispatches what it claimed: let it, so that
+            # those deliveries are awaited below like the others instead of being left
+            # half done (claimed, perhaps sent, never recorded) when the loop closes.
+            await asyncio.wait({runner}, timeout=grace)
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            _, late = await asyncio.wait(self._tasks, timeout=max(deadline - time.monotonic(), 0.0))
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)

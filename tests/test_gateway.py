@@ -193,6 +193,25 @@ async def test_hostile_recipients_refused(gateway, rcpt, code):
     assert replies[1].startswith(code), replies
 
 
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        (b"Subject: no from\r\n", b"no From header"),
+        (b"From: a@x.test\r\nFrom: b@y.test\r\n", b"more than one From header"),
+        (b"From: a@x.test, b@y.test\r\n", b"several addresses"),
+    ],
+)
+async def test_unusable_from_header_refused(gateway, internal, headers, why):
+    replies = await asyncio.to_thread(
+        _dialogue,
+        gateway,
+        "inbound",
+        [b"MAIL FROM:<a@x.test>", b"RCPT TO:<jo@example.nhs.uk>", b"DATA", headers + b"\r\nx\r\n."],
+    )
+    assert replies[3].startswith(b"550 5.7.1") and why in replies[3], replies[3]
+    assert internal.messages == []
+
+
 async def test_null_sender_accepted_inbound(gateway, internal):
     replies = await asyncio.to_thread(
         _dialogue,
@@ -202,7 +221,7 @@ async def test_null_sender_accepted_inbound(gateway, internal):
             b"MAIL FROM:<>",
             b"RCPT TO:<jo@example.nhs.uk>",
             b"DATA",
-            b"Subject: bounce\r\n\r\nx\r\n.",
+            b"From: MAILER-DAEMON@sender.test\r\nSubject: bounce\r\n\r\nx\r\n.",
         ],
     )
     assert [r[:3] for r in replies] == [b"250", b"250", b"354", b"250"]
@@ -259,7 +278,7 @@ async def test_smuggling_bare_lf_dot_does_not_end_the_message(gateway, internal)
     """CVE-2023-51766 style: \\n.\\n must not end DATA; the smuggled MAIL is body text."""
     host, port = gateway.addresses["inbound"]
     smuggled = (
-        b"Subject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@sender.test>\r\n"
+        b"From: a@sender.test\r\nSubject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@sender.test>\r\n"
         b"RCPT TO:<jo@example.nhs.uk>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
     )
 
