@@ -675,7 +675,7 @@ def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
 
 
 def _crlf(text: bytes) -> bytes:
-    """Every line end as CRLF (a bare LF becomes CRLF); the common all-CRLF case is copied."""
+    """Every line end as CRLF (a bare LF becomes CRLF); all-CRLF text is returned as it is."""
     if text.count(b"\n") == text.count(b"\r\n"):
         return text
     return _LINE_END.sub(b"\r\n", text)
