@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -103,21 +105,112 @@ class Sink:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.start_sink()
+        self.postfix.start()
+
+    def start_sink(self, dump: Path | None = None) -> None:
+        """smtp-sink discards mail; with ``dump`` it appends every message to that file."""
+        self.stop_sink()
+        extra = ["-D", str(dump)] if dump else []
         self.proc = subprocess.Popen(
-            [SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{self.sink_port}", "256"],
+            [SMTP_SINK, "-u", "nobody", "-c", *extra, f"127.0.0.1:{self.sink_port}", "256"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.postfix.start()
+        wait(lambda: _listening(self.sink_port), 10, "smtp-sink to listen")
+
+    def stop_sink(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
 
     def accepted(self) -> int:
         return count(self.postfix.maillog, r"proxy-accept: END-OF-MESSAGE")
 
     def stop(self) -> None:
         self.postfix.stop()
+        self.stop_sink()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class OpenDkim:
+    """OpenDKIM as a signing milter for the Postfix relay (as in the baseline script)."""
+
+    def __init__(self, base: Path, pem: bytes) -> None:
+        self.dir = base / "opendkim"
+        self.dir.mkdir()
+        self.port = free_port()
+        key = self.dir / "s1.private"
+        key.write_bytes(pem)
+        shutil.chown(self.dir, "opendkim", "opendkim")
+        shutil.chown(key, "opendkim", "opendkim")
+        self.dir.chmod(0o700)
+        key.chmod(0o600)
+        self.conf = self.dir / "opendkim.conf"
+        self.conf.write_text(
+            "Syslog no\nBackground no\nMode s\nDomain example.nhs.uk\nSelector s1\n"
+            f"KeyFile {key}\nSocket inet:{self.port}@127.0.0.1\nUserID opendkim:opendkim\n"
+            "Canonicalization relaxed/relaxed\nSignatureAlgorithm rsa-sha256\n"
+            "InternalHosts 127.0.0.0/8\nRequireSafeKeys no\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["opendkim", "-x", str(self.conf), "-f"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait(lambda: _listening(self.port), 10, "opendkim to listen")
+
+    def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def smoke_dkim(sink: Sink, ports: dict[str, int], resolver_ns: str, base: Path) -> None:
+    """One message through each relay into a dumping smtp-sink; both must carry a DKIM
+    signature by example.nhs.uk that verifies (with securemail's verifier, from DNS)."""
+    import asyncio
+    import smtplib
+
+    from securemail.auth.dkim import verify_dkim
+    from securemail.auth.results import Result
+    from securemail.dns import Resolver
+
+    dump = base / "smoke.dump"
+    dump.touch()
+    shutil.chown(dump, "nobody")
+    sink.start_sink(dump)
+    for name, port in ports.items():
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail(
+                SENDER,
+                [RCPT],
+                f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: smoke {name}\r\n\r\nbody\r\n".encode(),
+            )
+    wait(lambda: dump.read_bytes().count(b"Subject: smoke") >= 2, 60, "smoke messages at the sink")
+    time.sleep(0.3)
+    sink.start_sink()
+    messages = [b"X-Client-Addr:" + m for m in dump.read_bytes().split(b"X-Client-Addr:")[1:]]
+    resolver = Resolver([resolver_ns], timeout=2)
+    for message in messages:
+        data = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        verdicts = asyncio.run(verify_dkim(data, resolver))
+        subject = re.search(rb"Subject: (smoke \w+)", data)
+        ok = [v for v in verdicts if v.result is Result.PASS and v.domain == "example.nhs.uk"]
+        if not ok:
+            sys.exit(f"smoke: {subject and subject.group(1)!r} not DKIM-signed: {verdicts}")
+        print(
+            f"smoke: {subject.group(1).decode() if subject else '?'} DKIM-signed, verifies",
+            flush=True,
+        )
 
 
 def source(port: int, msgs: int, sessions: int, size: int, log: Path) -> None:
@@ -161,12 +254,20 @@ def main() -> None:
         action="store_true",
         help="give Postfix TLS connection reuse too (smtp_tls_connection_reuse = yes)",
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="both relays DKIM-sign (securemail natively, Postfix through the OpenDKIM milter)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit(
             "run as root (Postfix instances need it): sudo .venv/bin/python bench/relay_bench.py"
         )
-    for tool in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
+    tools = [SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"] + (
+        ["/usr/sbin/opendkim"] if args.dkim else []
+    )
+    for tool in tools:
         if not Path(tool).exists():
             sys.exit(f"{tool} missing: run 'make bench' (it installs postfix)")
 
@@ -176,6 +277,26 @@ def main() -> None:
     sink = Sink(base, pki)
     dns = DnsServer(
         {"sink.test": {"MX": ["10 mx.sink.test."]}, "mx.sink.test": {"A": ["127.0.0.1"]}}
+    )
+    milter: OpenDkim | None = None
+    dkim_toml = ""
+    if args.dkim:
+        from securemail.auth.dkim import generate_key, write_key
+
+        pem, record = generate_key("rsa", 2048)  # the same key for both relays
+        dns.add("s1._domainkey.example.nhs.uk", "TXT", record)
+        milter = OpenDkim(base, pem)
+        write_key(base / "securemail-dkim", "example.nhs.uk", "s1", pem)
+        dkim_toml = f'[dkim]\nkey_dir = "{base / "securemail-dkim"}"\nselector = "s1"\n'
+    milter_cf = (
+        {
+            "smtpd_milters": f"inet:127.0.0.1:{milter.port}",
+            "non_smtpd_milters": "$smtpd_milters",
+            "milter_default_action": "tempfail",
+            "milter_protocol": "6",
+        }
+        if milter
+        else {}
     )
     relay = PostfixInstance(
         base,
@@ -191,6 +312,7 @@ def main() -> None:
             "smtp_tls_connection_reuse": "yes" if args.postfix_reuse else "no",
             "smtpd_client_connection_count_limit": "0",
             "smtpd_client_connection_rate_limit": "0",
+            **milter_cf,
         },
     )
     (base / "relay" / "etc").mkdir(parents=True, exist_ok=True)
@@ -206,6 +328,8 @@ def main() -> None:
     try:
         dns.start()
         sink.start()
+        if milter:
+            milter.start()
         relay.start()
         cert, key = pki.server_cert("relay.example.nhs.uk")
         config = sm_dir / "securemail.toml"
@@ -231,7 +355,7 @@ networks = ["127.0.0.0/8"]
 port = {sink.postfix.port}
 [policy]
 secure_domains = ["sink.test"]
-"""
+{dkim_toml}"""
         )
         with gw_log.open("wb") as log:
             gateway = subprocess.Popen(
@@ -240,9 +364,12 @@ secure_domains = ["sink.test"]
                 stderr=subprocess.STDOUT,
             )
         wait(lambda: count(gw_log, r"ready: inbound") > 0, 30, "securemail to start")
+        if args.dkim:
+            smoke_dkim(sink, {"securemail": sm_port, "postfix": relay.port}, dns.nameserver, base)
         print(
             f"load: smtp-source -s {args.sessions} -m {args.msgs} -l {args.size}; "
-            f"forced verified TLS to mx.sink.test; Postfix TLS connection reuse "
+            f"forced verified TLS to mx.sink.test; DKIM signing {'on' if args.dkim else 'off'}; "
+            f"Postfix TLS connection reuse "
             f"{'on' if args.postfix_reuse else 'off'}; {args.runs} runs each, alternating",
             flush=True,
         )
@@ -303,6 +430,8 @@ secure_domains = ["sink.test"]
             gateway.terminate()
             gateway.wait(30)
         relay.stop()
+        if milter:
+            milter.stop()
         sink.stop()
         dns.stop()
         pki.close()

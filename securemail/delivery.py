@@ -19,7 +19,7 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from securemail.dns import DnsError, DnsNotFound, DnsTemporaryError, Resolver
@@ -99,9 +99,19 @@ class Deliverer:
         return Route(tuple(h.host for h in mx.hosts), self.port)
 
     async def deliver(
-        self, domain: str, tls: TlsRequirement, items: Sequence[Item]
+        self,
+        domain: str,
+        tls: TlsRequirement,
+        items: Sequence[Item],
+        *,
+        report: Callable[[list[Result]], None] | None = None,
     ) -> list[Result]:
-        """Deliver every item; one Result per (item, recipient)."""
+        """Deliver every item; one Result per (item, recipient).
+
+        ``report`` is called with each message's results the moment its DATA reply
+        arrives, so the caller can record them at once: a crash then can only repeat
+        the one message in flight, not every message already sent on the connection.
+        """
         try:
             route = await self.route(domain)
         except DnsTemporaryError as exc:
@@ -128,7 +138,7 @@ class Deliverer:
                 if not pending:
                     break
                 try:
-                    done = await self._deliver_via(host, ip, route.port, tls, pending)
+                    done = await self._deliver_via(host, ip, route.port, tls, pending, report)
                 except DeliveryError as exc:
                     errors.append(str(exc))
                     tls_failures += exc.tls
@@ -145,7 +155,13 @@ class Deliverer:
         return results
 
     async def _deliver_via(
-        self, host: str, ip: str, port: int, tls: TlsRequirement, items: list[Item]
+        self,
+        host: str,
+        ip: str,
+        port: int,
+        tls: TlsRequirement,
+        items: list[Item],
+        report: Callable[[list[Result]], None] | None,
     ) -> list[Result]:
         """Send as many items as possible through one connection to ``ip``.
 
@@ -156,21 +172,28 @@ class Deliverer:
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._send_all(key, conn, items)
+                return await self._send_all(key, conn, items, report)
             except DeliveryError:
                 pass  # the server closed the idle connection: start afresh
         conn = SmtpConnection(host, ip, port, helo=self.helo)
         await conn.open(tls, self.contexts[tls])
-        return await self._send_all(key, conn, items)
+        return await self._send_all(key, conn, items, report)
 
     async def _send_all(
-        self, key: tuple[str, str, int, TlsRequirement], conn: SmtpConnection, items: list[Item]
+        self,
+        key: tuple[str, str, int, TlsRequirement],
+        conn: SmtpConnection,
+        items: list[Item],
+        report: Callable[[list[Result]], None] | None,
     ) -> list[Result]:
         results: list[Result] = []
         try:
             for item in items[:MESSAGES_PER_CONNECTION]:
                 outcome = await conn.send(item.sender, item.rcpts, item.data)
-                results += self._judge(conn, item, outcome.rcpts, outcome.data)
+                judged = self._judge(conn, item, outcome.rcpts, outcome.data)
+                results += judged
+                if report is not None:
+                    report(judged)
         except DeliveryError as exc:
             attempted = {r.queue_id for r in results}
             left = [i for i in items if i.queue_id not in attempted]

@@ -160,8 +160,20 @@ class QueueManager:
                         )
                     )
                     by_key.update({(d.queue_id, d.rcpt): (d, data) for d in rcpts})
-                results = await self.deliverer.deliver(domain, tls, items)
-            await self._record(results, by_key)
+                reported: set[tuple[str, str]] = set()
+                recording: list[asyncio.Future[None]] = []
+
+                def report(results: list[Result]) -> None:
+                    # Record each message as soon as its fate is known (group commit
+                    # makes this cheap): a crash can only repeat what was in flight.
+                    reported.update((r.queue_id, r.rcpt) for r in results)
+                    recording.append(asyncio.ensure_future(self._record(results, by_key)))
+
+                results = await self.deliverer.deliver(domain, tls, items, report=report)
+            await asyncio.gather(*recording)
+            rest = [r for r in results if (r.queue_id, r.rcpt) not in reported]
+            if rest:
+                await self._record(rest, by_key)
         except Exception:  # a bug must not kill the queue manager; retry later
             log.exception("delivery task for %s failed; recipients will be retried", domain)
             now = self.clock()
