@@ -65,6 +65,8 @@ format: $(STAMP)
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/classify_bench.py
 	$(BIN)/python bench/relay_bench.py
+	$(BIN)/python bench/relay_bench.py --dkim
+	$(BIN)/python bench/auth_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

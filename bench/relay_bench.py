@@ -184,9 +184,10 @@ def smoke_dkim(sink: Sink, ports: dict[str, int], resolver_ns: str, base: Path) 
     from securemail.auth.results import Result
     from securemail.dns import Resolver
 
-    dump = base / "smoke.dump"
-    dump.touch()
-    shutil.chown(dump, "nobody")
+    dump_dir = base / "smoke"  # smtp-sink (as nobody) creates the dump file itself
+    dump_dir.mkdir()
+    shutil.chown(dump_dir, "nobody")
+    dump = dump_dir / "msgs"
     sink.start_sink(dump)
     for name, port in ports.items():
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
@@ -195,7 +196,11 @@ def smoke_dkim(sink: Sink, ports: dict[str, int], resolver_ns: str, base: Path) 
                 [RCPT],
                 f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: smoke {name}\r\n\r\nbody\r\n".encode(),
             )
-    wait(lambda: dump.read_bytes().count(b"Subject: smoke") >= 2, 60, "smoke messages at the sink")
+    wait(
+        lambda: dump.exists() and dump.read_bytes().count(b"Subject: smoke") >= 2,
+        60,
+        "smoke messages at the sink",
+    )
     time.sleep(0.3)
     sink.start_sink()
     messages = [b"X-Client-Addr:" + m for m in dump.read_bytes().split(b"X-Client-Addr:")[1:]]
