@@ -63,6 +63,7 @@ format: $(STAMP)
 
 ## bench: the benchmarks, each against a peer measured in the same run
 bench: $(STAMP) bench-deps
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/classify_bench.py
 	$(BIN)/python bench/relay_bench.py
 	$(BIN)/python bench/relay_bench.py --dkim

@@ -1,0 +1,87 @@
+"""Findings: the checker's one output record, with stable codes.
+
+Like NCSC Mail Check's rules, every finding has a dotted code whose first part names
+the mechanism (``mx.``, ``tls.``, ``spf.``, ``dmarc.``, ``dkim.``, ``mta_sts.``,
+``tlsrpt.``, ``dane.``), a status, a one-line message saying what was found, and the
+fix. Codes are documented in the README and never reused for a different meaning, so
+reports can be compared over time and machine-read. Rules never format output; the
+renderers (terminal, JSON, HTML) do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """Ordered, so the worst finding decides the verdict."""
+
+    PASS = 0
+    WARN = 1
+    FAIL = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str  # stable dotted code, e.g. "tls.version"
+    status: Status
+    message: str  # what was found, one line
+    fix: str = ""  # what to do about it ("" when nothing to do)
+    subject: str = ""  # what it is about when not the domain itself, e.g. an MX host
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "check": self.check,
+            "status": self.status.label,
+            "message": self.message,
+            "fix": self.fix,
+        }
+        if self.subject:
+            out["subject"] = self.subject
+        return out
+
+
+def passed(check: str, message: str, subject: str = "") -> Finding:
+    return Finding(check, Status.PASS, message, "", subject)
+
+
+def warned(check: str, message: str, fix: str, subject: str = "") -> Finding:
+    return Finding(check, Status.WARN, message, fix, subject)
+
+
+def failed(check: str, message: str, fix: str, subject: str = "") -> Finding:
+    return Finding(check, Status.FAIL, message, fix, subject)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainReport:
+    domain: str
+    findings: tuple[Finding, ...]
+    facts: dict[str, object] = field(default_factory=dict)  # raw observations, for JSON/HTML
+    error: str = ""  # the check itself could not run (e.g. not a domain name)
+
+    @property
+    def verdict(self) -> Status:
+        return verdict(self.findings) if not self.error else Status.FAIL
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "domain": self.domain,
+            "verdict": self.verdict.label,
+            "findings": [f.to_json() for f in self.findings],
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.facts:
+            out["facts"] = self.facts
+        return out
+
+
+def verdict(findings: Iterable[Finding]) -> Status:
+    return max((f.status for f in findings), default=Status.PASS)
