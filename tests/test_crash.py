@@ -740,7 +740,7 @@ class _AcceptingDeliverer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
-    async def deliver(self, domain, tls, items) -> list[Result]:
+    async def deliver(self, domain, tls, items, *, report=None) -> list[Result]:
         self.sent += [(i.queue_id, r) for i in items for r in i.rcpts]
         return [Result(i.queue_id, r, True, False, "250 2.0.0 Ok") for i in items for r in i.rcpts]
 
