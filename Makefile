@@ -68,6 +68,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python bench/relay_bench.py
 	$(BIN)/python bench/relay_bench.py --dkim
 	$(BIN)/python bench/auth_bench.py
+	$(BIN)/python bench/check_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

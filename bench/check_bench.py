@@ -1,0 +1,161 @@
+"""Domain assurance throughput: securemail check vs checkdmarc, same domains, same run.
+
+    sudo .venv/bin/python bench/check_bench.py [--domains 1000] [--slow 0.03] [--dead 0.01]
+
+A loopback DNS server serves N generated domains: MX, SPF (some with shared includes,
+some missing or broken), DMARC (reject / none / missing), with a fraction of domains
+whose DMARC answers are slow (1.5 s) or never come (timeouts). Both tools query that
+server (checkdmarc through a dnspython resolver pointed at it, securemail through
+``[dns] nameservers``), each in its library form, in the same process, one after the
+other:
+
+* ``dns`` mode: the DNS checks (securemail ``--no-tls``; checkdmarc without MX TLS);
+* ``starttls`` mode: plus an SMTP STARTTLS probe of the MX. checkdmarc resolves MX
+  hosts through the system resolver, so every MX is ``localhost`` and a STARTTLS
+  server listens on 127.0.0.1:25 (both tools cache per host, so this measures the DNS
+  work plus one probe each, not 1000 probes).
+
+checkdmarc also looks up NS, SOA, DNSSEC, BIMI and MTA-STS; securemail also looks up
+~15 DKIM selectors, MTA-STS, TLS-RPT and DANE. Prints domains/s for both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import dns.nameserver
+import dns.resolver
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dnsserver import DnsServer  # noqa: E402
+from pki import TestPKI  # noqa: E402
+from smtpsink import SinkServer  # noqa: E402
+
+from securemail.check.runner import Checker, CheckOptions  # noqa: E402
+from securemail.dns import Resolver  # noqa: E402
+
+
+def build_zones(server: DnsServer, n: int, slow: float, dead: float, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    server.add("localhost", "A", "127.0.0.1")
+    server.add("_spf.provider.example", "TXT", "v=spf1 ip4:198.51.100.0/24 ~all")
+    domains = []
+    for i in range(n):
+        d = f"d{i:05d}.example"
+        domains.append(d)
+        server.add(d, "MX", "10 localhost.")
+        roll = rng.random()
+        if roll < 0.6:
+            server.add(d, "TXT", "v=spf1 ip4:192.0.2.0/24 include:_spf.provider.example -all")
+        elif roll < 0.9:
+            server.add(d, "TXT", "v=spf1 mx ~all")
+        elif roll < 0.95:
+            server.add(d, "TXT", "v=spf1 ip4:192.0.2.1/33 +all")  # broken
+        roll = rng.random()
+        if roll < 0.5:
+            server.add(f"_dmarc.{d}", "TXT", f"v=DMARC1; p=reject; rua=mailto:dmarc@{d}")
+        elif roll < 0.8:
+            server.add(f"_dmarc.{d}", "TXT", "v=DMARC1; p=none")
+        roll = rng.random()
+        if roll < slow:
+            server.behave(f"_dmarc.{d}", "slow", 1.5)
+        elif roll < slow + dead:
+            server.behave(f"_dmarc.{d}", "timeout")
+    return domains
+
+
+def run_checkdmarc(domains: list[str], server: DnsServer, tls: bool, timeout: float) -> float:
+    import checkdmarc
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
+    resolver.timeout = resolver.lifetime = timeout
+    start = time.perf_counter()
+    results = checkdmarc.check_domains(
+        domains, resolver=resolver, timeout=timeout, retries=0, check_mx_tls=tls
+    )
+    elapsed = time.perf_counter() - start
+    got = len(results) if isinstance(results, list) else 1
+    if got != len(domains):
+        sys.exit(f"checkdmarc returned {got} results for {len(domains)} domains")
+    return elapsed
+
+
+def run_securemail(
+    domains: list[str], server: DnsServer, tls: bool, timeout: float, pki: TestPKI, concurrency: int
+) -> float:
+    options = CheckOptions(
+        smtp_port=25, https_port=9, timeout=timeout, ca_file=pki.ca_file, tls=tls
+    )
+
+    async def go() -> int:
+        checker = Checker(Resolver([server.nameserver], timeout=timeout), options)
+        count = 0
+        async for _report in checker.check_many(domains, concurrency=concurrency):
+            count += 1
+        return count
+
+    start = time.perf_counter()
+    got = asyncio.run(go())
+    elapsed = time.perf_counter() - start
+    if got != len(domains):
+        sys.exit(f"securemail returned {got} reports for {len(domains)} domains")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", type=int, default=1000)
+    parser.add_argument("--slow", type=float, default=0.03, help="fraction with slow DMARC")
+    parser.add_argument("--dead", type=float, default=0.01, help="fraction with DMARC timeouts")
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--modes", default="dns,starttls")
+    args = parser.parse_args()
+    if "starttls" in args.modes and os.geteuid() != 0:
+        sys.exit("starttls mode listens on 127.0.0.1:25: run as root (or --modes dns)")
+    pki = TestPKI()
+    with (
+        DnsServer() as server,
+        SinkServer(hostname="localhost", port=25, tls_context=pki.server_context("localhost"))
+        if "starttls" in args.modes
+        else _Null() as _sink,
+    ):
+        domains = build_zones(server, args.domains, args.slow, args.dead, seed=1)
+        print(
+            f"{args.domains} domains ({args.slow:.0%} slow DMARC answers, {args.dead:.0%} "
+            f"timing out), DNS timeout {args.timeout}s, securemail concurrency "
+            f"{args.concurrency}",
+            flush=True,
+        )
+        for mode in args.modes.split(","):
+            tls = mode == "starttls"
+            sm = run_securemail(domains, server, tls, args.timeout, pki, args.concurrency)
+            cd = run_checkdmarc(domains, server, tls, args.timeout)
+            print(
+                f"{mode:9} securemail {args.domains / sm:8.1f} domains/s ({sm:6.1f}s)   "
+                f"checkdmarc {args.domains / cd:7.1f} domains/s ({cd:6.1f}s)   "
+                f"ratio {cd / sm:5.1f}",
+                flush=True,
+            )
+    pki.close()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    main()
