@@ -547,28 +547,18 @@ def queue_list(
         for m in messages:
             sys.stdout.write(_json_line(_message_json(m)))
         return
-    table = Table(title=f"{len(messages)} messages")
-    for column in (
-        "queue id",
-        "received",
-        "sender",
-        "recipient",
-        "status",
-        "tls",
-        "attempts",
-        "last error / reason",
-    ):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"{len(messages)} messages", expand=True)
+    table.add_column("queue id / received", no_wrap=True)
+    table.add_column("envelope", ratio=1, overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("last error / decision", ratio=2, overflow="fold")
     for m in messages:
         for r in m.recipients:
+            status = f"{r.status.value}\n{r.tls or 'no tls'}, {r.attempts} tries"
             table.add_row(
-                m.queue_id,
-                _when(m.received),
-                Text(m.sender or "<>"),
-                Text(r.rcpt),
-                r.status.value,
-                r.tls or "-",
-                str(r.attempts),
+                f"{m.queue_id}\n{_when(m.received)}",
+                Text(f"{m.sender or '<>'}\n→ {r.rcpt}"),
+                status,
                 Text(r.last_error or r.reason),
             )
     out.print(table)

@@ -109,7 +109,7 @@ def evaluate_mx(info: MxInfo) -> list[Finding]:
     if info.error:
         return [_dns_error(f"the MX records of {info.domain}", info.error)]
     if info.missing or info.result is None:
-        return [_no_mail(info.domain)]
+        return [_no_mail(info.domain, info.missing)]
     if info.result.null:
         return [_null_mx(info.domain)]
     findings = [_records(info)]
@@ -130,10 +130,10 @@ def _records(info: MxInfo) -> Finding:
     return passed("mx.records", f"{count} MX host{'s' * (count != 1)}: {names}")
 
 
-def _no_mail(domain: str) -> Finding:
+def _no_mail(domain: str, why: str) -> Finding:
     return failed(
         "mx.records",
-        f"{domain} has no MX record and no A/AAAA address: it receives no mail",
+        f"{domain} receives no mail ({why or 'no MX record and no A/AAAA address'})",
         f"Publish MX records for {domain} naming the hosts that receive its mail.",
     )
 
