@@ -140,7 +140,7 @@ def parse_policy(text: str) -> MtaStsPolicy:
 
 def _mx_problem(pattern: str) -> str:
     name = pattern.removeprefix("*.").removesuffix(".")
-    if not name or ("." not in name and pattern.startswith("*.")):
+    if pattern.startswith("*.") and "." not in name:
         return "a wildcard must be followed by a domain (e.g. *.example.com)"
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         return "not a host name or *.domain pattern"

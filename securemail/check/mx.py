@@ -208,8 +208,8 @@ def mx_facts(info: MxInfo) -> Facts:
             for h in info.hosts
         ],
         "implicit": bool(result and result.implicit),
-        "null": bool(result and result.null),
-        "dnssec": bool(result and result.dnssec),
+        "mx_null": bool(result and result.null),
+        "mx_dnssec": bool(result and result.dnssec),
         "mx_hosts": [h.host for h in info.hosts],
     }
 
@@ -218,6 +218,6 @@ def mx_facts(info: MxInfo) -> Facts:
 
 
 async def check_mx(domain: str, resolver: Resolver) -> tuple[list[Finding], Facts]:
-    """Findings ``mx.*`` and facts (``mx``, ``implicit``, ``null``, ``mx_hosts``)."""
+    """Findings ``mx.*``; facts ``mx``, ``implicit``, ``mx_null``, ``mx_dnssec``, ``mx_hosts``."""
     info = await lookup_mx(domain.strip().rstrip(".").lower(), resolver)
     return evaluate_mx(info), mx_facts(info)

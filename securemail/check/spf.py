@@ -219,7 +219,7 @@ def _dns_error(error: str) -> Finding:
 
 
 async def check_spf_record(domain: str, resolver: Resolver) -> tuple[list[Finding], Facts]:
-    """Findings ``spf.*`` and facts (``spf`` record text, ``lookups``, ``void_lookups``)."""
+    """Findings ``spf.*``; facts ``spf``, ``lookups``, ``spf_void_lookups``, ``spf_includes``."""
     domain = domain.strip().rstrip(".").lower()
     records, error = await lookup_spf(domain, resolver)
     if error:
@@ -231,5 +231,9 @@ async def check_spf_record(domain: str, resolver: Resolver) -> tuple[list[Findin
     walk = await walk_spf(record, domain, resolver)
     findings.extend(evaluate_walk(walk))
     findings.append(evaluate_all(record, walk))
-    facts |= {"lookups": walk.lookups, "void_lookups": walk.voids, "includes": walk.records}
+    facts |= {
+        "lookups": walk.lookups,
+        "spf_void_lookups": walk.voids,
+        "spf_includes": walk.records,
+    }
     return findings, facts
