@@ -29,7 +29,7 @@ import os
 import ssl
 import warnings
 from collections.abc import Awaitable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -146,22 +146,18 @@ async def probe_tls(
             chain_valid, chain_error = False, verify.tls_error
         else:
             chain_error = f"not verified: {verify.tls_error or verify.error}"
-    cert = _Certificate()
-    error = main.error or main.tls_error
-    if main.der:
-        try:
-            cert = _certificate_facts(main.der, host)
-        except ValueError as exc:
-            error = error or f"cannot parse the certificate: {exc}"
-    return TlsProbe(
+    probe = TlsProbe(
         host=host, ip=ip, port=port, connected=main.connected, banner=main.banner,
-        starttls=main.starttls, versions=versions, negotiated=main.version,
-        cipher=main.cipher, cipher_bits=main.bits, cert_subject=cert.subject,
-        cert_issuer=cert.issuer, cert_sans=cert.sans, cert_not_after=cert.not_after,
-        cert_days_left=cert.days_left, cert_key_type=cert.key_type, cert_key_bits=cert.key_bits,
-        chain_valid=chain_valid, chain_error=chain_error, name_matches=cert.name_matches,
-        error=error, cert_der=main.der,
+        starttls=main.starttls, versions=versions, negotiated=main.version, cipher=main.cipher,
+        cipher_bits=main.bits, cert_subject=None, cert_issuer=None, cert_sans=(),
+        cert_not_after=None, cert_days_left=None, cert_key_type=None, cert_key_bits=None,
+        chain_valid=chain_valid, chain_error=chain_error, name_matches=None,
+        error=main.error or main.tls_error, cert_der=main.der,
     )  # fmt: skip
+    try:
+        return _with_certificate(probe) if main.der else probe
+    except ValueError as exc:
+        return replace(probe, error=probe.error or f"cannot parse the certificate: {exc}")
 
 
 async def _session(
@@ -300,39 +296,23 @@ def _permit_legacy(ctx: ssl.SSLContext, version: str | None) -> None:
     ctx.set_ciphers(f"{NCSC_TLS12_CIPHERS}:{_ANY_CIPHER}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Certificate:
-    subject: str | None = None
-    issuer: str | None = None
-    sans: tuple[str, ...] = ()
-    not_after: str | None = None
-    days_left: int | None = None
-    key_type: str | None = None
-    key_bits: int | None = None
-    name_matches: bool | None = None
-
-
-def _certificate_facts(der: bytes, host: str) -> _Certificate:
-    cert = x509.load_der_x509_certificate(der)
+def _with_certificate(probe: TlsProbe) -> TlsProbe:
+    """``probe`` with the facts of its leaf certificate (``ValueError`` if unparseable)."""
+    cert = x509.load_der_x509_certificate(probe.cert_der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = tuple(san.get_values_for_type(x509.DNSName)) + tuple(
-            str(ip) for ip in san.get_values_for_type(x509.IPAddress)
-        )
+        sans = (*san.get_values_for_type(x509.DNSName),
+                *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))  # fmt: skip
     except x509.ExtensionNotFound:
         sans = ()
     not_after = cert.not_valid_after_utc
     key_type, key_bits = _key_kind(cert.public_key())
-    return _Certificate(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        sans=sans,
-        not_after=not_after.isoformat(),
-        days_left=(not_after - datetime.now(UTC)).days,
-        key_type=key_type,
-        key_bits=key_bits,
-        name_matches=name_matches(host, sans),
-    )
+    return replace(
+        probe, cert_subject=cert.subject.rfc4514_string(),
+        cert_issuer=cert.issuer.rfc4514_string(), cert_sans=sans,
+        cert_not_after=not_after.isoformat(), cert_days_left=(not_after - datetime.now(UTC)).days,
+        cert_key_type=key_type, cert_key_bits=key_bits, name_matches=name_matches(probe.host, sans),
+    )  # fmt: skip
 
 
 def _key_kind(key: object) -> tuple[str | None, int | None]:
