@@ -27,6 +27,7 @@ from securemail.check.dane import check_dane, evaluate_tlsa, match_tlsa, tlsa_pr
 from securemail.check.model import Finding, Status
 from securemail.check.tls import TlsProbe, evaluate_tls, name_matches, probe_tls
 from securemail.dns import Resolver
+from securemail.errors import ConfigError
 
 HOST = "mx.test.nhs.net"
 LOOPBACK = "127.0.0.1"
@@ -197,7 +198,7 @@ def rsa_files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path,
 async def test_good_server_passes_every_check_and_sends_no_mail(pki: TestPKI) -> None:
     with sink(pki.server_context(HOST)) as server:
         result = await probe(server, pki)
-        sessions = server.wait_sessions_closed(1 + 1 + 4)
+        sessions = await asyncio.to_thread(server.wait_sessions_closed, 1 + 1 + 4, 10)
     assert result.connected and result.starttls and result.error == ""
     assert result.banner.startswith("220 ")
     assert result.versions == {"TLSv1": False, "TLSv1.1": False, "TLSv1.2": True, "TLSv1.3": True}
@@ -243,8 +244,9 @@ async def test_without_ca_file_the_test_ca_is_not_trusted(pki: TestPKI) -> None:
 async def test_no_starttls_fails(pki: TestPKI) -> None:
     with sink(None) as server:
         result = await probe(server, pki)
-        server.wait_sessions_closed(1)
+        await asyncio.to_thread(server.wait_sessions_closed, 1, 10)
         assert len(server.sessions) == 1  # no version probes against a plain server
+        assert server.plaintext.endswith(b"QUIT\r\n")  # closed politely
     assert result.connected and not result.starttls and result.versions == {}
     assert result.negotiated is None and result.cert_der == b""
     found = statuses(evaluate_tls(result, now=NOW))
@@ -441,6 +443,12 @@ async def test_starttls_refused_fails_version() -> None:
     version = by_code(evaluate_tls(result, now=NOW))["tls.version"]
     assert version.status is Status.FAIL
     assert "answered STARTTLS with 454 4.7.0 TLS not available" in version.message
+
+
+async def test_unloadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "missing-ca.pem"
+    with pytest.raises(ConfigError, match=r"tls\.ca_file: cannot load .*missing-ca\.pem"):
+        await probe_tls(HOST, LOOPBACK, 25, ca_file=bad, timeout=1.0)
 
 
 # --- rules (pure, fixed clock) -------------------------------------------------------------

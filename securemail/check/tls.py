@@ -22,7 +22,6 @@ as refused. ``evaluate_tls`` (pure) grades a probe; the clock is passed in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import os
@@ -202,8 +201,7 @@ async def _session(
     except TimeoutError:
         _failed(s, f"timeout after {timeout:g}s while {s.stage} ({peer})")
     except ssl.SSLCertVerificationError as exc:
-        s.untrusted = True
-        s.tls_error = str(exc.verify_message or exc.reason or exc)
+        s.untrusted, s.tls_error = True, str(exc.verify_message or exc.reason or exc)
     except ssl.SSLError as exc:
         _failed(s, f"TLS handshake failed: {exc.reason or exc}")
     except (OSError, EOFError, ValueError) as exc:
@@ -215,7 +213,7 @@ async def _session(
             _failed(s, f"lost {peer} while {s.stage}: {reason}")
     finally:
         if writer is not None:
-            await _close(writer, polite=s.version is not None)
+            await _close(writer, polite=s.connected and not (s.error or s.tls_error))
     return s
 
 
@@ -253,9 +251,11 @@ async def _close(writer: asyncio.StreamWriter, *, polite: bool) -> None:
 
 
 def _sni(host: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        return None if ipaddress.ip_address(host) else host
-    return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None  # no SNI for an address literal
 
 
 @functools.cache
@@ -351,8 +351,9 @@ def evaluate_tls(probe: TlsProbe, *, now: datetime) -> list[Finding]:
     out = [passed("tls.connect", f"connected: {probe.banner}", at)]
     if not probe.starttls:
         fix = "Enable STARTTLS with a certificate for the MX host name."
-        out.append(failed("tls.starttls", "STARTTLS not offered: secure email requires TLS",
-                          fix, at))  # fmt: skip
+        message = "STARTTLS not offered: secure email requires TLS"
+        message += f" ({probe.error})" if probe.error else ""
+        out.append(failed("tls.starttls", message, fix, at))
         return out
     out.append(passed("tls.starttls", "STARTTLS offered", at))
     version_fix = "Enable TLS 1.2 and TLS 1.3 (NCSC: TLS 1.2 or later only)."
