@@ -752,7 +752,7 @@ def check(
     _run_async(run())
     reports.sort(key=lambda r: r.domain)
     if not json_out:
-        render_terminal(reports, out, detail=not bulk)
+        render_terminal(reports, out, detail=False)  # raw facts: --json or --html
     if html is not None:
         try:
             html.write_text(render_html(reports, generated=dt.datetime.now(dt.UTC)), "utf-8")

@@ -120,7 +120,9 @@ def _terminal_domain(report: DomainReport, console: Console, *, detail: bool) ->
         console.print(Text.assemble(("error: ", "bold red"), _text(report.error)))
     console.print(_verdict_line(report))
     if detail and report.facts:
-        console.print(_text(json.dumps(report.facts, indent=2, ensure_ascii=True, default=str)))
+        # ensure_ascii escapes every control/format character inside the values, so the
+        # only raw newlines are json's own indentation.
+        console.print(Text(json.dumps(report.facts, indent=2, ensure_ascii=True, default=str)))
 
 
 def render_terminal(reports: Sequence[DomainReport], console: Console, *, detail: bool) -> None:
