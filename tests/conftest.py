@@ -41,3 +41,43 @@ def postfix_tmp() -> Iterator[Path]:
     yield base
     if not os.environ.get("SECUREMAIL_KEEP_TMP"):
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def internal():
+    """The organisation's internal mail server (where inbound mail for our domains goes)."""
+    from smtpsink import SinkServer
+
+    with SinkServer(hostname="internal.example.nhs.uk") as sink:
+        yield sink
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path, pki, dns_server, internal):
+    """Start in-process gateways configured for the loopback DNS, sinks and test CA:
+    ``await gateway_factory(delivery_port=..., extra="[section]\\n...", delivery_extra=...)``.
+    Every gateway started is stopped afterwards."""
+    from gatewaykit import PASSWORD, start_gateway, write_config
+
+    from securemail.users import add_user
+
+    started = []
+
+    async def make(delivery_port=25, extra="", delivery_extra=""):
+        path = write_config(
+            tmp_path,
+            pki=pki,
+            dns_server=dns_server,
+            delivery_port=delivery_port,
+            internal_port=internal.port,
+            extra=extra,
+            delivery_extra=delivery_extra,
+        )
+        add_user(tmp_path / "users.toml", "alice", PASSWORD)
+        gateway = await start_gateway(path)
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        await gateway.stop(grace=5)

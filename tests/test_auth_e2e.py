@@ -12,50 +12,17 @@ import time
 import pytest
 from gatewaykit import (
     ORG_DOMAIN,
-    PASSWORD,
     add_mx,
     client_context,
-    start_gateway,
     submit,
-    write_config,
 )
 from smtpsink import SinkServer
 
 from securemail.auth.dkim import DkimSigner, SigningKey, generate_key, verify_dkim, write_key
 from securemail.auth.results import Result
 from securemail.dns import Resolver
-from securemail.users import add_user
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def internal():
-    with SinkServer(hostname="internal.example.nhs.uk") as sink:
-        yield sink
-
-
-@pytest.fixture
-async def gateway_factory(tmp_path, pki, dns_server, internal):
-    started = []
-
-    async def make(extra="", delivery_port=25):
-        path = write_config(
-            tmp_path,
-            pki=pki,
-            dns_server=dns_server,
-            delivery_port=delivery_port,
-            internal_port=internal.port,
-            extra=extra,
-        )
-        add_user(tmp_path / "users.toml", "alice", PASSWORD)
-        gateway = await start_gateway(path)
-        started.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in started:
-        await gateway.stop(grace=5)
 
 
 def publish_key(dns_server, domain, selector="s1"):
@@ -121,7 +88,7 @@ async def test_unencrypted_or_unauthenticated_mail_is_marked_external(
     gateway_factory, dns_server, internal
 ):
     nhs_zone(dns_server, "v=DMARC1; p=none")
-    gateway = await gateway_factory("[auth]\nsecure_senders_must_pass = false\n")
+    gateway = await gateway_factory(extra="[auth]\nsecure_senders_must_pass = false\n")
     data = mail("someone@nhs.net") + b""
     await asyncio.to_thread(send, gateway, "someone@nhs.net", data)
     received = await asyncio.to_thread(internal.wait, 1)
@@ -140,7 +107,7 @@ async def test_secure_sender_failing_dmarc_refused_even_with_p_none(gateway_fact
 async def test_quarantine_marked_or_diverted(gateway_factory, dns_server, internal):
     dns_server.add("partner.test", "TXT", "v=spf1 -all")
     dns_server.add("_dmarc.partner.test", "TXT", "v=DMARC1; p=quarantine")
-    gateway = await gateway_factory(f'[auth]\nquarantine_to = "quarantine@{ORG_DOMAIN}"\n')
+    gateway = await gateway_factory(extra=f'[auth]\nquarantine_to = "quarantine@{ORG_DOMAIN}"\n')
     await asyncio.to_thread(send, gateway, "x@partner.test", mail("x@partner.test"))
     received = await asyncio.to_thread(internal.wait, 1)
     assert received[0].rcpt_tos == [f"quarantine@{ORG_DOMAIN}"]
@@ -182,7 +149,7 @@ async def test_outbound_mail_from_our_domain_is_dkim_signed(
     ctx = pki.server_context("mx.nhs.net")
     with SinkServer(hostname="mx.nhs.net", tls_context=ctx) as mx:
         gateway = await gateway_factory(
-            f'[dkim]\nkey_dir = "{tmp_path / "var" / "dkim"}"\n', mx.port
+            delivery_port=mx.port, extra=f'[dkim]\nkey_dir = "{tmp_path / "var" / "dkim"}"\n'
         )
         await asyncio.to_thread(
             submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["gp@nhs.net"],

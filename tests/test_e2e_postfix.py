@@ -24,17 +24,10 @@ from gatewaykit import (
     write_config,
 )
 from postfix import postfix_receiver, postfix_sender, require_tools
-from smtpsink import SinkServer
 
 from securemail.users import add_user
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def internal():
-    with SinkServer(hostname="internal.example.nhs.uk") as sink:
-        yield sink
 
 
 async def _gateway(tmp_path, pki, dns_server, delivery_port, internal_port):

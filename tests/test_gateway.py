@@ -15,23 +15,12 @@ from gatewaykit import (
     message,
     rcpt_states,
     send_inbound,
-    start_gateway,
     submit,
-    write_config,
 )
 from smtpsink import SinkServer
 from strip_proxy import StripTLSProxy
 
-from securemail.users import add_user
-
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def internal():
-    """The organisation's internal mail server (where inbound mail for us goes)."""
-    with SinkServer(hostname="internal.example.nhs.uk") as sink:
-        yield sink
 
 
 @pytest.fixture
@@ -40,30 +29,6 @@ def mx(pki):
     ctx = pki.server_context("mx.nhs.net", "mx.gmail.test", "mx.dwp.gov.uk")
     with SinkServer(hostname="mx.nhs.net", tls_context=ctx) as sink:
         yield sink
-
-
-@pytest.fixture
-async def gateway_factory(tmp_path, pki, dns_server, internal):
-    started = []
-
-    async def make(delivery_port, extra="", delivery_extra=""):
-        path = write_config(
-            tmp_path,
-            pki=pki,
-            dns_server=dns_server,
-            delivery_port=delivery_port,
-            internal_port=internal.port,
-            extra=extra,
-            delivery_extra=delivery_extra,
-        )
-        add_user(tmp_path / "users.toml", "alice", PASSWORD)
-        gateway = await start_gateway(path)
-        started.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in started:
-        await gateway.stop(grace=5)
 
 
 @pytest.fixture
@@ -255,7 +220,9 @@ async def test_sensitive_to_unknown_is_held_then_released(gateway, mx, pki):
 
 async def test_sensitive_to_unknown_rejected_when_configured(gateway_factory, mx, dns_server, pki):
     add_mx(dns_server, "gmail.test")
-    gateway = await gateway_factory(mx.port, '[policy]\nunknown_sensitive_action = "reject"\n')
+    gateway = await gateway_factory(
+        mx.port, extra='[policy]\nunknown_sensitive_action = "reject"\n'
+    )
     with pytest.raises(smtplib.SMTPDataError) as info:
         await asyncio.to_thread(
             submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from securemail.auth.dkim import RSA_MIN_BITS, _KeyProblem, _parse_key
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 
 RSA_GOOD_BITS = 2048
@@ -148,13 +148,7 @@ def evaluate_dkim(results: Sequence[SelectorResult]) -> list[Finding]:
     failures = [r for r in results if r.error]
     if failures:
         names = ", ".join(r.selector for r in failures)
-        findings.append(
-            warned(
-                "dkim.dns_error",
-                f"could not look up DKIM selectors {names}: {failures[0].error}; result unknown",
-                "Make sure the authoritative nameservers answer these queries, then check again.",
-            )
-        )
+        findings.append(dns_error("dkim", f"DKIM selectors {names}", failures[0].error))
     found = [r for r in results if r.records]
     for result in found:
         for text in result.records:

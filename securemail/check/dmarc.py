@@ -23,7 +23,7 @@ from securemail.auth.dmarc import (
     organizational_domain,
     parse_dmarc,
 )
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 
 _SIZE = re.compile(r"![0-9]+[kmgtKMGT]?$")
@@ -214,12 +214,7 @@ def evaluate_authorisations(policy_domain: str, checks: list[Authorisation]) -> 
 
 
 def _dns_error(name: str, error: str, subject: str = "") -> Finding:
-    return warned(
-        "dmarc.dns_error",
-        f"could not look up {name}: {error}; result unknown",
-        "Make sure the authoritative nameservers answer TXT queries, then check again.",
-        subject,
-    )
+    return dns_error("dmarc", name, error, subject)
 
 
 # --- entry point -----------------------------------------------------------------------

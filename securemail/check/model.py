@@ -85,3 +85,14 @@ class DomainReport:
 
 def verdict(findings: Iterable[Finding]) -> Status:
     return max((f.status for f in findings), default=Status.PASS)
+
+
+def dns_error(mechanism: str, what: str, error: str, subject: str = "") -> Finding:
+    """``<mechanism>.dns_error``: a lookup failed temporarily. Always a warning, never a
+    pass and never "absent": the answer is unknown, not negative."""
+    return warned(
+        f"{mechanism}.dns_error",
+        f"could not look up {what}: {error}; result unknown",
+        "Make sure the authoritative nameservers answer these queries, then check again.",
+        subject,
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsError, DnsNotFound, Resolver
 
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 §3.3
@@ -265,7 +265,7 @@ async def check_mta_sts(
     except DnsNotFound:
         records = []
     except DnsError as exc:
-        return [warned("mta_sts.dns_error", str(exc), "Check the domain's DNS servers")], out
+        return [dns_error("mta_sts", f"_mta-sts.{domain}", str(exc))], out
     record_id, problem = parse_txt_record(records)
     facts["txt"] = [r for r in records if r.startswith("v=STS")]
     if record_id is None:
@@ -287,7 +287,7 @@ async def check_mta_sts(
     except (DnsNotFound, MtaStsError) as exc:
         reason = str(exc)
     except DnsError as exc:
-        return [*findings, warned("mta_sts.dns_error", str(exc), "Check DNS")], out
+        return [*findings, dns_error("mta_sts", f"mta-sts.{domain}", str(exc))], out
     if reason:
         fix = (
             f"Serve the policy at https://mta-sts.{domain}{WELL_KNOWN} with HTTP 200, "

@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, MxResult, Resolver
 
 MAX_PTR_NAMES = 10
@@ -187,12 +187,7 @@ def _reverse_finding(host: str, address: AddressInfo) -> Finding:
 
 
 def _dns_error(what: str, error: str, subject: str = "") -> Finding:
-    return warned(
-        "mx.dns_error",
-        f"could not look up {what}: {error}; result unknown",
-        "Make sure the authoritative nameservers answer these queries, then check again.",
-        subject,
-    )
+    return dns_error("mx", what, error, subject)
 
 
 def mx_facts(info: MxInfo) -> Facts:

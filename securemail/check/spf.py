@@ -21,7 +21,7 @@ from securemail.auth.spf import (
     parse_spf,
     select_spf_record,
 )
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 
 LOOKUP_WARN = 8
@@ -208,11 +208,7 @@ def evaluate_all(record: SpfRecord, walk: SpfWalk) -> Finding:
 
 
 def _dns_error(error: str) -> Finding:
-    return warned(
-        "spf.dns_error",
-        f"could not look up SPF: {error}; result unknown",
-        "Make sure the authoritative nameservers answer TXT queries, then check again.",
-    )
+    return dns_error("spf", "SPF", error)
 
 
 # --- entry point -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 
 VERSION = "v=TLSRPTv1"
@@ -117,11 +117,7 @@ def evaluate_tlsrpt(domain: str, records: list[str]) -> list[Finding]:
 
 
 def _dns_error(domain: str, error: str) -> Finding:
-    return warned(
-        "tlsrpt.dns_error",
-        f"could not look up _smtp._tls.{domain}: {error}; result unknown",
-        "Make sure the authoritative nameservers answer TXT queries, then check again.",
-    )
+    return dns_error("tlsrpt", f"_smtp._tls.{domain}", error)
 
 
 # --- entry point -----------------------------------------------------------------------
