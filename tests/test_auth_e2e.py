@@ -64,6 +64,17 @@ async def test_spoofed_nhs_net_refused_at_smtp(gateway_factory, dns_server, inte
     assert internal.messages == []
 
 
+async def test_helo_identity_checked_too(gateway_factory, dns_server, internal):
+    """RFC 7208 §2.3: the HELO name's SPF is reported beside MAIL FROM's."""
+    dns_server.add("mx.sender.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    gateway = await gateway_factory()
+    await asyncio.to_thread(send, gateway, "x@partner.test", mail("x@partner.test"))
+    received = await asyncio.to_thread(internal.wait, 1)
+    unfolded = received[0].data.replace(b"\r\n\t", b" ")
+    assert b"spf=pass" in unfolded and b"smtp.helo=mx.sender.test" in unfolded
+    assert b"smtp.mailfrom=x@partner.test" in unfolded
+
+
 async def test_signed_nhs_net_accepted_with_authentication_results(
     gateway_factory, dns_server, internal, pki
 ):

@@ -30,7 +30,7 @@ from securemail.auth.dmarc import (
     header_from_domain,
 )
 from securemail.auth.results import MethodResult, Result, authentication_results
-from securemail.auth.spf import SpfResult, check_spf
+from securemail.auth.spf import SpfResult, check_helo, check_spf
 from securemail.classify import Classification
 from securemail.dns import Resolver
 from securemail.rules import Status
@@ -47,15 +47,18 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AuthVerdict:
-    spf: SpfResult
+    spf: SpfResult  # the MAIL FROM identity (postmaster@HELO for the null sender)
     dkim: tuple[DkimVerdict, ...]
     dmarc: DmarcResult | None  # None when the From header itself is unusable
     arc: ArcVerdict
     from_domain: str | None
     from_problem: str
+    helo: SpfResult | None = None  # the HELO identity (RFC 7208 §2.3), reported only
 
     def method_results(self) -> list[MethodResult]:
         out = [self.spf.to_method_result()]
+        if self.helo is not None and self.helo.result is not Result.NONE:
+            out.append(self.helo.to_method_result())
         out += [d.to_method_result() for d in self.dkim] or [MethodResult("dkim", Result.NONE)]
         if self.dmarc is not None:
             out.append(self.dmarc.to_method_result())
@@ -82,10 +85,11 @@ class AuthPolicy:
 async def authenticate(
     data: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver
 ) -> AuthVerdict:
-    """Run SPF, DKIM, ARC (concurrently), then DMARC over their results."""
+    """Run SPF (MAIL FROM and HELO), DKIM, ARC concurrently, then DMARC over them."""
     from_domain, problem = header_from_domain(data)
-    spf, dkim, arc = await asyncio.gather(
+    spf, helo_spf, dkim, arc = await asyncio.gather(
         check_spf(ip, mail_from, helo, resolver),
+        check_helo(ip, helo, resolver),
         verify_dkim(data, resolver),
         verify_arc(data, resolver),
     )
@@ -94,7 +98,7 @@ async def authenticate(
         passes = [DkimPass(v.domain) for v in dkim if v.result is Result.PASS]
         spf_outcome = SpfOutcome(spf.result.value, spf.domain)
         dmarc = await check_dmarc(from_domain, spf_outcome, passes, resolver)
-    return AuthVerdict(spf, tuple(dkim), dmarc, arc, from_domain, problem)
+    return AuthVerdict(spf, tuple(dkim), dmarc, arc, from_domain, problem, helo_spf)
 
 
 def decide(
