@@ -705,6 +705,14 @@ def check(
     no_tls: Annotated[
         bool, typer.Option("--no-tls", help="Skip the SMTP/TLS probes (DNS checks only).")
     ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Comma-separated mechanisms to check: mx, tls, spf, dkim, dmarc, mta_sts, "
+            "tlsrpt, dane (MX is always looked up).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Grade domains against the secure email standard (the NCSC Mail Check's job).
@@ -715,10 +723,15 @@ def check(
     import datetime as dt
 
     from securemail.check.report import render_html, render_terminal, to_json_line
-    from securemail.check.runner import Checker, CheckOptions
+    from securemail.check.runner import ORDER, Checker, CheckOptions
     from securemail.dns import Resolver
 
     cfg = load_config(config)
+    wanted = frozenset(ORDER)
+    if only is not None:
+        wanted = frozenset(m.strip() for m in only.split(",") if m.strip()) | {"mx"}
+        if unknown := sorted(wanted - set(ORDER)):
+            raise InputError(f"--only: unknown {', '.join(unknown)} (use {', '.join(ORDER)})")
     options = CheckOptions(
         smtp_port=cfg.check.smtp_port,
         https_port=cfg.check.https_port,
@@ -726,6 +739,7 @@ def check(
         timeout=cfg.check.timeout,
         ca_file=cfg.tls.ca_file,
         tls=not no_tls,
+        only=wanted,
     )
     if "-" in domains and domains != ["-"]:
         raise InputError("'-' (read stdin) cannot be combined with domain names")

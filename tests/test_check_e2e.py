@@ -107,3 +107,11 @@ def test_bad_usage_is_one_line(world):
     assert (
         proc.stderr.strip().startswith("securemail: error:") and len(proc.stderr.splitlines()) == 1
     )
+
+
+def test_only_selected_mechanisms(world):
+    proc = run(world, "--json", "--only", "spf,dmarc", GOOD)
+    mechanisms = {f["check"].split(".")[0] for f in json.loads(proc.stdout)["findings"]}
+    assert mechanisms == {"mx", "spf", "dmarc"}
+    bad = run(world, "--only", "spf,nope", GOOD)
+    assert bad.returncode == 2 and "unknown nope" in bad.stderr

@@ -41,6 +41,7 @@ class CheckOptions:
     tls: bool = True  # probe the MX hosts over SMTP
     max_mx: int = 5  # hosts probed per domain (in preference order)
     max_addresses: int = 2  # addresses probed per host
+    only: frozenset[str] = frozenset(ORDER)  # mechanisms to run (MX always runs)
 
 
 @dataclass
@@ -71,6 +72,10 @@ class Checker:
             "tlsrpt": check_tlsrpt(domain, self.resolver),
             "dane": check_dane(hosts, self.resolver, port=o.smtp_port),
         }  # fmt: skip
+        for name in [n for n in jobs if n not in o.only]:
+            job = jobs.pop(name)
+            if asyncio.iscoroutine(job):
+                job.close()  # never started: no "coroutine was never awaited" warning
         results = await asyncio.gather(
             *(self._guard(name, job, budget) for name, job in jobs.items())
         )
@@ -78,7 +83,7 @@ class Checker:
         by_name["mx"] = (mx_findings, mx_facts)
         findings: list[Finding] = []
         facts: dict[str, object] = {}
-        for name in ORDER:
+        for name in (n for n in ORDER if n in by_name):
             found, more = by_name[name]
             findings += found
             facts.update(more)
@@ -105,7 +110,7 @@ class Checker:
                 yield task.result()
 
     async def _tls(self, mx_facts: dict[str, object], now: dt.datetime) -> Result:
-        if not self.options.tls:
+        if not self.options.tls or "tls" not in self.options.only:
             return [], {}
         targets: list[tuple[str, str]] = []
         for entry in mx_facts.get("mx", [])[: self.options.max_mx]:  # type: ignore[index]
