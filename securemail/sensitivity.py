@@ -40,9 +40,14 @@ _MAX_HEADER_CHARS = 4096
 
 _SEP = "[ \\-\u00a0]"
 # Opens with a digit, lookbehinds after it, so the engine skips straight to digits (5x faster).
+# Written in groups (3-3-4), the number must not be part of a longer grouped run
+# ("943 476 5919 12" is a phone/account number); written solid, only adjacent digits
+# disqualify it, so two numbers in a row ("9434765919 4010232137") are both found:
+# missing one is the unsafe direction.
 _NHS_CANDIDATE = re.compile(
-    rf"([0-9](?<![0-9]{{2}})(?<![0-9]{_SEP}[0-9])[0-9]{{2}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})"
+    rf"([0-9](?<![0-9]{{2}})(?<![0-9]{_SEP}[0-9])[0-9]{{2}})({_SEP})([0-9]{{3}})\2([0-9]{{4}})"
     rf"(?![0-9])(?!{_SEP}[0-9])"
+    rf"|([0-9](?<![0-9]{{2}})[0-9]{{2}})()([0-9]{{3}})([0-9]{{4}})(?![0-9])"
 )
 _NHS_EXACT = re.compile(rf"([0-9]{{3}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})")
 _DASHES = "\\-_:\u2010\u2011\u2013\u2014"
@@ -152,12 +157,14 @@ def is_valid_nhs_number(number: str) -> bool:
 def find_nhs_numbers(text: str) -> list[str]:
     """Return the digits of each valid NHS number in ``text``, in order of appearance.
 
-    Ten digits inside a longer run (a phone or account number) do not count: a digit, or
-    a separator and a digit, may not touch either end.
+    Ten digits inside a longer run (a phone or account number) do not count: no digit may
+    touch either end, and a grouped number (``943 476 5919``) may not continue as a
+    grouped run either (``943 476 5919 12``).
     """
     found = []
     for match in _NHS_CANDIDATE.finditer(text):
-        digits = match[1] + match[3] + match[4]
+        first, _sep, middle, last = match.groups()[:4] if match[1] else match.groups()[4:]
+        digits = first + middle + last
         if _check_digits_ok(digits):
             found.append(digits)
     return found

@@ -155,7 +155,8 @@ def test_is_valid_nhs_number(number: str, valid: bool):
         (f"1 {spaced(VALID)}", []),
         (f"{spaced(VALID)} 1", []),
         (f"{spaced(VALID, '-')}-1234", []),
-        (f"12-{VALID}", []),
+        (f"12-{VALID}", [VALID]),  # solid ten digits: only touching digits disqualify
+        (f"{VALID} {VALID_2}", [VALID, VALID_2]),  # back to back: missing one is unsafe
         (f"Tel 020 7946 0958 or {CHECK_TEN}", []),
         ("0000000000 1111111111", []),
         ("943 476-5919", []),
@@ -173,7 +174,8 @@ def test_is_valid_nhs_number(number: str, valid: bool):
         "group-before",
         "group-after",
         "hyphen-group-after",
-        "hyphen-group-before",
+        "hyphen-before-solid",
+        "back-to-back-solid",
         "phone-and-check-ten",
         "all-identical",
         "mixed-separators",
