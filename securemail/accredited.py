@@ -31,7 +31,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from securemail.addresses import AddressError, normalise_domain
+from securemail.auth.dmarc import is_public_suffix
 from securemail.errors import AccreditedListError
+from securemail.rules import TABLES
 
 HEADER_SEARCH_ROWS = 30
 MAX_WARNINGS = 20
@@ -225,6 +227,10 @@ def _add_year(day: date) -> date:
         return day.replace(year=day.year + 1, day=28)
 
 
+# A wildcard over one of these would accredit every organisation beneath it.
+_SHARED_SUFFIXES = frozenset(rule.suffix for table in TABLES.values() for rule in table)
+
+
 def _split_domains(cell: str) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
     """Valid (domain, covers_subdomains) pairs in a cell, and (token, problem) pairs."""
     found: list[tuple[str, bool]] = []
@@ -241,6 +247,9 @@ def _split_domains(cell: str) -> tuple[list[tuple[str, bool]], list[tuple[str, s
             domain = normalise_domain(token[token.index(".") + 1 :] if wildcard else token)
         except AddressError as exc:
             problems.append((raw, f"is not a valid domain: {exc}"))
+            continue
+        if wildcard and (domain in _SHARED_SUFFIXES or is_public_suffix(domain)):
+            problems.append((raw, "covers every organisation under a shared suffix; ignored"))
             continue
         found.append((domain, wildcard))
     return found, problems

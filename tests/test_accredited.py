@@ -641,3 +641,13 @@ def test_import_replaces_and_keeps_file_mode(tmp_path: Path) -> None:
     import_accredited(src, fresh, today=TODAY)
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("wildcard", ["*.nhs.uk", ".gov.uk", "*.co.uk", "*.scot.nhs.uk", "*.nhs.net"])
+def test_wildcard_over_a_shared_suffix_is_refused(wildcard):
+    """`*.nhs.uk` on the list would make every trust secure: refused, with a warning."""
+    lines = ["Organisation,Domain", f"Too Broad,{wildcard}", "Real Trust,*.realtrust.nhs.uk"]
+    listed, report = parse_accredited_csv(lines, source="x.csv", today=date(2026, 11, 23))
+    assert listed.lookup("anytrust.nhs.uk") is None
+    assert listed.lookup("a.realtrust.nhs.uk") is not None
+    assert any("shared suffix" in w for w in report.warnings)

@@ -297,6 +297,11 @@ def organizational_domain(domain: str) -> str:
     return _psl().privatesuffix(domain) or domain
 
 
+def is_public_suffix(domain: str) -> bool:
+    """True for a suffix under which the public registers names (``nhs.uk``, ``co.uk``)."""
+    return bool(_psl().is_public(domain.strip().rstrip(".").lower()))
+
+
 def aligned(a: str, b: str, mode: str) -> bool:
     """Identifier alignment (§3.1): ``"s"`` the same domain, ``"r"`` the same organization."""
     a, b = a.strip().rstrip(".").lower(), b.strip().rstrip(".").lower()
