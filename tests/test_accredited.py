@@ -643,7 +643,9 @@ def test_import_replaces_and_keeps_file_mode(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) and not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("wildcard", ["*.nhs.uk", ".gov.uk", "*.co.uk", "*.scot.nhs.uk", "*.nhs.net"])
+@pytest.mark.parametrize(
+    "wildcard", ["*.nhs.uk", ".gov.uk", "*.co.uk", "*.scot.nhs.uk", "*.nhs.net"]
+)
 def test_wildcard_over_a_shared_suffix_is_refused(wildcard):
     """`*.nhs.uk` on the list would make every trust secure: refused, with a warning."""
     lines = ["Organisation,Domain", f"Too Broad,{wildcard}", "Real Trust,*.realtrust.nhs.uk"]
