@@ -9,12 +9,14 @@ runs over millions of addresses hit a few thousand domains.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
-from securemail.accredited import AccreditedEntry, AccreditedList
+from securemail.accredited import AccreditedEntry, AccreditedList, load_accredited
 from securemail.addresses import Address, AddressError, parse_address, skeleton
+from securemail.config import Config
 from securemail.rules import (
     HSC_ONLY_SUFFIXES,
     OTHER,
@@ -120,6 +122,38 @@ class Classifier:
             for rule in (*TABLES[audience], OTHER)
         }
         self._cache: dict[str, _Verdict] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        today: date,
+        audience: Audience | None = None,
+        accredited: Path | None = None,
+        on_missing: Callable[[Path], None] | None = None,
+    ) -> Classifier:
+        """The classifier the config describes; ``audience``/``accredited`` override it.
+
+        The one place that reads the accredited list (the only I/O here). A configured
+        list that does not exist yet is reported through ``on_missing``; an explicitly
+        given one that does not exist is an error (``load_accredited`` raises).
+        """
+        path = accredited or config.policy.accredited_list
+        listed = None
+        if path is not None:
+            if accredited is None and not path.exists():
+                if on_missing is not None:
+                    on_missing(path)
+            else:
+                listed = load_accredited(path, today=today)
+        return cls(
+            audience or config.organisation.audience,
+            today=today,
+            accredited=listed,
+            secure_domains=config.policy.secure_domains,
+            deny_domains=config.policy.deny_domains,
+        )
 
     def classify(self, text: str) -> Classification:
         """Classify one address as written (``a@b``, ``Name <a@b>``)."""

@@ -95,23 +95,15 @@ def build_classifier(
     config: Config, audience: Audience | None, accredited: Path | None
 ) -> Classifier:
     """The classifier for this run: config, overridden by command-line options."""
-    today = date.today()
-    listed = None
-    path = accredited or config.policy.accredited_list
-    if path is not None:
-        if accredited is None and not path.exists():
-            err.print(
-                f"[yellow]warning:[/] accredited list {escape(str(path))} not found; "
-                "run 'securemail accredited import CSV' to use one"
-            )
-        else:
-            listed = load_accredited(path, today=today)
-    return Classifier(
-        audience or config.organisation.audience,
-        today=today,
-        accredited=listed,
-        secure_domains=config.policy.secure_domains,
-        deny_domains=config.policy.deny_domains,
+
+    def missing(path: Path) -> None:
+        err.print(
+            f"[yellow]warning:[/] accredited list {escape(str(path))} not found; "
+            "run 'securemail accredited import CSV' to use one"
+        )
+
+    return Classifier.from_config(
+        config, today=date.today(), audience=audience, accredited=accredited, on_missing=missing
     )
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
-from securemail.accredited import load_accredited
 from securemail.auth import inbound as auth
 from securemail.auth.arc import arc_seal
 from securemail.auth.dkim import DkimSigner, load_keys
@@ -65,7 +64,11 @@ class Gateway:
     def __post_init__(self) -> None:
         cfg = self.config
         self.own_domains = frozenset(cfg.organisation.domains)
-        self.classifier = self._classifier()
+        self.classifier = Classifier.from_config(
+            cfg,
+            today=date.today(),
+            on_missing=lambda path: log.warning("accredited list %s not found; not used", path),
+        )
         self.spool = open_spool_url(cfg.spool.url, base=_base(cfg))
         self.resolver = Resolver.from_config(cfg.dns)
         host, port = _split(cfg.inbound.deliver_to)
@@ -102,20 +105,6 @@ class Gateway:
         self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
         self._queue_task: asyncio.Task[None] | None = None
         self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
-
-    def _classifier(self) -> Classifier:
-        policy = self.config.policy
-        today = date.today()
-        listed = None
-        if policy.accredited_list is not None and policy.accredited_list.exists():
-            listed = load_accredited(policy.accredited_list, today=today)
-        return Classifier(
-            self.config.organisation.audience,
-            today=today,
-            accredited=listed,
-            secure_domains=policy.secure_domains,
-            deny_domains=policy.deny_domains,
-        )
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -305,20 +294,18 @@ class Gateway:
         )
         if decision.action in (auth.Action.REJECT, auth.Action.TEMPFAIL):
             return Reply(decision.reply, decision.log)
-        headers = auth.result_headers(authserv_id, verdict, decision)
+        results = authentication_results(authserv_id, verdict.method_results())
+        headers = auth.result_headers(results, decision)
         quarantine_to = self.config.auth.quarantine_to
         if decision.action is auth.Action.QUARANTINE and quarantine_to:
             c = self.classifier.classify(quarantine_to)
             t = replace(t, recipients=[(quarantine_to, c)])
         if self.config.auth.arc_seal and self.keys:
-            headers = self._arc_seal(headers + body, verdict) + headers
+            headers = self._arc_seal(headers + body, results) + headers
         return headers, body, t
 
-    def _arc_seal(self, message: bytes, verdict: auth.AuthVerdict) -> bytes:
+    def _arc_seal(self, message: bytes, results: str) -> bytes:
         key = self.keys.get(self.config.organisation.domains[0]) or next(iter(self.keys.values()))
-        results = authentication_results(
-            self.config.organisation.hostname, verdict.method_results()
-        )
         try:
             return arc_seal(
                 message,

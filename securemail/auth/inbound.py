@@ -29,7 +29,7 @@ from securemail.auth.dmarc import (
     check_dmarc,
     header_from_domain,
 )
-from securemail.auth.results import MethodResult, Result, authentication_results
+from securemail.auth.results import MethodResult, Result
 from securemail.auth.spf import SpfResult, check_helo, check_spf
 from securemail.classify import Classification
 from securemail.dns import Resolver
@@ -195,9 +195,9 @@ def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
     return b"\r\n".join(kept) + body
 
 
-def result_headers(authserv_id: str, verdict: AuthVerdict, decision: AuthDecision) -> bytes:
-    """Authentication-Results, the trust mark, and the quarantine mark if any."""
-    text = authentication_results(authserv_id, verdict.method_results())
+def result_headers(auth_results: str, decision: AuthDecision) -> bytes:
+    """The Authentication-Results header given, the trust mark, the quarantine mark."""
+    text = auth_results
     text += f"{TRUST_HEADER}: {'secure' if decision.trusted else 'external'}\r\n"
     if decision.action is Action.QUARANTINE:
         text += f"X-Securemail-Quarantine: yes ({decision.log})\r\n"
