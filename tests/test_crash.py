@@ -569,19 +569,24 @@ class RawSession:
         self.sock.close()
 
 
+def transact(smtp: smtplib.SMTP, rcpts: list[str], data: bytes) -> str:
+    """MAIL, RCPT (each must get 250), DATA; returns the queue id from the 250 reply."""
+    smtp.mail(SENDER)
+    for rcpt in rcpts:
+        assert smtp.rcpt(rcpt)[0] == 250
+    code, reply = smtp.data(data)
+    assert code == 250, reply
+    found = QUEUED_AS.search(reply.decode())
+    assert found, reply
+    return found.group(1)
+
+
 def send_one(port: int, token: str, rcpts: list[str]) -> str:
     """One message through the inbound listener; returns its queue id."""
     with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:
         smtp.ehlo("client.crash.test")
         data = message_for(token, rcpts, 5)
-        smtp.mail(SENDER)
-        for rcpt in rcpts:
-            assert smtp.rcpt(rcpt)[0] == 250
-        code, reply = smtp.data(data)
-    assert code == 250, reply
-    found = QUEUED_AS.search(reply.decode())
-    assert found, reply
-    return found.group(1)
+        return transact(smtp, rcpts, data)
 
 
 def drain(rig: Rig, wanted: list[tuple[str, str]], what: str) -> Counter[tuple[str, str]]:
@@ -790,14 +795,7 @@ def submit_one(rig: Rig, pki, token: str, rcpts: list[str], subject_prefix: str)
         smtp.starttls(context=client_context(pki))
         smtp.ehlo("client.crash.test")
         smtp.login("alice", PASSWORD)
-        smtp.mail(SENDER)
-        for rcpt in rcpts:
-            assert smtp.rcpt(rcpt)[0] == 250
-        code, reply = smtp.data(data)
-    assert code == 250, reply
-    found = QUEUED_AS.search(reply.decode())
-    assert found, reply
-    return found.group(1)
+        return transact(smtp, rcpts, data)
 
 
 def queue_json(rig: Rig, *args: str) -> dict[str, dict]:
