@@ -25,12 +25,14 @@ import socket
 import subprocess
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from pki import TestPKI
@@ -364,15 +366,21 @@ class PostfixInstance:
 
     def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 30) -> list[str]:
         """Wait until ≥ `count` maillog lines match regex `pattern`; return all matching lines."""
+        return self._poll(
+            lambda: self._grep(pattern), count, timeout, f"log lines matching {pattern!r}"
+        )
+
+    def _poll(self, get: Callable[[], list[_T]], count: int, timeout: float, what: str) -> list[_T]:
+        """Every 0.1 s until ``get()`` has ``count`` items; AssertionError with the log tail."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self._grep(pattern)
+            found = get()
             if len(found) >= count:
                 return found
             if time.monotonic() >= deadline:
                 raise AssertionError(
-                    f"postfix {self.name}: {len(found)}/{count} log lines matching {pattern!r} "
-                    f"after {timeout}s\n{self._tail()}"
+                    f"postfix {self.name}: {len(found)}/{count} {what} after {timeout}s\n"
+                    f"{self._tail()}"
                 )
             time.sleep(0.1)
 
@@ -502,17 +510,7 @@ class PostfixReceiver(PostfixInstance):
 
     def wait_received(self, n: int = 1, timeout: float = 30) -> list[bytes]:
         """Wait until at least `n` messages were stored; return all of them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.received()
-            if len(got) >= n:
-                return got
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"postfix {self.name}: {len(got)}/{n} messages in {self.mailbox_dir} "
-                    f"after {timeout}s\n{self._tail()}"
-                )
-            time.sleep(0.1)
+        return self._poll(self.received, n, timeout, f"messages in {self.mailbox_dir}")
 
 
 def postfix_receiver(
