@@ -9,7 +9,7 @@ TEST_APT := postfix swaks testssl.sh opendkim opendkim-tools chromium
 # Debian packages the benchmarks use (the peers they are compared with).
 BENCH_APT := postfix postfix-pcre time opendkim
 
-.PHONY: run demo test lint format bench venv system-deps bench-deps clean
+.PHONY: run demo test test-fast lint format bench venv system-deps bench-deps clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,12 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check securemail tests bench
 	$(BIN)/ruff format --check securemail tests bench
 	$(BIN)/pytest
+
+## test-fast: the day-to-day lane: lint + everything but the `slow` tests (Postfix, crash trials)
+test-fast: $(STAMP) system-deps
+	$(BIN)/ruff check securemail tests bench
+	$(BIN)/ruff format --check securemail tests bench
+	$(BIN)/pytest -m 'not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check securemail tests bench

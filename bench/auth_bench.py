@@ -31,12 +31,12 @@ import dns.rdatatype
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dnsserver import DnsServer  # noqa: E402
+from harness.dnsserver import DnsServer  # noqa: E402
 
-from securemail.auth.dkim import DkimSigner, SigningKey, generate_key, verify_dkim  # noqa: E402
-from securemail.auth.inbound import authenticate  # noqa: E402
-from securemail.auth.results import Result  # noqa: E402
 from securemail.dns import Resolver  # noqa: E402
+from securemail.gateway.inbound.auth import authenticate  # noqa: E402
+from securemail.mech.dkim import DkimSigner, SigningKey, generate_key, verify_dkim  # noqa: E402
+from securemail.mech.results import Result  # noqa: E402
 
 DOMAIN = "trust.nhs.net"
 

@@ -37,9 +37,9 @@ import dns.resolver
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dnsserver import DnsServer  # noqa: E402
-from pki import TestPKI  # noqa: E402
-from smtpsink import SinkServer  # noqa: E402
+from harness.dnsserver import DnsServer  # noqa: E402
+from harness.pki import TestPKI  # noqa: E402
+from harness.smtpsink import SinkServer  # noqa: E402
 
 from securemail.check.runner import Checker, CheckOptions  # noqa: E402
 from securemail.dns import Resolver  # noqa: E402

@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dnsserver import DnsServer  # noqa: E402
-from pki import TestPKI  # noqa: E402
-from postfix import PostfixInstance, free_port  # noqa: E402
+from harness.dnsserver import DnsServer  # noqa: E402
+from harness.pki import TestPKI  # noqa: E402
+from harness.postfix import PostfixInstance, free_port  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -180,9 +180,9 @@ def smoke_dkim(sink: Sink, ports: dict[str, int], resolver_ns: str, base: Path) 
     import asyncio
     import smtplib
 
-    from securemail.auth.dkim import verify_dkim
-    from securemail.auth.results import Result
     from securemail.dns import Resolver
+    from securemail.mech.dkim import verify_dkim
+    from securemail.mech.results import Result
 
     dump_dir = base / "smoke"  # smtp-sink (as nobody) creates the dump file itself
     dump_dir.mkdir()
@@ -286,7 +286,7 @@ def main() -> None:
     milter: OpenDkim | None = None
     dkim_toml = ""
     if args.dkim:
-        from securemail.auth.dkim import generate_key, write_key
+        from securemail.mech.dkim import generate_key, write_key
 
         pem, record = generate_key("rsa", 2048)  # the same key for both relays
         dns.add("s1._domainkey.example.nhs.uk", "TXT", record)

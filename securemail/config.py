@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from securemail.addresses import AddressError, normalise_domain, parse_address
+from securemail.core.addresses import AddressError, normalise_domain, parse_address
+from securemail.core.rules import Audience
 from securemail.errors import ConfigError
-from securemail.rules import Audience
 
 DEFAULT_CONFIG_NAME = "securemail.toml"
 ENV_CONFIG = "SECUREMAIL_CONFIG"

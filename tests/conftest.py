@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dnsserver import DnsServer
-from pki import TestPKI
+from harness.dnsserver import DnsServer
+from harness.pki import TestPKI
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def postfix_tmp() -> Iterator[Path]:
 @pytest.fixture
 def internal():
     """The organisation's internal mail server (where inbound mail for our domains goes)."""
-    from smtpsink import SinkServer
+    from harness.smtpsink import SinkServer
 
     with SinkServer(hostname="internal.example.nhs.uk") as sink:
         yield sink
@@ -57,9 +57,9 @@ async def gateway_factory(tmp_path, pki, dns_server, internal):
     """Start in-process gateways configured for the loopback DNS, sinks and test CA:
     ``await gateway_factory(delivery_port=..., extra="[section]\\n...", delivery_extra=...)``.
     Every gateway started is stopped afterwards."""
-    from gatewaykit import PASSWORD, start_gateway, write_config
+    from harness.gatewaykit import PASSWORD, start_gateway, write_config
 
-    from securemail.users import add_user
+    from securemail.gateway.inbound.users import add_user
 
     started = []
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from securemail.config import Config, default_config_text, load_config
+from securemail.core.rules import Audience
 from securemail.errors import ConfigError
-from securemail.rules import Audience
 
 
 def write(tmp_path, text):

@@ -10,7 +10,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dnsserver import DnsServer
+from harness.dnsserver import DnsServer
 
 from securemail.config import DnsConfig
 from securemail.dns import (

@@ -15,16 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from securemail.addresses import AddressError, normalise_domain
-from securemail.check.dane import check_dane
-from securemail.check.dkim import check_dkim_keys
-from securemail.check.dmarc import check_dmarc_record
 from securemail.check.model import DomainReport, Finding, warned
-from securemail.check.mta_sts import check_mta_sts
-from securemail.check.mx import check_mx
-from securemail.check.spf import check_spf_record
-from securemail.check.tls import TlsProbe, evaluate_tls, probe_tls
-from securemail.check.tlsrpt import check_tlsrpt
+from securemail.check.rules.dane import check_dane
+from securemail.check.rules.dkim import check_dkim_keys
+from securemail.check.rules.dmarc import check_dmarc_record
+from securemail.check.rules.mta_sts import check_mta_sts
+from securemail.check.rules.mx import check_mx
+from securemail.check.rules.spf import check_spf_record
+from securemail.check.rules.tls import TlsProbe, evaluate_tls, probe_tls
+from securemail.check.rules.tlsrpt import check_tlsrpt
+from securemail.core.addresses import AddressError, normalise_domain
 from securemail.dns import Resolver
 
 ORDER = ("mx", "tls", "spf", "dkim", "dmarc", "mta_sts", "tlsrpt", "dane")

@@ -1,0 +1,105 @@
+"""Every SMTP reply the gateway gives, typed, in one module (aiosmtpd's ``statuscodes``).
+
+A reply has two audiences, as maddy's ``SMTPError`` keeps apart: the peer gets a short,
+generic ``message``; the log gets ``log`` (the detail) and ``check`` (which rule decided).
+Listeners send ``str(reply)``; nothing else in the gateway writes reply text by hand, so
+the codes, enhanced codes (RFC 3463) and wording stay consistent and greppable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    code: int
+    enhanced: str  # RFC 3463 "x.y.z"
+    message: str  # for the peer: one line, no detail it should not learn
+    log: str = ""  # for the log: the detail behind the decision
+    check: str = ""  # the check or rule that produced it
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599 or self.enhanced[:1] != str(self.code)[0]:
+            raise ValueError(f"inconsistent SMTP reply {self.code} {self.enhanced}")
+        if "\r" in self.message or "\n" in self.message:
+            raise ValueError("an SMTP reply message is one line")
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.message}"
+
+    @property
+    def ok(self) -> bool:
+        return self.code < 400
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def logged(self, log: str, check: str = "") -> SmtpReply:
+        """The same reply with the detail for the log (and the deciding check)."""
+        return replace(self, log=log, check=check or self.check)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Peer-visible text from values we did not write: one line, bounded."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- envelope -------------------------------------------------------------------------
+MAIL_OK = SmtpReply(250, "2.1.0", "OK")
+RCPT_OK = SmtpReply(250, "2.1.5", "OK")
+NULL_SENDER_REFUSED = SmtpReply(553, "5.1.7", "The null sender is not accepted from clients")
+TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
+RCPT_PARAMETERS = SmtpReply(555, "5.5.4", "RCPT TO parameters not supported")
+RELAY_DENIED = SmtpReply(554, "5.7.1", "Relay access denied", check="relay")
+AUTH_RATE_LIMITED = SmtpReply(
+    454, "4.7.0", "Too many failed authentication attempts; try again later", check="auth-limit"
+)
+SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down")
+
+
+def bad_sender(problem: str) -> SmtpReply:
+    return SmtpReply(553, "5.1.7", _one_line(f"Bad sender address syntax: {problem}"))
+
+
+def bad_recipient(problem: str) -> SmtpReply:
+    return SmtpReply(550, "5.1.3", _one_line(f"Bad recipient address: {problem}"))
+
+
+# --- end of DATA ----------------------------------------------------------------------
+STORE_FAILED = SmtpReply(
+    451, "4.3.0", "Temporary failure storing the message; try again later", check="spool"
+)
+AUTH_TEMPFAIL = SmtpReply(
+    451,
+    "4.7.0",
+    "Temporary failure checking sender authentication (DNS); try again later",
+    check="auth",
+)
+
+
+def queued(queue_id: str) -> SmtpReply:
+    return SmtpReply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def policy_refused(recipients: str) -> SmtpReply:
+    return SmtpReply(
+        550,
+        "5.7.1",
+        _one_line(
+            "Message refused by policy: sensitive content to a recipient not known to be "
+            f"secure ({recipients}); remove them or use a secure route"
+        ),
+        check="policy",
+    )
+
+
+def auth_refused(reason: str, check: str) -> SmtpReply:
+    """A sender-authentication refusal (DMARC, From); ``reason`` is ours, not the peer's."""
+    return SmtpReply(550, "5.7.1", _one_line(f"Message refused: {reason}"), check=check)

@@ -1,0 +1,1 @@
+"""securemail.gateway."""

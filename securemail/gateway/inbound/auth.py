@@ -1,0 +1,204 @@
+"""Judge inbound mail: SPF, DKIM, DMARC, ARC → one verdict and what to do with it.
+
+Two halves, as everywhere in securemail: ``authenticate`` does the lookups (all through
+the one resolver, concurrently), ``decide`` is pure and says accept / quarantine /
+reject / try-later, with the peer-safe reply and the trust mark.
+
+Enforcement follows RFC 7489 (``p=reject`` failures refused at end of DATA,
+``p=quarantine`` delivered but marked), plus the guidance's rule that a message's
+claimed origin is only trusted from systems that meet the standard: mail whose From
+domain is itself *secure* (nhs.net, gov.uk, ...) and that does not pass DMARC is never
+delivered as trusted, and by default is refused outright. DNS trouble never turns
+into a pass: when the answer depends on a lookup that failed, the client is told to
+try again later (``451``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from securemail.core.classify import Classification
+from securemail.core.rules import Status
+from securemail.dns import Resolver
+from securemail.mech.arc import ArcVerdict, verify_arc
+from securemail.mech.dkim import DkimVerdict, verify_dkim
+from securemail.mech.dmarc import (
+    DkimPass,
+    DmarcResult,
+    SpfOutcome,
+    check_dmarc,
+    header_from_domain,
+)
+from securemail.mech.results import MethodResult, Result
+from securemail.mech.spf import SpfResult, check_helo, check_spf
+
+TRUST_HEADER = "X-Securemail-Trust"
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthVerdict:
+    spf: SpfResult  # the MAIL FROM identity (postmaster@HELO for the null sender)
+    dkim: tuple[DkimVerdict, ...]
+    dmarc: DmarcResult | None  # None when the From header itself is unusable
+    arc: ArcVerdict
+    from_domain: str | None
+    from_problem: str
+    helo: SpfResult | None = None  # the HELO identity (RFC 7208 §2.3), reported only
+
+    def method_results(self) -> list[MethodResult]:
+        out = [self.spf.to_method_result()]
+        if self.helo is not None and self.helo.result is not Result.NONE:
+            out.append(self.helo.to_method_result())
+        out += [d.to_method_result() for d in self.dkim] or [MethodResult("dkim", Result.NONE)]
+        if self.dmarc is not None:
+            out.append(self.dmarc.to_method_result())
+        else:
+            out.append(MethodResult("dmarc", Result.PERMERROR, self.from_problem))
+        out.append(self.arc.to_method_result())
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    action: Action
+    trusted: bool  # X-Securemail-Trust: secure
+    reply: str  # for REJECT/TEMPFAIL: the SMTP reply; else ""
+    log: str  # the detail, for the log line
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    enforce_dmarc: bool = True
+    secure_senders_must_pass: bool = True
+
+
+async def authenticate(
+    data: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver
+) -> AuthVerdict:
+    """Run SPF (MAIL FROM and HELO), DKIM, ARC concurrently, then DMARC over them."""
+    from_domain, problem = header_from_domain(data)
+    spf, helo_spf, dkim, arc = await asyncio.gather(
+        check_spf(ip, mail_from, helo, resolver),
+        check_helo(ip, helo, resolver),
+        verify_dkim(data, resolver),
+        verify_arc(data, resolver),
+    )
+    dmarc = None
+    if from_domain is not None:
+        passes = [DkimPass(v.domain) for v in dkim if v.result is Result.PASS]
+        spf_outcome = SpfOutcome(spf.result.value, spf.domain)
+        dmarc = await check_dmarc(from_domain, spf_outcome, passes, resolver)
+    return AuthVerdict(spf, tuple(dkim), dmarc, arc, from_domain, problem, helo_spf)
+
+
+def decide(
+    verdict: AuthVerdict,
+    *,
+    tls: bool,
+    classify: Callable[[str], Classification],
+    policy: AuthPolicy,
+) -> AuthDecision:
+    """Pure: what the gateway does with a message, given its authentication verdict."""
+    dmarc = verdict.dmarc
+    if dmarc is None:
+        return AuthDecision(
+            Action.REJECT,
+            False,
+            f"550 5.7.1 Message refused: {verdict.from_problem} (RFC 7489 §6.6.1)",
+            f"unusable From header: {verdict.from_problem}",
+        )
+    temporary = verdict.spf.result is Result.TEMPERROR or any(
+        d.result is Result.TEMPERROR for d in verdict.dkim
+    )
+    if dmarc.result is Result.TEMPERROR:
+        return _tempfail(f"DMARC lookup for {dmarc.from_domain} failed: {dmarc.reason}")
+    sender_secure = classify(f"postmaster@{dmarc.from_domain}").status is Status.SECURE
+    passed = dmarc.result is Result.PASS
+    trusted = sender_secure and passed and tls
+    if not passed and policy.enforce_dmarc and dmarc.disposition == "reject":
+        if temporary:
+            return _tempfail(f"DMARC fail for {dmarc.from_domain} while a lookup failed")
+        return AuthDecision(
+            Action.REJECT,
+            False,
+            f"550 5.7.1 Message refused: it fails the DMARC policy of {dmarc.from_domain} "
+            "(neither SPF nor DKIM authenticates the From domain)",
+            f"dmarc={dmarc.result.value} p={dmarc.policy} dis=reject: {dmarc.reason}",
+        )
+    if sender_secure and not passed and policy.secure_senders_must_pass:
+        if temporary:
+            return _tempfail(f"secure sender {dmarc.from_domain} unauthenticated; lookup failed")
+        return AuthDecision(
+            Action.REJECT,
+            False,
+            f"550 5.7.1 Message refused: mail from {dmarc.from_domain} must pass DMARC "
+            "(secure email standard anti-spoofing)",
+            f"secure sender domain {dmarc.from_domain} failed DMARC: {dmarc.reason}",
+        )
+    if not passed and policy.enforce_dmarc and dmarc.disposition == "quarantine":
+        return AuthDecision(
+            Action.QUARANTINE, False, "", f"dmarc quarantine for {dmarc.from_domain}"
+        )
+    return AuthDecision(Action.ACCEPT, trusted, "", f"dmarc={dmarc.result.value}")
+
+
+def _tempfail(detail: str) -> AuthDecision:
+    return AuthDecision(
+        Action.TEMPFAIL,
+        False,
+        "451 4.7.0 Temporary failure checking sender authentication (DNS); try again later",
+        detail,
+    )
+
+
+_ALWAYS_OURS = (b"x-securemail-trust", b"x-securemail-quarantine")
+
+
+def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
+    """Remove incoming copies of headers only we may write (RFC 8601 §5).
+
+    Authentication-Results with our authserv-id, and every X-Securemail-Trust /
+    X-Securemail-Quarantine: a sender must not be able to pre-mark mail as trusted.
+    Each header is judged on its unfolded value, so folding cannot hide the id. Other
+    hosts' Authentication-Results are kept, as the RFC says.
+    """
+    end = data.find(b"\r\n\r\n")
+    head, body = (data, b"") if end < 0 else (data[: end + 2], data[end + 2 :])
+    ours = authserv_id.lower().encode()
+    blocks: list[list[bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and blocks:
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    kept = []
+    for block in blocks:
+        name, _, value = b" ".join(block).partition(b":")
+        name = name.strip().lower()
+        if name in _ALWAYS_OURS:
+            continue
+        if name == b"authentication-results":
+            served_by = value.split(b";", 1)[0].split(b"(", 1)[0].strip().lower()
+            if served_by == ours:
+                continue
+        kept.append(b"\r\n".join(block))
+    return b"\r\n".join(kept) + body
+
+
+def result_headers(auth_results: str, decision: AuthDecision) -> bytes:
+    """The Authentication-Results header given, the trust mark, the quarantine mark."""
+    text = auth_results
+    text += f"{TRUST_HEADER}: {'secure' if decision.trusted else 'external'}\r\n"
+    if decision.action is Action.QUARANTINE:
+        text += f"X-Securemail-Quarantine: yes ({decision.log})\r\n"
+    return text.encode()

@@ -1,0 +1,298 @@
+"""The listeners: aiosmtpd protocol objects on our own event loop, with thin hooks.
+
+Each hook copies what aiosmtpd collected into our records, asks pure code (classify,
+policy) what to do, and maps the answer to an SMTP reply. Two roles:
+
+* ``inbound`` (MX): mail for our own domains, relayed to the internal server; any
+  other destination is refused (``554 5.7.1``) unless the client is in
+  ``[relay] networks``. STARTTLS offered.
+* ``submission``: STARTTLS required before AUTH (PLAIN/LOGIN, argon2 hashes); an
+  authenticated user may send anywhere, subject to policy. Failed AUTH is rate-limited
+  per client address.
+
+aiosmtpd ≥ 1.4.6 only ends DATA at ``CRLF.CRLF`` (CVE-2024-27305), so ``\\n.\\n`` cannot
+end a message here. Bare CR/LF inside the content are normalised to CRLF before the
+message is stored, and the client dot-stuffs on the way out, so nothing we relay can
+end a message early at the next hop either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from securemail.core.addresses import AddressError, parse_address
+from securemail.core.classify import Classification
+
+log = logging.getLogger("securemail.smtp")
+
+MAX_RECIPIENTS = 100
+AUTH_FAILURE_LIMIT = 5  # failures per client address per window, then 454 until it passes
+AUTH_FAILURE_WINDOW = 300.0
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the peer is told, and (separately) what the log says."""
+
+    text: str
+    log: str = ""
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One message as received, handed to the gateway's ``accept`` callback."""
+
+    role: str
+    peer: str
+    helo: str
+    auth_user: str
+    tls: str  # "TLSv1.3 TLS_AES_256_GCM_SHA384" or ""
+    sender: str
+    recipients: list[tuple[str, Classification]]
+    data: bytes
+
+
+Accept = Callable[[Transaction], Awaitable[Reply]]
+Classify = Callable[[str], Classification]
+Authenticate = Callable[[str, str], Awaitable[bool]]
+
+
+@dataclass
+class AuthLimiter:
+    """Sliding-window count of failed AUTH per client address."""
+
+    limit: int = AUTH_FAILURE_LIMIT
+    window: float = AUTH_FAILURE_WINDOW
+    failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+
+    def blocked(self, ip: str, now: float) -> bool:
+        times = self.failures.get(ip)
+        if not times:
+            return False
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return len(times) >= self.limit
+
+    def fail(self, ip: str, now: float) -> None:
+        self.failures[ip].append(now)
+        if len(self.failures) > 10000:  # bounded memory under a spray of addresses
+            oldest = min(self.failures, key=lambda k: self.failures[k][-1])
+            del self.failures[oldest]
+
+
+class _PendingAuth:
+    """aiosmtpd parsed the credentials; verification is still to be awaited."""
+
+    def __init__(self, login: bytes, password: bytes) -> None:
+        self.login, self.password = login, password
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with asynchronous credential checks.
+
+    aiosmtpd calls its authenticator synchronously, which would run an argon2
+    verification (tens of milliseconds of CPU) on the event loop. Its own PLAIN/LOGIN
+    parsing is kept; only the final check is deferred to ``authenticate`` (in a thread).
+    """
+
+    def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.gateway_handler = handler
+        self.on_close: Callable[[GatewaySMTP], None] | None = None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self.on_close is not None:
+            self.on_close(self)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL FROM and the reply to DATA: shutting down now would lose work."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_idle(self) -> None:
+        """Tell an idle client we are going away (RFC 5321 §3.8), then close."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.3.2 Service shutting down\r\n")
+            self.transport.close()
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> Any:
+        assert isinstance(auth_data, LoginPassword)
+        return _PendingAuth(auth_data.login, auth_data.password)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish(await super().auth_LOGIN(_, args))
+
+    async def _finish(self, result: object) -> AuthResult:
+        if not isinstance(result, _PendingAuth):
+            assert isinstance(result, AuthResult)
+            return result
+        assert self.session is not None
+        return await self.gateway_handler.check_credentials(
+            self.session, result.login, result.password
+        )
+
+
+class GatewayHandler:
+    """aiosmtpd hooks for one listener role."""
+
+    def __init__(
+        self,
+        role: str,
+        *,
+        classify: Classify,
+        accept: Accept,
+        own_domains: Sequence[str],
+        relay_networks: Sequence[str] = (),
+        authenticate: Authenticate | None = None,
+        max_recipients: int = MAX_RECIPIENTS,
+        limiter: AuthLimiter | None = None,
+    ) -> None:
+        self.role = role
+        self.classify = classify
+        self.accept = accept
+        self.own_domains = frozenset(own_domains)
+        self.relay_networks = [ipaddress.ip_network(n) for n in relay_networks]
+        self.authenticate = authenticate
+        self.max_recipients = max_recipients
+        self.limiter = limiter or AuthLimiter()
+
+    async def check_credentials(
+        self, session: Session, login: bytes, password: bytes
+    ) -> AuthResult:
+        ip = _peer_ip(session)
+        now = time.monotonic()
+        if self.authenticate is None:
+            return AuthResult(success=False, handled=False)
+        if self.limiter.blocked(ip, now):
+            log.warning("auth refused (rate limit) client=%s", ip)
+            return AuthResult(
+                success=False,
+                handled=False,
+                message="454 4.7.0 Too many failed authentication attempts; try again later",
+            )
+        user = login.decode("utf-8", "replace")
+        if await self.authenticate(user, password.decode("utf-8", "replace")):
+            log.info("auth ok user=%s client=%s", user, ip)
+            return AuthResult(success=True, handled=False, auth_data=LoginPassword(login, b""))
+        self.limiter.fail(ip, now)
+        log.warning("auth failed user=%s client=%s", user, ip)
+        await asyncio.sleep(0.5)  # slow down guessing on this connection
+        return AuthResult(success=False, handled=False)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        # The null sender stays "<>" in the envelope: aiosmtpd reads an empty mail_from
+        # as "no MAIL command yet". handle_DATA turns it into "".
+        if address in ("", "<>"):
+            if self.role == "submission":
+                return "553 5.1.7 The null sender is not accepted from clients"
+            address = "<>"
+        else:
+            try:
+                parse_address(address)
+            except AddressError as exc:
+                return f"553 5.1.7 Bad sender address syntax: {exc}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if options:
+            return "555 5.5.4 RCPT TO parameters not supported"
+        classification = self.classify(address)
+        if not classification.domain:
+            return f"550 5.1.3 Bad recipient address: {classification.reason}"
+        if self.role == "inbound" and not self._may_relay(session, classification.domain):
+            log.warning(
+                "relay denied client=%s rcpt=<%s>", _peer_ip(session), classification.address
+            )
+            return "554 5.7.1 Relay access denied"
+        envelope.rcpt_tos.append(address)
+        _classifications(envelope)[address] = classification
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        data = _BARE_NEWLINE.sub(b"\r\n", raw) if b"\n" in raw or b"\r" in raw else raw
+        classifications = _classifications(envelope)
+        transaction = Transaction(
+            role=self.role,
+            peer=f"{_peer_ip(session)}",
+            helo=session.host_name or "",
+            auth_user=_auth_user(session),
+            tls=_tls_summary(server),
+            sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
+            recipients=[(r, classifications[r]) for r in envelope.rcpt_tos],
+            data=data,
+        )
+        reply = await self.accept(transaction)
+        return reply.text
+
+    def _may_relay(self, session: Session, domain: str) -> bool:
+        if domain in self.own_domains:
+            return True
+        ip = ipaddress.ip_address(_peer_ip(session))
+        return any(ip in network for network in self.relay_networks)
+
+
+def _classifications(envelope: Envelope) -> dict[str, Classification]:
+    found: dict[str, Classification] | None = getattr(envelope, "securemail_rcpts", None)
+    if found is None:
+        found = {}
+        envelope.securemail_rcpts = found  # type: ignore[attr-defined]
+    return found
+
+
+def _auth_user(session: Session) -> str:
+    data = session.auth_data if session.authenticated else None
+    return data.login.decode("utf-8", "replace") if isinstance(data, LoginPassword) else ""
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _tls_summary(server: SMTP) -> str:
+    transport = server.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return ""
+    return f"{ssl_object.version()} {ssl_object.cipher()[0]}"
+
+
+def received_header(t: Transaction, hostname: str, queue_id: str, now: float) -> bytes:
+    """RFC 5321 §4.4 trace header, with TLS details as Postfix writes them."""
+    protocol = "ESMTP"
+    if t.tls:
+        protocol += "S"
+    if t.auth_user:
+        protocol += "A"
+    tls = f" ({t.tls.replace(' ', ' with cipher ')})" if t.tls else ""
+    helo = re.sub(r"[^\x21-\x7e]", "?", t.helo)[:255]
+    single = f" for <{t.recipients[0][0]}>" if len(t.recipients) == 1 else ""
+    return (
+        f"Received: from {helo} ([{t.peer}])\r\n\tby {hostname} (securemail) with {protocol}{tls}"
+        f"\r\n\tid {queue_id}{single};\r\n\t{formatdate(now, localtime=False)}\r\n"
+    ).encode()

@@ -1,0 +1,1 @@
+"""Real peers for the tests: DNS, SMTP, TLS, HTTPS and Postfix."""
