@@ -35,10 +35,11 @@ from securemail.config import Config, default_config_text, find_config, load_con
 from securemail.core.accredited import import_accredited, load_accredited
 from securemail.core.addresses import split_address_list
 from securemail.core.classify import Classification, Classifier
-from securemail.core.policy import Decision, decide
+from securemail.core.policy import Action, Decision
 from securemail.core.rules import Audience, Status
 from securemail.core.sensitivity import scan_message
 from securemail.errors import InputError, SecuremailError
+from securemail.loaders import classifier_from_config, policy_from_config
 
 app = typer.Typer(
     name="securemail",
@@ -102,8 +103,8 @@ def build_classifier(
             "run 'securemail accredited import CSV' to use one"
         )
 
-    return Classifier.from_config(
-        config, today=date.today(), audience=audience, accredited=accredited, on_missing=missing
+    return classifier_from_config(
+        config, audience=audience, accredited=accredited, on_missing=missing
     )
 
 
@@ -237,10 +238,8 @@ def policy_explain(
         raise InputError(f"{message}: no recipients in To, Cc or Bcc; give --rcpt ADDRESS")
     classifier = build_classifier(cfg, audience, accredited)
     sensitivity = scan_message(raw)
-    decisions = [
-        decide(classifier.classify(r), sensitivity, cfg.policy.unknown_sensitive_action)
-        for r in recipients
-    ]
+    policy = policy_from_config(cfg)
+    decisions = [policy.decide(classifier.classify(r), sensitivity) for r in recipients]
     if json_out:
         sys.stdout.write(
             _json_line(
@@ -290,7 +289,7 @@ def _print_decisions(decisions: list[Decision]) -> None:
             Text(d.recipient),
             Text(d.status.value, STATUS_STYLE[d.status]),
             d.action.value,
-            d.tls.label if d.tls is not None else "-",
+            d.tls.label if d.action is not Action.REJECT else "-",
             Text(d.reason),
         )
     out.print(table)

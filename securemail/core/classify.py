@@ -3,8 +3,14 @@
 Pure and deterministic: the guidance table for the sender's audience, then the imported
 accredited list, then local policy, in that order, each able to overrule the one before
 (local policy last, as operators expect; a local deny beats everything). The decision
-depends only on the domain, so results are cached per domain in a bounded map: bulk
-runs over millions of addresses hit a few thousand domains.
+depends only on the domain and the day (accreditations expire), so results are cached per
+domain in a bounded map that is emptied when the clock's date changes: bulk runs over
+millions of addresses hit a few thousand domains, and a gateway running for months judges
+every expiry against the current date, never the date it started.
+
+The clock is passed in (``clock=date.today`` in production, a fixed or stepping date in
+tests); nothing here reads the time by itself. Building a classifier from the config (and
+reading the accredited list from disk) is ``securemail.loaders.classifier_from_config``.
 """
 
 from __future__ import annotations
@@ -12,10 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
-from securemail.config import Config
-from securemail.core.accredited import AccreditedEntry, AccreditedList, load_accredited
+from securemail.core.accredited import AccreditedEntry, AccreditedList
 from securemail.core.addresses import Address, AddressError, parse_address, skeleton
 from securemail.core.rules import (
     HSC_ONLY_SUFFIXES,
@@ -100,13 +104,13 @@ class Classifier:
         self,
         audience: Audience,
         *,
-        today: date,
+        clock: Callable[[], date],
         accredited: AccreditedList | None = None,
         secure_domains: Iterable[str] = (),
         deny_domains: Iterable[str] = (),
     ) -> None:
         self.audience = audience
-        self.today = today
+        self.clock = clock
         self.accredited = accredited
         self.local_secure = DomainPatterns(secure_domains)
         self.local_deny = DomainPatterns(deny_domains)
@@ -122,38 +126,7 @@ class Classifier:
             for rule in (*TABLES[audience], OTHER)
         }
         self._cache: dict[str, _Verdict] = {}
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Config,
-        *,
-        today: date,
-        audience: Audience | None = None,
-        accredited: Path | None = None,
-        on_missing: Callable[[Path], None] | None = None,
-    ) -> Classifier:
-        """The classifier the config describes; ``audience``/``accredited`` override it.
-
-        The one place that reads the accredited list (the only I/O here). A configured
-        list that does not exist yet is reported through ``on_missing``; an explicitly
-        given one that does not exist is an error (``load_accredited`` raises).
-        """
-        path = accredited or config.policy.accredited_list
-        listed = None
-        if path is not None:
-            if accredited is None and not path.exists():
-                if on_missing is not None:
-                    on_missing(path)
-            else:
-                listed = load_accredited(path, today=today)
-        return cls(
-            audience or config.organisation.audience,
-            today=today,
-            accredited=listed,
-            secure_domains=config.policy.secure_domains,
-            deny_domains=config.policy.deny_domains,
-        )
+        self._cache_day: date | None = None
 
     def classify(self, text: str) -> Classification:
         """Classify one address as written (``a@b``, ``Name <a@b>``)."""
@@ -164,21 +137,25 @@ class Classifier:
             return Classification(
                 text, "", Status.INVALID, "invalid-address", f"not a valid address: {exc}"
             )
+        today = self.clock()
+        if today != self._cache_day:  # expiry moves with the date: yesterday's answers go
+            self._cache.clear()
+            self._cache_day = today
         verdict = self._cache.get(address.domain)
         if verdict is None:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
-            verdict = self._cache[address.domain] = self._decide(address.domain)
+            verdict = self._cache[address.domain] = self._decide(address.domain, today)
         return Classification(
             text, address.domain, verdict.status, verdict.rule, verdict.reason, verdict.notes
         )
 
-    def _decide(self, domain: str) -> _Verdict:
+    def _decide(self, domain: str, today: date) -> _Verdict:
         verdict = self._guidance(domain)
         if verdict.status is not Status.SECURE and self.accredited is not None:
             entry = self.accredited.lookup(domain)
             if entry is not None:
-                verdict = self._accredited(entry, verdict)
+                verdict = self._accredited(entry, verdict, today)
         if (pattern := self.local_secure.match(domain)) is not None:
             verdict = _Verdict(
                 Status.SECURE,
@@ -204,13 +181,13 @@ class Classifier:
             return shared
         return _Verdict(shared.status, shared.rule, shared.reason, (*shared.notes, *warnings))
 
-    def _accredited(self, entry: AccreditedEntry, before: _Verdict) -> _Verdict:
+    def _accredited(self, entry: AccreditedEntry, before: _Verdict, today: date) -> _Verdict:
         assert self.accredited is not None
         listed = f"the accredited list {self.accredited.source!r}"
         if self.accredited.list_date is not None:
             listed += f" of {self.accredited.list_date.isoformat()}"
         org = entry.organisation or entry.domain
-        if entry.expired(self.today):
+        if entry.expired(today):
             assert entry.expires is not None
             return _Verdict(
                 before.status,

@@ -1,41 +1,50 @@
-"""(classification, sensitivity, config) → ``Decision`` for one recipient.
+"""(classification, sensitivity) → ``Decision`` for one recipient: the whole policy table.
 
-The whole table of DESIGN.md in one pure function. SCCI1596 §2.2: "Each service provider
-MUST enable forced TLS inbound and outbound for secure email delivery and opportunistic
-for all other emails", and sensitive content must never go in the clear to a recipient
-who is not known to be secure: it is sent through the portal, held for an operator, or
-refused, as ``[policy] unknown_sensitive_action`` says.
+DESIGN.md's table lives here and nowhere else; the gateway, ``securemail policy explain``
+and the queue after an operator's release all read the decision this module makes (the
+first cut kept the own-domain row in the gateway, so ``policy explain`` said *held* where
+the gateway *delivered*).
+
+SCCI1596 §2.2: "Each service provider MUST enable forced TLS inbound and outbound for
+secure email delivery and opportunistic for all other emails", and sensitive content must
+never go in the clear to a recipient who is not known to be secure: it is held for an
+operator or refused, as ``[policy] unknown_sensitive_action`` says (``portal`` holds too
+until the secure portal exists, and says so).
+
+**The release rule.** Every decision carries the TLS level its recipient's mail needs,
+including a held one: a sensitive message held for an ``unknown`` recipient is stored with
+at least ``TlsLevel.VERIFIED``, so an operator's release never sends it in plain text or
+to an unverified server. The level is stored with the recipient and the queue delivers
+with exactly that level.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from securemail.core.classify import Classification
+from securemail.core.levels import TlsLevel
 from securemail.core.rules import Status
 from securemail.core.sensitivity import Sensitivity
 
 
 class Action(StrEnum):
     DELIVER = "deliver"
-    ENCRYPT = "encrypt"  # via the portal: the recipient gets a link, not the content
     HOLD = "hold"  # kept in the spool until an operator releases or deletes it
     REJECT = "reject"
 
 
-class TlsRequirement(IntEnum):
-    """Ordered, like Postfix's TLS levels, so "at least" is a comparison."""
+class Setting(StrEnum):
+    """``[policy] unknown_sensitive_action``: sensitive mail to an ``unknown`` recipient."""
 
-    OPPORTUNISTIC = 1  # STARTTLS when offered, any certificate; else plain text
-    REQUIRED = 2  # STARTTLS with a verified certificate matching the MX, or defer
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+    HOLD = "hold"
+    REJECT = "reject"
+    PORTAL = "portal"  # the secure portal (not built yet: held, and the reason says so)
 
 
-UNKNOWN_SENSITIVE_ACTIONS = {"hold": Action.HOLD, "reject": Action.REJECT, "portal": Action.ENCRYPT}
+OWN_DOMAIN_RULE = "own-domain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,57 +52,85 @@ class Decision:
     recipient: str
     status: Status
     action: Action
-    tls: TlsRequirement | None  # None when nothing is sent to the recipient's servers
+    tls: TlsLevel  # what delivery must achieve; NONE only when nothing is ever sent
     reason: str
-    rule: str  # the classification rule behind it
+    rule: str  # the classification (or policy) rule behind it
 
     def to_json(self) -> dict[str, object]:
         return {
             "recipient": self.recipient,
             "status": self.status.value,
             "action": self.action.value,
-            "tls": self.tls.label if self.tls is not None else None,
+            "tls": self.tls.label,
             "reason": self.reason,
             "rule": self.rule,
         }
 
 
-def decide(
-    classification: Classification,
-    sensitivity: Sensitivity,
-    unknown_sensitive_action: str = "hold",
-) -> Decision:
-    """Decide what happens to mail for one recipient."""
-    c = classification
+_WHY = {
+    Setting.HOLD: "held for an operator to release or delete "
+    "([policy] unknown_sensitive_action = hold); a release delivers it only over verified TLS",
+    Setting.PORTAL: "it is for the secure portal ([policy] unknown_sensitive_action = portal), "
+    "which this version does not have yet, so it is held for an operator to release or "
+    "delete; a release delivers it only over verified TLS",
+    Setting.REJECT: "refused ([policy] unknown_sensitive_action = reject)",
+}
 
-    def decision(action: Action, tls: TlsRequirement | None, reason: str) -> Decision:
-        return Decision(c.address, c.status, action, tls, reason, c.rule)
 
-    if c.status is Status.INVALID:
-        return decision(Action.REJECT, None, f"recipient refused: {c.reason}")
-    if c.status is Status.SECURE:
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The organisation's policy: its own domains and what to do with sensitive mail."""
+
+    own_domains: frozenset[str] = frozenset()
+    unknown_sensitive: Setting = Setting.HOLD
+
+    @classmethod
+    def of(cls, own_domains: Iterable[str], unknown_sensitive: str = "hold") -> Policy:
+        return cls(frozenset(d.lower() for d in own_domains), Setting(unknown_sensitive))
+
+    def decide(self, c: Classification, sensitivity: Sensitivity) -> Decision:
+        """Decide what happens to mail for one recipient."""
+
+        def decision(action: Action, tls: TlsLevel, reason: str, rule: str = c.rule) -> Decision:
+            return Decision(c.address, c.status, action, tls, reason, rule)
+
+        if c.status is Status.INVALID:
+            return decision(Action.REJECT, TlsLevel.NONE, f"recipient refused: {c.reason}")
+        if c.domain in self.own_domains:
+            return decision(
+                Action.DELIVER,
+                TlsLevel.OPPORTUNISTIC,
+                "our own domain: to the internal mail server",
+                OWN_DOMAIN_RULE,
+            )
+        if c.status is Status.SECURE:
+            return decision(
+                Action.DELIVER,
+                TlsLevel.VERIFIED,
+                "secure recipient: deliver only over verified TLS (SCCI1596 forced TLS)",
+            )
+        if not sensitivity.sensitive:
+            return decision(
+                Action.DELIVER,
+                TlsLevel.OPPORTUNISTIC,
+                "recipient not known to be secure, message not sensitive: "
+                "deliver with opportunistic TLS",
+            )
+        setting = self.unknown_sensitive
+        action = Action.REJECT if setting is Setting.REJECT else Action.HOLD
+        tls = TlsLevel.NONE if action is Action.REJECT else TlsLevel.VERIFIED
         return decision(
-            Action.DELIVER,
-            TlsRequirement.REQUIRED,
-            "secure recipient: deliver only over verified TLS (SCCI1596 forced TLS)",
+            action,
+            tls,
+            f"sensitive message ({sensitivity.summary()}) to a recipient not known to be "
+            f"secure: {_WHY[setting]}",
         )
-    if not sensitivity.sensitive:
-        return decision(
-            Action.DELIVER,
-            TlsRequirement.OPPORTUNISTIC,
-            "recipient not known to be secure, message not sensitive: "
-            "deliver with opportunistic TLS",
-        )
-    action = UNKNOWN_SENSITIVE_ACTIONS[unknown_sensitive_action]
-    found = sensitivity.summary()
-    why = {
-        Action.ENCRYPT: "sent through the secure portal instead of in the clear",
-        Action.HOLD: "held for an operator to release or delete "
-        "([policy] unknown_sensitive_action = hold)",
-        Action.REJECT: "refused ([policy] unknown_sensitive_action = reject)",
-    }[action]
-    return decision(
-        action,
-        None,
-        f"sensitive message ({found}) to a recipient not known to be secure: {why}",
-    )
+
+
+class TlsRequirement(IntEnum):  # MERGE: gone once outbound/queue use TlsLevel
+    OPPORTUNISTIC = 1
+    REQUIRED = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()

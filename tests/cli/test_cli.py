@@ -146,9 +146,9 @@ def test_policy_explain_sensitive(tmp_path, config):
     assert "9434765919" not in proc.stdout.decode()  # NHS numbers are masked
     actions = {d["recipient"]: (d["action"], d["tls"]) for d in result["decisions"]}
     assert actions == {
-        "a@trust.nhs.net": ("deliver", "required"),
-        "b@gmail.com": ("hold", None),
-        "c@x.nhs.uk": ("hold", None),
+        "a@trust.nhs.net": ("deliver", "verified"),
+        "b@gmail.com": ("hold", "verified"),  # the release rule: never unverified
+        "c@x.nhs.uk": ("hold", "verified"),
     }
 
 
@@ -174,7 +174,7 @@ def test_policy_explain_human_output_example():
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr
     assert "sensitive" in out and "OFFICIAL-SENSITIVE" in out
-    assert "hold" in out and "required" in out
+    assert "hold" in out and "verified" in out
 
 
 def test_policy_explain_no_recipients(tmp_path, config):

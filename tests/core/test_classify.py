@@ -70,8 +70,8 @@ TABLE = [
 
 @pytest.mark.parametrize(("address", "gov", "hsc", "rule"), TABLE, ids=[t[0] for t in TABLE])
 def test_guidance_tables(address, gov, hsc, rule):
-    hsc_result = Classifier(HSC, today=TODAY).classify(address)
-    gov_result = Classifier(GOV, today=TODAY).classify(address)
+    hsc_result = Classifier(HSC, clock=lambda: TODAY).classify(address)
+    gov_result = Classifier(GOV, clock=lambda: TODAY).classify(address)
     assert hsc_result.status is hsc
     assert gov_result.status is gov
     assert hsc_result.rule == rule
@@ -79,32 +79,32 @@ def test_guidance_tables(address, gov, hsc, rule):
 
 
 def test_reason_cites_the_guidance_table():
-    c = Classifier(GOV, today=TODAY).classify("a@example.nhs.uk")
+    c = Classifier(GOV, clock=lambda: TODAY).classify("a@example.nhs.uk")
     assert "Guidance issued to government organisations" in c.reason
     assert "*.nhs.uk (does not end secure.nhs.uk)" in c.reason
-    c = Classifier(HSC, today=TODAY).classify("a@dwp.gov.uk")
+    c = Classifier(HSC, clock=lambda: TODAY).classify("a@dwp.gov.uk")
     assert "Guidance issued to health and social care organisations" in c.reason
     assert "*.gov.uk" in c.reason
 
 
 def test_scotland_and_wales_notes():
-    scot = Classifier(HSC, today=TODAY).classify("a@x.scot.nhs.uk")
-    wales = Classifier(HSC, today=TODAY).classify("a@x.wales.nhs.uk")
+    scot = Classifier(HSC, clock=lambda: TODAY).classify("a@x.scot.nhs.uk")
+    wales = Classifier(HSC, clock=lambda: TODAY).classify("a@x.wales.nhs.uk")
     assert any("own email assurance programme" in n for n in scot.notes)
     assert any("NHS Wales" in n for n in wales.notes)
 
 
 def test_lookalike_notes():
-    c = Classifier(HSC, today=TODAY).classify("a@nhs.nеt")
+    c = Classifier(HSC, clock=lambda: TODAY).classify("a@nhs.nеt")
     assert any("lookalike" in n and "nhs.net" in n for n in c.notes)
-    c = Classifier(HSC, today=TODAY).classify("a@nhs.net.evil.com")
+    c = Classifier(HSC, clock=lambda: TODAY).classify("a@nhs.net.evil.com")
     assert any("not under it" in n for n in c.notes)
-    c = Classifier(HSC, today=TODAY).classify("a@insecure.nhs.uk")
+    c = Classifier(HSC, clock=lambda: TODAY).classify("a@insecure.nhs.uk")
     assert any("whole labels" in n for n in c.notes)
 
 
 def test_government_note_for_hsc_only_rows():
-    c = Classifier(GOV, today=TODAY).classify("a@dwp.gov.uk")
+    c = Classifier(GOV, clock=lambda: TODAY).classify("a@dwp.gov.uk")
     assert c.status is U
     assert any("health and social care senders" in n for n in c.notes)
 
@@ -139,23 +139,37 @@ ACCREDITED = _listed(
     ],
 )
 def test_accredited_list(audience, address, status, rule):
-    c = Classifier(audience, today=TODAY, accredited=ACCREDITED).classify(address)
+    c = Classifier(audience, clock=lambda: TODAY, accredited=ACCREDITED).classify(address)
     assert (c.status, c.rule) == (status, rule)
 
 
 def test_accredited_reason_names_org_list_and_date():
-    c = Classifier(HSC, today=TODAY, accredited=ACCREDITED).classify("a@trust.nhs.uk")
+    c = Classifier(HSC, clock=lambda: TODAY, accredited=ACCREDITED).classify("a@trust.nhs.uk")
     assert "Example Trust" in c.reason
     assert "dcb1596.csv" in c.reason
     assert "2026-10-01" in c.reason
-    expired = Classifier(HSC, today=TODAY, accredited=ACCREDITED).classify("a@oldtrust.nhs.uk")
+    expired = Classifier(HSC, clock=lambda: TODAY, accredited=ACCREDITED).classify(
+        "a@oldtrust.nhs.uk"
+    )
     assert "expired on 2026-11-22" in expired.reason
+
+
+def test_expiry_is_judged_against_the_clock_on_every_decision():
+    """A long-running classifier (the gateway's) must see an accreditation expire."""
+    day = [TODAY]  # carehome.co.uk expires at the end of TODAY
+    classifier = Classifier(HSC, clock=lambda: day[0], accredited=ACCREDITED)
+    before = classifier.classify("a@carehome.co.uk")
+    assert (before.status, before.rule) == (S, "accredited-list")
+    day[0] = date.fromordinal(TODAY.toordinal() + 1)
+    after = classifier.classify("a@carehome.co.uk")  # same object, cached domain
+    assert (after.status, after.rule) == (U, "accredited-expired")
+    assert f"expired on {TODAY.isoformat()}" in after.reason
 
 
 def test_local_overrides_apply_last():
     classifier = Classifier(
         HSC,
-        today=TODAY,
+        clock=lambda: TODAY,
         accredited=ACCREDITED,
         secure_domains=["partner.org", "*.council.example"],
         deny_domains=["*.compromised.nhs.net", "trust.nhs.uk", "partner.org"],
@@ -174,7 +188,7 @@ def test_cache_is_bounded(monkeypatch):
     import securemail.core.classify as module
 
     monkeypatch.setattr(module, "CACHE_LIMIT", 10)
-    classifier = Classifier(HSC, today=TODAY)
+    classifier = Classifier(HSC, clock=lambda: TODAY)
     for n in range(100):
         assert classifier.classify(f"a@d{n}.nhs.net").status is S
     assert len(classifier._cache) <= 10
@@ -194,14 +208,14 @@ def _under_secure_suffix(domain):
 def test_random_domains_are_secure_only_under_a_listed_suffix(labels, audience):
     domain = ".".join(labels)
     assume(not labels[-1].isdigit())
-    c = Classifier(audience, today=TODAY).classify(f"x@{domain}")
+    c = Classifier(audience, clock=lambda: TODAY).classify(f"x@{domain}")
     if c.status is S:
         assert _under_secure_suffix(c.domain)
 
 
 @given(LOOKALIKE, st.sampled_from([GOV, HSC]))
 def test_lookalikes_are_never_secure(text, audience):
-    c = Classifier(audience, today=TODAY).classify(f"x@{text}")
+    c = Classifier(audience, clock=lambda: TODAY).classify(f"x@{text}")
     if c.status is S:
         assert c.domain.isascii() and _under_secure_suffix(c.domain)
         assert c.domain == text.lower().rstrip(".")
@@ -209,6 +223,6 @@ def test_lookalikes_are_never_secure(text, audience):
 
 @given(st.text(max_size=80))
 def test_arbitrary_text_is_secure_only_under_a_listed_suffix(text):
-    c = Classifier(HSC, today=TODAY, accredited=ACCREDITED).classify(text)
+    c = Classifier(HSC, clock=lambda: TODAY, accredited=ACCREDITED).classify(text)
     if c.status is S:
         assert _under_secure_suffix(c.domain) or ACCREDITED.lookup(c.domain) is not None

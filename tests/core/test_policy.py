@@ -1,55 +1,55 @@
-"""Policy: every cell of DESIGN.md's table, for each unknown_sensitive_action."""
+"""Policy: every cell of DESIGN.md's table (``tests/policy_cases.py``), and the reasons."""
 
 from datetime import date
 
 import pytest
+from policy_cases import CASES, OWN
 
 from securemail.core.classify import Classifier
-from securemail.core.policy import Action, TlsRequirement, decide
+from securemail.core.levels import TlsLevel
+from securemail.core.policy import Action, Policy
 from securemail.core.rules import Audience, Status
 from securemail.core.sensitivity import NOT_SENSITIVE, Kind, Marker, Sensitivity
 
-CLASSIFIER = Classifier(Audience.HEALTH_AND_CARE, today=date(2026, 11, 23))
+CLASSIFIER = Classifier(Audience.HEALTH_AND_CARE, clock=lambda: date(2026, 11, 23))
 SENSITIVE = Sensitivity((Marker(Kind.MARKING, "subject", "OFFICIAL-SENSITIVE"),))
-REQ, OPP = TlsRequirement.REQUIRED, TlsRequirement.OPPORTUNISTIC
-
-CELLS = [
-    # recipient, sensitive?, unknown_sensitive_action, action, tls
-    ("a@nhs.net", False, "hold", Action.DELIVER, REQ),
-    ("a@nhs.net", True, "hold", Action.DELIVER, REQ),
-    ("a@nhs.net", True, "reject", Action.DELIVER, REQ),
-    ("a@nhs.net", True, "portal", Action.DELIVER, REQ),
-    ("a@gmail.com", False, "hold", Action.DELIVER, OPP),
-    ("a@gmail.com", False, "reject", Action.DELIVER, OPP),
-    ("a@gmail.com", True, "hold", Action.HOLD, None),
-    ("a@gmail.com", True, "reject", Action.REJECT, None),
-    ("a@gmail.com", True, "portal", Action.ENCRYPT, None),
-    ("a@nhs.net@evil.com", False, "hold", Action.REJECT, None),
-    ("a@nhs.net@evil.com", True, "portal", Action.REJECT, None),
-]
+OWN_DOMAINS = [OWN.partition("@")[2]]
 
 
-@pytest.mark.parametrize(("rcpt", "sensitive", "setting", "action", "tls"), CELLS)
+@pytest.mark.parametrize(("rcpt", "sensitive", "setting", "action", "tls"), CASES)
 def test_policy_table(rcpt, sensitive, setting, action, tls):
-    sensitivity = SENSITIVE if sensitive else NOT_SENSITIVE
-    d = decide(CLASSIFIER.classify(rcpt), sensitivity, setting)
+    policy = Policy.of(OWN_DOMAINS, setting)
+    d = policy.decide(CLASSIFIER.classify(rcpt), SENSITIVE if sensitive else NOT_SENSITIVE)
     assert (d.action, d.tls) == (action, tls)
     assert d.reason
-    assert d.rule == CLASSIFIER.classify(rcpt).rule
+    expected_rule = "own-domain" if rcpt == OWN else CLASSIFIER.classify(rcpt).rule
+    assert d.rule == expected_rule
 
 
 def test_reasons_say_why():
-    held = decide(CLASSIFIER.classify("a@gmail.com"), SENSITIVE, "hold")
+    hold = Policy.of(OWN_DOMAINS, "hold")
+    held = hold.decide(CLASSIFIER.classify("a@gmail.com"), SENSITIVE)
     assert "OFFICIAL-SENSITIVE" in held.reason and "unknown_sensitive_action = hold" in held.reason
-    secure = decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE, "hold")
+    assert "verified TLS" in held.reason  # the release rule, said where it applies
+    portal = Policy.of(OWN_DOMAINS, "portal").decide(CLASSIFIER.classify("a@gmail.com"), SENSITIVE)
+    assert portal.action is Action.HOLD and "held" in portal.reason  # no false "sent by portal"
+    secure = hold.decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE)
     assert "forced TLS" in secure.reason
-    invalid = decide(CLASSIFIER.classify("a@[1.2.3.4]"), NOT_SENSITIVE, "hold")
+    invalid = hold.decide(CLASSIFIER.classify("a@[1.2.3.4]"), NOT_SENSITIVE)
     assert "IP-literal" in invalid.reason
 
 
 def test_tls_levels_are_ordered():
-    assert REQ > OPP
-    assert REQ.label == "required"
-    d = decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE)
-    assert d.to_json()["tls"] == "required"
+    assert TlsLevel.NONE < TlsLevel.OPPORTUNISTIC < TlsLevel.VERIFIED < TlsLevel.MTA_STS
+    assert TlsLevel.MTA_STS < TlsLevel.DANE
+    assert TlsLevel.VERIFIED.forced and not TlsLevel.OPPORTUNISTIC.forced
+    assert TlsLevel.from_label("required") is TlsLevel.VERIFIED
+    assert all(TlsLevel.from_label(level.label) is level for level in TlsLevel)
+    d = Policy().decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE)
+    assert d.to_json()["tls"] == "verified"
     assert d.to_json()["status"] == Status.SECURE.value
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ValueError):
+        Policy.of(OWN_DOMAINS, "send-anyway")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from securemail.core.classify import Classification
+from securemail.core.replies import AUTH_TEMPFAIL, SmtpReply, auth_refused
 from securemail.core.rules import Status
 from securemail.dns import Resolver
 from securemail.mech.arc import ArcVerdict, verify_arc
@@ -72,7 +73,7 @@ class AuthVerdict:
 class AuthDecision:
     action: Action
     trusted: bool  # X-Securemail-Trust: secure
-    reply: str  # for REJECT/TEMPFAIL: the SMTP reply; else ""
+    reply: SmtpReply | None  # for REJECT/TEMPFAIL: the SMTP reply (with the detail)
     log: str  # the detail, for the log line
 
 
@@ -111,11 +112,12 @@ def decide(
     """Pure: what the gateway does with a message, given its authentication verdict."""
     dmarc = verdict.dmarc
     if dmarc is None:
+        detail = f"unusable From header: {verdict.from_problem}"
         return AuthDecision(
             Action.REJECT,
             False,
-            f"550 5.7.1 Message refused: {verdict.from_problem} (RFC 7489 §6.6.1)",
-            f"unusable From header: {verdict.from_problem}",
+            auth_refused(f"{verdict.from_problem} (RFC 7489 §6.6.1)", "from").logged(detail),
+            detail,
         )
     temporary = verdict.spf.result is Result.TEMPERROR or any(
         d.result is Result.TEMPERROR for d in verdict.dkim
@@ -128,35 +130,34 @@ def decide(
     if not passed and policy.enforce_dmarc and dmarc.disposition == "reject":
         if temporary:
             return _tempfail(f"DMARC fail for {dmarc.from_domain} while a lookup failed")
-        return AuthDecision(
-            Action.REJECT,
-            False,
-            f"550 5.7.1 Message refused: it fails the DMARC policy of {dmarc.from_domain} "
+        detail = f"dmarc={dmarc.result.value} p={dmarc.policy} dis=reject: {dmarc.reason}"
+        reply = auth_refused(
+            f"it fails the DMARC policy of {dmarc.from_domain} "
             "(neither SPF nor DKIM authenticates the From domain)",
-            f"dmarc={dmarc.result.value} p={dmarc.policy} dis=reject: {dmarc.reason}",
+            "dmarc",
         )
+        return AuthDecision(Action.REJECT, False, reply.logged(detail), detail)
     if sender_secure and not passed and policy.secure_senders_must_pass:
         if temporary:
             return _tempfail(f"secure sender {dmarc.from_domain} unauthenticated; lookup failed")
-        return AuthDecision(
-            Action.REJECT,
-            False,
-            f"550 5.7.1 Message refused: mail from {dmarc.from_domain} must pass DMARC "
-            "(secure email standard anti-spoofing)",
-            f"secure sender domain {dmarc.from_domain} failed DMARC: {dmarc.reason}",
+        detail = f"secure sender domain {dmarc.from_domain} failed DMARC: {dmarc.reason}"
+        reply = auth_refused(
+            f"mail from {dmarc.from_domain} must pass DMARC (secure email standard anti-spoofing)",
+            "secure-sender",
         )
+        return AuthDecision(Action.REJECT, False, reply.logged(detail), detail)
     if not passed and policy.enforce_dmarc and dmarc.disposition == "quarantine":
         return AuthDecision(
-            Action.QUARANTINE, False, "", f"dmarc quarantine for {dmarc.from_domain}"
+            Action.QUARANTINE, False, None, f"dmarc quarantine for {dmarc.from_domain}"
         )
-    return AuthDecision(Action.ACCEPT, trusted, "", f"dmarc={dmarc.result.value}")
+    return AuthDecision(Action.ACCEPT, trusted, None, f"dmarc={dmarc.result.value}")
 
 
 def _tempfail(detail: str) -> AuthDecision:
     return AuthDecision(
         Action.TEMPFAIL,
         False,
-        "451 4.7.0 Temporary failure checking sender authentication (DNS); try again later",
+        AUTH_TEMPFAIL.logged(detail),
         detail,
     )
 

@@ -31,8 +31,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from securemail.core import replies
 from securemail.core.addresses import AddressError, parse_address
 from securemail.core.classify import Classification
+from securemail.core.replies import SmtpReply
+from securemail.gateway.events import EventSink, LogSink, RelayDenied, SessionAuth
 
 log = logging.getLogger("securemail.smtp")
 
@@ -40,14 +43,6 @@ MAX_RECIPIENTS = 100
 AUTH_FAILURE_LIMIT = 5  # failures per client address per window, then 454 until it passes
 AUTH_FAILURE_WINDOW = 300.0
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What the peer is told, and (separately) what the log says."""
-
-    text: str
-    log: str = ""
 
 
 @dataclass(slots=True)
@@ -64,7 +59,7 @@ class Transaction:
     data: bytes
 
 
-Accept = Callable[[Transaction], Awaitable[Reply]]
+Accept = Callable[[Transaction], Awaitable[SmtpReply]]
 Classify = Callable[[str], Classification]
 Authenticate = Callable[[str, str], Awaitable[bool]]
 
@@ -125,7 +120,7 @@ class GatewaySMTP(SMTP):
     def close_idle(self) -> None:
         """Tell an idle client we are going away (RFC 5321 §3.8), then close."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"421 4.3.2 Service shutting down\r\n")
+            self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
             self.transport.close()
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> Any:
@@ -162,6 +157,7 @@ class GatewayHandler:
         authenticate: Authenticate | None = None,
         max_recipients: int = MAX_RECIPIENTS,
         limiter: AuthLimiter | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.role = role
         self.classify = classify
@@ -171,6 +167,7 @@ class GatewayHandler:
         self.authenticate = authenticate
         self.max_recipients = max_recipients
         self.limiter = limiter or AuthLimiter()
+        self.events = events or LogSink()
 
     async def check_credentials(
         self, session: Session, login: bytes, password: bytes
@@ -179,19 +176,15 @@ class GatewayHandler:
         now = time.monotonic()
         if self.authenticate is None:
             return AuthResult(success=False, handled=False)
-        if self.limiter.blocked(ip, now):
-            log.warning("auth refused (rate limit) client=%s", ip)
-            return AuthResult(
-                success=False,
-                handled=False,
-                message="454 4.7.0 Too many failed authentication attempts; try again later",
-            )
         user = login.decode("utf-8", "replace")
+        if self.limiter.blocked(ip, now):
+            self.events.emit(SessionAuth(user, ip, "refused (rate limit)"))
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_RATE_LIMITED))
         if await self.authenticate(user, password.decode("utf-8", "replace")):
-            log.info("auth ok user=%s client=%s", user, ip)
+            self.events.emit(SessionAuth(user, ip, "ok"))
             return AuthResult(success=True, handled=False, auth_data=LoginPassword(login, b""))
         self.limiter.fail(ip, now)
-        log.warning("auth failed user=%s client=%s", user, ip)
+        self.events.emit(SessionAuth(user, ip, "failed"))
         await asyncio.sleep(0.5)  # slow down guessing on this connection
         return AuthResult(success=False, handled=False)
 
@@ -202,35 +195,33 @@ class GatewayHandler:
         # as "no MAIL command yet". handle_DATA turns it into "".
         if address in ("", "<>"):
             if self.role == "submission":
-                return "553 5.1.7 The null sender is not accepted from clients"
+                return str(replies.NULL_SENDER_REFUSED)
             address = "<>"
         else:
             try:
                 parse_address(address)
             except AddressError as exc:
-                return f"553 5.1.7 Bad sender address syntax: {exc}"
+                return str(replies.bad_sender(str(exc)))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 2.1.0 OK"
+        return str(replies.MAIL_OK)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return str(replies.TOO_MANY_RECIPIENTS)
         if options:
-            return "555 5.5.4 RCPT TO parameters not supported"
+            return str(replies.RCPT_PARAMETERS)
         classification = self.classify(address)
         if not classification.domain:
-            return f"550 5.1.3 Bad recipient address: {classification.reason}"
+            return str(replies.bad_recipient(classification.reason))
         if self.role == "inbound" and not self._may_relay(session, classification.domain):
-            log.warning(
-                "relay denied client=%s rcpt=<%s>", _peer_ip(session), classification.address
-            )
-            return "554 5.7.1 Relay access denied"
+            self.events.emit(RelayDenied(_peer_ip(session), classification.address))
+            return str(replies.RELAY_DENIED)
         envelope.rcpt_tos.append(address)
         _classifications(envelope)[address] = classification
-        return "250 2.1.5 OK"
+        return str(replies.RCPT_OK)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -246,8 +237,7 @@ class GatewayHandler:
             recipients=[(r, classifications[r]) for r in envelope.rcpt_tos],
             data=data,
         )
-        reply = await self.accept(transaction)
-        return reply.text
+        return str(await self.accept(transaction))
 
     def _may_relay(self, session: Session, domain: str) -> bool:
         if domain in self.own_domains:

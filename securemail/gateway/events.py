@@ -1,0 +1,351 @@
+"""What the gateway did, as typed events, and the sinks that record them.
+
+Every stage reports through one ``EventSink`` instead of formatting log lines itself, so
+the record of what happened has one shape: the log sink below writes today's log lines
+(``accepted id=… from=<…> …``, ``auth id=…``, ``delivery id=…``), and the audit trail,
+metrics and TLS-RPT aggregation become further sinks reading the same events, never a
+second reading of the log. Events are plain frozen records; formatting lives in the sink.
+
+Peer-supplied values (addresses, EHLO names, user names, remote replies) reach the log
+only through ``LogSink``, which is therefore the one place that neutralises line breaks
+and control characters in them (``_safe``): nobody can write a fake log line by sending
+CR/LF in an AUTH name or a reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from securemail.core.levels import TlsFailure
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDecision:
+    rcpt: str
+    action: str
+    tls: str  # the level's label, or "-" when nothing is sent
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    queue_id: str
+    sender: str
+    rcpts: int
+    held: int
+    size: int
+    client: str
+    tls: str
+    auth_user: str
+    sensitive: bool
+    decisions: tuple[RcptDecision, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message refused at end of DATA (policy, authentication, a spool failure)."""
+
+    sender: str
+    client: str
+    reply: str
+    reason: str
+    check: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthJudged:
+    queue_id: str
+    sender: str
+    header_from: str | None
+    methods: tuple[tuple[str, str], ...]  # (method, result), in header order
+    action: str
+    trusted: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeQueued:
+    """A DSN (failed/delayed) generated for a sender."""
+
+    kind: str
+    queue_id: str
+    to: str
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeSkipped:
+    queue_id: str
+    to: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAuth:
+    """A submission AUTH attempt (``outcome``: ok, failed, rate-limited)."""
+
+    user: str
+    client: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDenied:
+    client: str
+    rcpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    """One recipient's reply from a remote server."""
+
+    queue_id: str
+    rcpt: str
+    relay: str
+    tls: str  # "TLSv1.3 TLS_AES_256_GCM_SHA384" or "no TLS"
+    verified: bool
+    delay: float
+    result: str  # sent | deferred | bounced
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    queue_id: str
+    rcpt: str
+    tls_failure: TlsFailure | None
+    retry_in: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bounced:
+    queue_id: str
+    rcpt: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsAlert:
+    """Forced TLS has kept failing: the sender is told the message has not arrived."""
+
+    queue_id: str
+    rcpt: str
+    waited: str
+    sender: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """Start, listen, recovery, stop: operator-facing facts about the gateway itself."""
+
+    message: str
+    warning: bool = False
+
+
+Event = (
+    Accepted
+    | Refused
+    | AuthJudged
+    | NoticeQueued
+    | NoticeSkipped
+    | SessionAuth
+    | RelayDenied
+    | DeliveryAttempt
+    | Deferred
+    | Bounced
+    | TlsAlert
+    | Lifecycle
+)
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+class Fanout:
+    """Several sinks as one; a failing sink never stops the others (or the mail)."""
+
+    def __init__(self, sinks: Iterable[EventSink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:  # a broken audit/metrics sink must not lose mail
+                logging.getLogger("securemail.events").exception("event sink failed")
+
+
+class MemorySink:
+    """Keeps events in order (tests, and ``securemail`` tools that want a summary)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _safe(value: object) -> str:
+    """A peer-supplied value for one log line: control characters become ``\\xNN``."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _decisions(decisions: Sequence[RcptDecision]) -> str:
+    return str([(d.rcpt, d.action, d.tls) for d in decisions])
+
+
+_Line = tuple[int, str, str, tuple[object, ...]]  # level, logger, format, arguments
+_GW, _SMTP, _QUEUE = "securemail.gateway", "securemail.smtp", "securemail.queue"
+
+
+def _line(event: Event) -> _Line:
+    """The log line for an event: the one place log text is written."""
+    s = _safe
+    match event:
+        case Accepted():
+            e = event
+            return (
+                logging.INFO,
+                _GW,
+                (
+                    "accepted id=%s from=<%s> rcpts=%d held=%d size=%d client=%s tls=%s auth=%s "
+                    "sensitive=%s decisions=%s"
+                ),
+                (
+                    e.queue_id,
+                    s(e.sender),
+                    e.rcpts,
+                    e.held,
+                    e.size,
+                    s(e.client),
+                    e.tls or "none",
+                    s(e.auth_user) or "-",
+                    "yes" if e.sensitive else "no",
+                    s(_decisions(e.decisions)),
+                ),
+            )
+        case Refused():
+            e = event
+            return (
+                logging.WARNING,
+                _GW,
+                "refused from=<%s> client=%s check=%s reply=%r reason=%r",
+                (s(e.sender), s(e.client), e.check or "-", s(e.reply), s(e.reason)),
+            )
+        case AuthJudged():
+            e = event
+            methods = " ".join(f"{m}={r}" for m, r in e.methods)
+            return (
+                logging.INFO,
+                _GW,
+                ("auth id=%s from=<%s> header_from=%s %s action=%s trust=%s detail=%r"),
+                (
+                    e.queue_id,
+                    s(e.sender),
+                    s(e.header_from),
+                    methods,
+                    e.action,
+                    "secure" if e.trusted else "external",
+                    s(e.detail),
+                ),
+            )
+        case NoticeQueued():
+            e = event
+            return (
+                logging.INFO,
+                _GW,
+                "dsn (%s) for id=%s to=<%s>: %s",
+                (e.kind, e.queue_id, s(e.to), s(e.reply)),
+            )
+        case NoticeSkipped():
+            e = event
+            return (
+                logging.WARNING,
+                _GW,
+                "no DSN for id=%s to=<%s>: %s",
+                (e.queue_id, s(e.to), s(e.reason)),
+            )
+        case SessionAuth():
+            e = event
+            level = logging.INFO if e.outcome == "ok" else logging.WARNING
+            return level, _SMTP, "auth %s user=%s client=%s", (e.outcome, s(e.user), s(e.client))
+        case RelayDenied():
+            e = event
+            return (
+                logging.WARNING,
+                _SMTP,
+                "relay denied client=%s rcpt=<%s>",
+                (s(e.client), s(e.rcpt)),
+            )
+        case DeliveryAttempt():
+            e = event
+            return (
+                logging.INFO,
+                "securemail.delivery",
+                ("delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r"),
+                (
+                    e.queue_id,
+                    s(e.rcpt),
+                    s(e.relay),
+                    e.tls,
+                    "verified" if e.verified else "unverified",
+                    e.delay,
+                    e.result,
+                    s(e.reply)[:200],
+                ),
+            )
+        case Deferred():
+            e = event
+            failure = e.tls_failure.value if e.tls_failure else "no"
+            return (
+                logging.INFO,
+                _QUEUE,
+                ("deferred id=%s rcpt=<%s> tls_failure=%s retry_in=%.0fs reason=%r"),
+                (e.queue_id, s(e.rcpt), failure, e.retry_in, s(e.reason)),
+            )
+        case Bounced():
+            e = event
+            return (
+                logging.WARNING,
+                _QUEUE,
+                "bounced id=%s rcpt=<%s> reason=%r",
+                (e.queue_id, s(e.rcpt), s(e.reason)),
+            )
+        case TlsAlert():
+            e = event
+            return (
+                logging.WARNING,
+                _QUEUE,
+                ("ALERT forced TLS failing id=%s rcpt=<%s> for %s; sender <%s> notified: %s"),
+                (e.queue_id, s(e.rcpt), e.waited, s(e.sender), s(e.reason)),
+            )
+        case Lifecycle():
+            level = logging.WARNING if event.warning else logging.INFO
+            return level, _GW, "%s", (event.message,)
+
+
+class LogSink:
+    """Today's log lines, from events (the logger's level still filters them)."""
+
+    def __init__(self) -> None:
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def emit(self, event: Event) -> None:
+        level, name, fmt, args = _line(event)
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            logger.log(level, fmt, *args)

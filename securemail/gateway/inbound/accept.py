@@ -1,0 +1,227 @@
+"""The accept pipeline: one received message → authenticated or signed, decided, stored.
+
+Postfix's smtpd → cleanup in one object. The stages, in order:
+
+1. **authenticate** mail from other organisations (SPF, DKIM, DMARC, ARC → one
+   Authentication-Results header, the trust mark, perhaps an ARC seal), or **sign** mail
+   our own users and relay clients send (DKIM, for our domains);
+2. **decide** per recipient (``core.policy``: the one table ``policy explain`` reads too);
+3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise).
+
+Every outcome is reported as an event; replies are ``SmtpReply`` values from
+``core.replies``. The pipeline is also how the queue's DSNs enter the spool (role
+``dsn``), so a bounce goes through policy like any other message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from securemail.core import replies
+from securemail.core.classify import Classification
+from securemail.core.policy import Action, Decision, Policy
+from securemail.core.replies import SmtpReply
+from securemail.core.sensitivity import Sensitivity, scan_message
+from securemail.dns import Resolver
+from securemail.gateway import events as ev
+from securemail.gateway.events import EventSink
+from securemail.gateway.inbound import auth
+from securemail.gateway.inbound.server import Transaction, received_header
+from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, Spool, new_queue_id
+from securemail.mech.arc import arc_seal
+from securemail.mech.dkim import DkimSigner, SigningKey
+from securemail.mech.dmarc import header_from_domain
+from securemail.mech.results import authentication_results
+
+log = logging.getLogger("securemail.gateway")
+
+_STATUS_FOR = {Action.DELIVER: RcptStatus.QUEUED, Action.HOLD: RcptStatus.HELD}
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptSettings:
+    """What the pipeline needs from the config (validated once, in ``config.py``)."""
+
+    hostname: str  # our host name and authserv-id
+    verify_inbound: bool = True  # [auth] verify
+    arc_seal: bool = True
+    dkim_sign: bool = True
+    seal_domain: str = ""  # the organisation's first domain: its key seals ARC
+    quarantine_to: str = ""
+    relay_networks: tuple[str, ...] = ()
+
+
+class AcceptPipeline:
+    def __init__(
+        self,
+        settings: AcceptSettings,
+        *,
+        classify: Callable[[str], Classification],
+        policy: Policy,
+        auth_policy: auth.AuthPolicy,
+        resolver: Resolver,
+        spool: Spool,
+        keys: dict[str, SigningKey],
+        events: EventSink,
+        clock: Callable[[], float],
+        stored: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.classify = classify
+        self.policy = policy
+        self.auth_policy = auth_policy
+        self.resolver = resolver
+        self.spool = spool
+        self.keys = keys
+        self.signer = DkimSigner(keys)
+        self.events = events
+        self.clock = clock
+        self.stored = stored  # wakes the queue manager
+        self._relay = [ipaddress.ip_network(n) for n in settings.relay_networks]
+
+    def decisions(self, t: Transaction, sensitivity: Sensitivity) -> list[Decision]:
+        return [self.policy.decide(c, sensitivity) for _, c in t.recipients]
+
+    async def accept(self, t: Transaction) -> SmtpReply:
+        """Authenticate (inbound) or sign (outbound), decide per recipient, then store
+        durably: 250 only after commit."""
+        queue_id = new_queue_id()
+        now = self.clock()
+        headers, body = b"", t.data
+        if self._from_outside(t):
+            judged = await self._authenticate(t, queue_id)
+            if isinstance(judged, SmtpReply):
+                return self._refuse(t, judged)
+            headers, body, t = judged
+        elif t.role != "dsn":
+            headers = self._dkim_sign(body)
+        sensitivity = scan_message(body)
+        decisions = self.decisions(t, sensitivity)
+        refused = [d for d in decisions if d.action is Action.REJECT]
+        if refused:
+            who = ", ".join(d.recipient for d in refused[:3])
+            return self._refuse(t, replies.policy_refused(who).logged(refused[0].reason))
+        data = received_header(t, self.settings.hostname, queue_id, now) + headers + body
+        message = NewMessage(
+            sender=t.sender,
+            recipients=_recipients(decisions, t.recipients),
+            data=data,
+            client=f"{t.peer} helo={t.helo}",
+            auth_user=t.auth_user,
+            sensitivity=sensitivity.summary(),
+            received=now,
+            queue_id=queue_id,
+        )
+        try:
+            await self.spool.store(message)
+        except Exception as exc:
+            log.exception("could not store message from=<%s>", t.sender)
+            return self._refuse(t, replies.STORE_FAILED.logged(f"spool: {exc}"))
+        self.stored()
+        self.events.emit(
+            ev.Accepted(
+                queue_id=queue_id,
+                sender=t.sender,
+                rcpts=len(message.recipients),
+                held=sum(r.status is RcptStatus.HELD for r in message.recipients),
+                size=len(data),
+                client=t.peer,
+                tls=t.tls,
+                auth_user=t.auth_user,
+                sensitive=sensitivity.sensitive,
+                decisions=tuple(
+                    ev.RcptDecision(d.recipient, d.action.value, d.tls.label if d.tls else "-")
+                    for d in decisions
+                ),
+            )
+        )
+        return replies.queued(queue_id)
+
+    def _refuse(self, t: Transaction, reply: SmtpReply) -> SmtpReply:
+        self.events.emit(ev.Refused(t.sender, t.peer, str(reply), reply.log, reply.check))
+        return reply
+
+    # --- authentication ------------------------------------------------------------
+
+    def _from_outside(self, t: Transaction) -> bool:
+        """Inbound mail from another organisation (not our relay clients): verify it."""
+        if t.role != "inbound" or not self.settings.verify_inbound:
+            return False
+        ip = ipaddress.ip_address(t.peer)
+        return not any(ip in network for network in self._relay)
+
+    async def _authenticate(
+        self, t: Transaction, queue_id: str
+    ) -> SmtpReply | tuple[bytes, bytes, Transaction]:
+        """SPF/DKIM/DMARC/ARC; a reply to refuse, or (headers, body, transaction) to go on."""
+        authserv_id = self.settings.hostname
+        body = auth.strip_own_headers(t.data, authserv_id)
+        verdict = await auth.authenticate(
+            body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver
+        )
+        decision = auth.decide(
+            verdict, tls=bool(t.tls), classify=self.classify, policy=self.auth_policy
+        )
+        self.events.emit(
+            ev.AuthJudged(
+                queue_id=queue_id,
+                sender=t.sender,
+                header_from=verdict.from_domain,
+                methods=tuple((m.method, m.result.value) for m in verdict.method_results()),
+                action=decision.action.value,
+                trusted=decision.trusted,
+                detail=decision.log,
+            )
+        )
+        if decision.reply is not None:
+            return decision.reply
+        results = authentication_results(authserv_id, verdict.method_results())
+        headers = auth.result_headers(results, decision)
+        quarantine_to = self.settings.quarantine_to
+        if decision.action is auth.Action.QUARANTINE and quarantine_to:
+            t = replace(t, recipients=[(quarantine_to, self.classify(quarantine_to))])
+        if self.settings.arc_seal and self.keys:
+            headers = self._arc_seal(headers + body, results) + headers
+        return headers, body, t
+
+    def _arc_seal(self, message: bytes, results: str) -> bytes:
+        key = self.keys.get(self.settings.seal_domain) or next(iter(self.keys.values()))
+        try:
+            return arc_seal(
+                message,
+                domain=key.domain,
+                selector=key.selector,
+                private_pem=key.private_pem,
+                authserv_id=self.settings.hostname,
+                auth_results=results,
+            )
+        except Exception:  # sealing is best effort: never lose mail over it
+            log.exception("ARC sealing failed; forwarding unsealed")
+            return b""
+
+    def _dkim_sign(self, data: bytes) -> bytes:
+        """A DKIM-Signature for mail From one of our domains, when we hold its key."""
+        if not self.settings.dkim_sign or not self.keys:
+            return b""
+        domain, _ = header_from_domain(data)
+        if domain is None or domain not in self.keys:
+            return b""
+        return self.signer.sign(data, domain) or b""
+
+
+def _recipients(
+    decisions: Sequence[Decision], recipients: Sequence[tuple[str, Classification]]
+) -> tuple[NewRecipient, ...]:
+    return tuple(
+        NewRecipient(
+            address=d.recipient,
+            domain=c.domain,
+            status=_STATUS_FOR[d.action],
+            tls="required" if d.tls.forced else "opportunistic",  # MERGE: d.tls
+            reason=d.reason,
+        )
+        for d, (_, c) in zip(decisions, recipients, strict=True)
+    )

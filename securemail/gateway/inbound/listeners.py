@@ -1,0 +1,79 @@
+"""The listening sockets: one aiosmtpd protocol per connection, per role, and a clean stop.
+
+Two roles share one accept pipeline: ``inbound`` (MX; STARTTLS offered) and
+``submission`` (STARTTLS then AUTH required). Stopping closes the sockets first, lets
+sessions in the middle of a transaction finish for ``grace`` seconds, and tells idle
+clients ``421`` (RFC 5321 §3.8), so a SIGTERM never cuts a message half received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+
+from securemail.gateway.events import EventSink, Lifecycle
+from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
+
+ROLES = ("inbound", "submission")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSettings:
+    hostname: str
+    max_message_size: int
+    timeout: float
+
+
+class Listeners:
+    def __init__(self, settings: ListenSettings, tls: ssl.SSLContext, events: EventSink) -> None:
+        self.settings = settings
+        self.tls = tls
+        self.events = events
+        self.servers: list[asyncio.Server] = []
+        self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
+        self._sessions: set[GatewaySMTP] = set()
+
+    async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: self._protocol(handler, role), host, port)
+        self.servers.append(server)
+        bound = server.sockets[0].getsockname()
+        self.addresses[role] = (bound[0], bound[1])
+        self.events.emit(Lifecycle(f"listening role={role} address={bound[0]}:{bound[1]}"))
+
+    def _protocol(self, handler: GatewayHandler, role: str) -> GatewaySMTP:
+        s = self.settings
+        protocol = GatewaySMTP(
+            handler,
+            hostname=s.hostname,
+            ident="securemail",
+            tls_context=self.tls,
+            require_starttls=role == "submission",
+            auth_required=role == "submission",
+            auth_require_tls=True,
+            data_size_limit=s.max_message_size,
+            timeout=s.timeout,
+            enable_SMTPUTF8=True,
+            command_call_limit=1000,
+        )
+        protocol.on_close = self._sessions.discard
+        self._sessions.add(protocol)
+        return protocol
+
+    async def stop(self, grace: float) -> float:
+        """Close, drain, and return the monotonic deadline the rest of the stop may use."""
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for session in list(self._sessions):
+                if not session.in_transaction:
+                    session.close_idle()
+            if not self._sessions:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self._sessions):
+            session.close_idle()
+        return deadline
