@@ -20,6 +20,7 @@ import ssl
 from pathlib import Path
 
 from securemail.errors import ConfigError
+from securemail.files import PRIVATE, write_atomic
 
 NCSC_TLS12_CIPHERS = ":".join(
     (
@@ -98,14 +99,10 @@ def write_self_signed(cert: Path, key: Path, hostname: str, days: int = 825) -> 
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(private, hashes.SHA256())
     )
-    key.parent.mkdir(parents=True, exist_ok=True)
-    cert.parent.mkdir(parents=True, exist_ok=True)
-    key.touch(mode=0o600, exist_ok=True)
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    write_atomic(key, pem, mode=PRIVATE, dir_mode=0o700)  # 0600 before the first byte
+    write_atomic(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)

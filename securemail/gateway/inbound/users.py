@@ -8,7 +8,6 @@ passwords, but nobody else needs to read them.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -17,6 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from securemail.errors import InputError
+from securemail.files import PRIVATE, write_atomic
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _HASHER = PasswordHasher()
@@ -48,14 +48,10 @@ def add_user(path: Path, name: str, password: str) -> bool:
     body = "# securemail submission users (argon2id hashes)\n[users]\n" + "".join(
         f'"{n}" = "{h}"\n' for n, h in sorted(users.items())
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        write_atomic(path, body.encode(), mode=PRIVATE)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return existed
 
 
