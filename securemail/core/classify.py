@@ -129,6 +129,7 @@ class Classifier:
         config: Config,
         *,
         today: date,
+        is_public_suffix: Callable[[str], bool],
         audience: Audience | None = None,
         accredited: Path | None = None,
         on_missing: Callable[[Path], None] | None = None,
@@ -138,6 +139,8 @@ class Classifier:
         The one place that reads the accredited list (the only I/O here). A configured
         list that does not exist yet is reported through ``on_missing``; an explicitly
         given one that does not exist is an error (``load_accredited`` raises).
+        ``is_public_suffix`` is ``securemail.mech.psl.is_public_suffix`` (see
+        ``core.accredited``: a wildcard over a public suffix is refused).
         """
         path = accredited or config.policy.accredited_list
         listed = None
@@ -146,7 +149,7 @@ class Classifier:
                 if on_missing is not None:
                     on_missing(path)
             else:
-                listed = load_accredited(path, today=today)
+                listed = load_accredited(path, today=today, is_public_suffix=is_public_suffix)
         return cls(
             audience or config.organisation.audience,
             today=today,

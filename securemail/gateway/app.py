@@ -41,6 +41,7 @@ from securemail.gateway.spool import open_spool as open_spool_url
 from securemail.mech.arc import arc_seal
 from securemail.mech.dkim import DkimSigner, load_keys
 from securemail.mech.dmarc import header_from_domain
+from securemail.mech.psl import is_public_suffix
 from securemail.mech.results import authentication_results
 from securemail.tls import (
     opportunistic_client_context,
@@ -67,6 +68,7 @@ class Gateway:
         self.classifier = Classifier.from_config(
             cfg,
             today=date.today(),
+            is_public_suffix=is_public_suffix,
             on_missing=lambda path: log.warning("accredited list %s not found; not used", path),
         )
         self.spool = open_spool_url(cfg.spool.url, base=_base(cfg))

@@ -17,11 +17,8 @@ The pieces are separate so the domain checker can reuse them without a message:
   domain>``, §6.6.3) and never turns a DNS failure into "no policy".
 * ``evaluate_dmarc`` is pure: alignment, the policy that applies, and ``pct`` sampling.
 
-Organizational domains come from the Public Suffix List shipped by ``publicsuffixlist``
-with its ICANN *and* private sections (RFC 7489 §3.2 just says "the public suffix list").
-The private section makes alignment stricter, never looser: two customers of a shared
-hosting suffix (``alice.github.io``, ``bob.github.io``) are different organizations, so
-one cannot pass DMARC for the other's From domain.
+Organizational domains come from the Public Suffix List (``securemail.mech.psl``, with
+its private section, so ``alice.github.io`` cannot pass DMARC for ``bob.github.io``).
 """
 
 from __future__ import annotations
@@ -30,12 +27,10 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
-
-from publicsuffixlist import PublicSuffixList
 
 from securemail.core.addresses import AddressError, parse_address, split_address_list
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
+from securemail.mech.psl import organizational_domain
 from securemail.mech.results import MethodResult, Result
 
 POLICIES = ("none", "quarantine", "reject")
@@ -278,28 +273,7 @@ def _show(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
 
 
-# --- organizational domain and alignment --------------------------------------------------
-
-
-@cache
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList(only_icann=False)  # ICANN and private sections: see module doc
-
-
-@lru_cache(maxsize=4096)
-def organizational_domain(domain: str) -> str:
-    """The registrable domain (public suffix plus one label, RFC 7489 §3.2), lower case.
-
-    A domain that is itself a public suffix (``gov.uk``), or that the list cannot read,
-    is its own organizational domain. Input is expected as ASCII (A-labels).
-    """
-    domain = domain.strip().rstrip(".").lower()
-    return _psl().privatesuffix(domain) or domain
-
-
-def is_public_suffix(domain: str) -> bool:
-    """True for a suffix under which the public registers names (``nhs.uk``, ``co.uk``)."""
-    return bool(_psl().is_public(domain.strip().rstrip(".").lower()))
+# --- alignment ----------------------------------------------------------------------------
 
 
 def aligned(a: str, b: str, mode: str) -> bool:

@@ -1,4 +1,4 @@
-"""DMARC: record parsing, organizational domains, alignment, policy, DNS lookup, From header."""
+"""DMARC: record parsing, alignment, policy, DNS lookup, From header."""
 
 import pytest
 
@@ -14,7 +14,6 @@ from securemail.mech.dmarc import (
     evaluate_dmarc,
     header_from_domain,
     lookup_dmarc,
-    organizational_domain,
     parse_dmarc,
     select_dmarc_record,
 )
@@ -125,32 +124,7 @@ def test_select_dmarc_record():
     assert dmarc_records([dmarc, spf, "v=DMARC1;p=none"]) == [dmarc, "v=DMARC1;p=none"]
 
 
-# --- organizational domain and alignment --------------------------------------------------
-
-ORG = [
-    ("example.com", "example.com"),
-    ("x.y.example.com", "example.com"),
-    ("example.co.uk", "example.co.uk"),
-    ("foo.bar.co.uk", "bar.co.uk"),
-    ("co.uk", "co.uk"),  # itself a public suffix
-    ("mail.nhs.net", "nhs.net"),
-    ("nhs.net", "nhs.net"),
-    ("a.b.example.nhs.uk", "example.nhs.uk"),  # nhs.uk is on the list (ICANN section)
-    ("nhs.uk", "nhs.uk"),
-    ("hscic.gov.uk", "hscic.gov.uk"),  # gov.uk is on the list too
-    ("a.b.gov.uk", "b.gov.uk"),
-    ("gov.uk", "gov.uk"),
-    ("a.b.c.sch.uk", "b.c.sch.uk"),  # wildcard rule *.sch.uk
-    ("alice.github.io", "alice.github.io"),  # private section is used
-    ("Mail.Example.COM.", "example.com"),
-    ("host.unlisted-tld", "host.unlisted-tld"),  # unknown TLD: the default "*" rule
-]
-
-
-@pytest.mark.parametrize(("domain", "org"), ORG)
-def test_organizational_domain(domain, org):
-    assert organizational_domain(domain) == org
-
+# --- alignment ----------------------------------------------------------------------------
 
 ALIGNMENT = [
     ("example.com", "example.com", "s", True),

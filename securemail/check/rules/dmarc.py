@@ -22,9 +22,9 @@ from securemail.mech.dmarc import (
     DmarcRecord,
     DmarcSyntaxError,
     dmarc_records,
-    organizational_domain,
     parse_dmarc,
 )
+from securemail.mech.psl import organizational_domain
 
 _SIZE = re.compile(r"![0-9]+[kmgtKMGT]?$")
 
