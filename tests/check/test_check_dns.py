@@ -18,7 +18,7 @@ from securemail.check.rules.dkim import COMMON_SELECTORS, check_dkim_keys, parse
 from securemail.check.rules.dmarc import check_dmarc_record, report_domain
 from securemail.check.rules.mx import check_mx
 from securemail.check.rules.spf import check_spf_record
-from securemail.check.rules.tlsrpt import TlsRptSyntaxError, check_tlsrpt, parse_tlsrpt
+from securemail.check.rules.tlsrpt import check_tlsrpt
 from securemail.dns import Resolver
 from securemail.mech.dkim import generate_key
 
@@ -519,27 +519,6 @@ async def test_tlsrpt(dns_server, zone, expected, absent, faults, kw):
     findings, _facts = await check_tlsrpt(D, resolver_for(dns_server))
     check_invariants(findings)
     assert_expected(findings, expected, absent)
-
-
-@pytest.mark.parametrize(
-    ("record", "error"),
-    [
-        ("v=TLSRPTv1; rua=mailto:a@example.org; rua=mailto:b@example.org", "more than once"),
-        ("v=TLSRPTv1; rua=mailto:no-domain", "not a mailto"),
-        ("v=TLSRPTv1; ext=", "invalid value"),
-        ("v=TLSRPTv1;; rua=mailto:a@example.org", "not name=value"),
-        (" v=TLSRPTv1; rua=mailto:a@example.org", "must start with"),
-    ],
-)
-def test_parse_tlsrpt_errors(record, error):
-    with pytest.raises(TlsRptSyntaxError, match=error):
-        parse_tlsrpt(record)
-
-
-def test_parse_tlsrpt_extensions():
-    record = parse_tlsrpt("v=TLSRPTv1; rua=mailto:a@example.org ,https://r.example.net; x.y=1")
-    assert record.rua == ("mailto:a@example.org", "https://r.example.net")
-    assert record.extensions == (("x.y", "1"),)
 
 
 async def test_tlsrpt_and_null_mx_facts(dns_server):
