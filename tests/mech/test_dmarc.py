@@ -5,15 +5,18 @@ import pytest
 from securemail.dns import Resolver
 from securemail.mech.dmarc import (
     DkimPass,
+    DmarcLookup,
     DmarcRecord,
     DmarcSyntaxError,
     SpfOutcome,
     aligned,
+    applicable_policy,
     check_dmarc,
     dmarc_records,
     evaluate_dmarc,
     header_from_domain,
     lookup_dmarc,
+    lookup_dmarc_records,
     parse_dmarc,
     select_dmarc_record,
 )
@@ -294,6 +297,14 @@ def test_method_result_clauses():
     )
 
 
+def test_applicable_policy_is_sp_only_below_the_policy_domain():
+    record = DmarcRecord(p="reject", sp="none")
+    assert applicable_policy("example.org", "example.org", record) == "reject"
+    assert applicable_policy("mail.example.org", "example.org", record) == "none"
+    inherit = DmarcRecord(p="quarantine")
+    assert applicable_policy("mail.example.org", "example.org", inherit) == "quarantine"
+
+
 # --- DNS lookup ---------------------------------------------------------------------------
 
 
@@ -368,6 +379,29 @@ async def test_long_record_split_into_strings(dns_server, resolver):
     dns_server.add("_dmarc.example.com", "TXT", f"v=DMARC1; p=reject; rua={uris}")
     record, _domain, _status = await lookup_dmarc("example.com", resolver)
     assert record is not None and len(record.rua) == 12
+
+
+async def test_lookup_dmarc_records_keeps_several_records_apart(dns_server, resolver):
+    """The raw §6.6.3 walk, which the checker reads: nothing chosen, nothing parsed."""
+    dns_server.add(
+        "_dmarc.example.org", "TXT", "v=DMARC1; p=reject", "v=DMARC1; p=none", "v=spf1 -all"
+    )
+    found = await lookup_dmarc_records("Mail.Example.ORG.", resolver)
+    assert (found.domain, found.policy_domain, found.error) == (
+        "mail.example.org",
+        "example.org",
+        "",
+    )
+    assert sorted(found.records) == ["v=DMARC1; p=none", "v=DMARC1; p=reject"]
+    nothing = await lookup_dmarc_records("nowhere.example", resolver)
+    assert nothing == DmarcLookup("nowhere.example", "nowhere.example", ())
+
+
+async def test_lookup_dmarc_records_failure_is_an_error_not_absence(dns_server, resolver):
+    dns_server.behave("_dmarc.down.example", "servfail")
+    down = await lookup_dmarc_records("down.example", resolver)
+    assert (down.policy_domain, down.records) == ("down.example", ())
+    assert "SERVFAIL" in down.error
 
 
 async def test_check_dmarc_end_to_end(dns_server, resolver):
