@@ -16,6 +16,7 @@ from securemail.core.accredited import load_accredited
 from securemail.core.classify import Classifier
 from securemail.core.policy import Policy
 from securemail.core.rules import Audience
+from securemail.mech.psl import is_public_suffix
 
 
 def classifier_from_config(
@@ -41,7 +42,7 @@ def classifier_from_config(
             if on_missing is not None:
                 on_missing(path)
         else:
-            listed = load_accredited(path, today=clock())
+            listed = load_accredited(path, today=clock(), is_public_suffix=is_public_suffix)
     return Classifier(
         audience or config.organisation.audience,
         clock=clock,

@@ -40,6 +40,7 @@ from securemail.core.rules import Audience, Status
 from securemail.core.sensitivity import scan_message
 from securemail.errors import InputError, SecuremailError
 from securemail.loaders import classifier_from_config, policy_from_config
+from securemail.mech.psl import is_public_suffix
 
 app = typer.Typer(
     name="securemail",
@@ -320,7 +321,9 @@ def accredited_import(
     if dest is None:
         raise InputError("no destination: set [policy] accredited_list or give --output PATH")
     when = _parse_date(list_date) if list_date else None
-    report = import_accredited(csv_file, dest, today=date.today(), list_date=when)
+    report = import_accredited(
+        csv_file, dest, today=date.today(), is_public_suffix=is_public_suffix, list_date=when
+    )
     if json_out:
         fields = ("rows", "imported", "expired", "skipped")
         summary: dict[str, object] = {f: getattr(report, f) for f in fields}
@@ -343,7 +346,7 @@ def accredited_show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None
     if path is None or not path.exists():
         raise InputError("no accredited list stored; run 'securemail accredited import CSV'")
     today = date.today()
-    listed = load_accredited(path, today=today)
+    listed = load_accredited(path, today=today, is_public_suffix=is_public_suffix)
     entries = sorted(listed.entries.values(), key=lambda e: e.domain)
     if json_out:
         for e in entries:

@@ -14,6 +14,13 @@ unparseable is SKIPPED with a warning, since nothing shows the accreditation is 
 only the canonical file written by ``import_accredited`` may leave ``expires`` empty
 (its source list had no dates). A repeated domain keeps the later expiry (no date is
 latest). Warnings give file line numbers. Parsing is pure; the clock is passed in.
+
+A wildcard over a shared suffix (``*.nhs.uk``, ``*.co.uk``) is refused, since it would
+accredit every organisation registered beneath it. The guidance tables name our own
+shared suffixes; the Public Suffix List names the rest. That list is protocol knowledge
+kept in ``securemail.mech.psl`` (core imports nothing from mech), so every function that
+parses a list takes ``is_public_suffix``, and callers pass ``mech.psl.is_public_suffix``.
+It has no default: a caller that forgot it would silently accept ``*.co.uk``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import itertools
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -33,7 +40,6 @@ from types import MappingProxyType
 from securemail.core.addresses import AddressError, normalise_domain
 from securemail.core.rules import TABLES
 from securemail.errors import AccreditedListError
-from securemail.mech.dmarc import is_public_suffix
 
 HEADER_SEARCH_ROWS = 30
 MAX_WARNINGS = 20
@@ -231,7 +237,18 @@ def _add_year(day: date) -> date:
 _SHARED_SUFFIXES = frozenset(rule.suffix for table in TABLES.values() for rule in table)
 
 
-def _split_domains(cell: str) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
+def covers_shared_suffix(domain: str, is_public_suffix: Callable[[str], bool]) -> bool:
+    """Would ``*.domain`` accredit organisations that are not the one listed?
+
+    True for a suffix from the guidance tables (``nhs.uk``, ``gov.uk``) and for any
+    public suffix (``co.uk``); ``domain`` is normalised.
+    """
+    return domain in _SHARED_SUFFIXES or is_public_suffix(domain)
+
+
+def _split_domains(
+    cell: str, is_public_suffix: Callable[[str], bool]
+) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
     """Valid (domain, covers_subdomains) pairs in a cell, and (token, problem) pairs."""
     found: list[tuple[str, bool]] = []
     problems: list[tuple[str, str]] = []
@@ -248,7 +265,7 @@ def _split_domains(cell: str) -> tuple[list[tuple[str, bool]], list[tuple[str, s
         except AddressError as exc:
             problems.append((raw, f"is not a valid domain: {exc}"))
             continue
-        if wildcard and (domain in _SHARED_SUFFIXES or is_public_suffix(domain)):
+        if wildcard and covers_shared_suffix(domain, is_public_suffix):
             problems.append((raw, "covers every organisation under a shared suffix; ignored"))
             continue
         found.append((domain, wildcard))
@@ -270,7 +287,12 @@ def _no_header(source: str, head: list[tuple[int, list[str]]]) -> AccreditedList
 
 
 def parse_accredited_csv(
-    lines: Iterable[str], *, source: str, today: date, list_date: date | None = None
+    lines: Iterable[str],
+    *,
+    source: str,
+    today: date,
+    is_public_suffix: Callable[[str], bool],
+    list_date: date | None = None,
 ) -> tuple[AccreditedList, ImportReport]:
     """Parse the accredited list from CSV ``lines`` (see the module docstring for the rules).
 
@@ -302,7 +324,7 @@ def parse_accredited_csv(
             skipped += 1
             continue
         cell = _cell(cells, cols.domain)
-        found, problems = _split_domains(cell)
+        found, problems = _split_domains(cell, is_public_suffix)
         if not found:
             skipped += 1
             if not cell:
@@ -363,14 +385,22 @@ def _metadata(comments: list[str]) -> dict[str, str] | None:
 
 
 def read_accredited_csv(
-    path: Path, *, today: date, list_date: date | None = None
+    path: Path,
+    *,
+    today: date,
+    is_public_suffix: Callable[[str], bool],
+    list_date: date | None = None,
 ) -> tuple[AccreditedList, ImportReport]:
     """Read and parse a CSV file: UTF-8 (with or without BOM), else Windows-1252."""
     for encoding in ("utf-8-sig", "cp1252"):  # a failed UTF-8 read restarts from the top
         try:
             with path.open(encoding=encoding, newline="") as file:
                 return parse_accredited_csv(
-                    file, source=path.name, today=today, list_date=list_date
+                    file,
+                    source=path.name,
+                    today=today,
+                    is_public_suffix=is_public_suffix,
+                    list_date=list_date,
                 )
         except UnicodeDecodeError:
             continue
@@ -384,9 +414,11 @@ def read_accredited_csv(
     )
 
 
-def load_accredited(path: Path, *, today: date) -> AccreditedList:
+def load_accredited(
+    path: Path, *, today: date, is_public_suffix: Callable[[str], bool]
+) -> AccreditedList:
     """Read a stored list (canonical, or a raw CSV) for the classifier."""
-    return read_accredited_csv(path, today=today)[0]
+    return read_accredited_csv(path, today=today, is_public_suffix=is_public_suffix)[0]
 
 
 def _canonical_text(accredited: AccreditedList, today: date) -> str:
@@ -431,14 +463,21 @@ def _write_atomic(dest: Path, text: str) -> None:
 
 
 def import_accredited(
-    src: Path, dest: Path, *, today: date, list_date: date | None = None
+    src: Path,
+    dest: Path,
+    *,
+    today: date,
+    is_public_suffix: Callable[[str], bool],
+    list_date: date | None = None,
 ) -> ImportReport:
     """Parse ``src`` and store it at ``dest`` in canonical form, atomically.
 
     ``dest`` is left untouched if ``src`` cannot be parsed or yields no domains at all
     (an empty list would silently make every domain non-secure).
     """
-    accredited, report = read_accredited_csv(src, today=today, list_date=list_date)
+    accredited, report = read_accredited_csv(
+        src, today=today, is_public_suffix=is_public_suffix, list_date=list_date
+    )
     if not accredited.entries:
         raise AccreditedListError(
             f"{src}: no valid domains found ({report.rows} rows, {report.skipped} skipped); "

@@ -441,19 +441,36 @@ class _Signature:
 
 
 @dataclass(frozen=True, slots=True)
-class _PublicKey:
+class DkimKey:
+    """A usable public key from a ``<selector>._domainkey`` record."""
+
     kind: bytes  # b"rsa" | b"ed25519"
     key: rsa.RSAPublicKey | ed25519.Ed25519PublicKey
     bits: int
-    testing: bool
-    strict: bool
+    testing: bool  # t=y
+    strict: bool  # t=s
 
 
-class _KeyProblem(Exception):
+class KeyProblem(Exception):
+    """Why a key record cannot be used (``reason``: one line, for a verdict or a finding)."""
+
     def __init__(self, reason: str, bits: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.bits = bits
+
+
+class KeyRevoked(KeyProblem):
+    """The record's ``p=`` is empty: the key was withdrawn (RFC 6376 §3.6.1).
+
+    Kept apart because the checker reports a revoked key (what rotation leaves behind)
+    differently from a broken one, and still shows its ``k=`` and ``t=y``.
+    """
+
+    def __init__(self, kind: bytes, testing: bool) -> None:
+        super().__init__("key revoked (empty p=)")
+        self.kind = kind
+        self.testing = testing
 
 
 def _parse_signature(name: bytes, value: bytes) -> _Signature | DkimVerdict:
@@ -520,7 +537,7 @@ def _check(
         return sig.verdict(Result.PERMERROR, f"key not found: no TXT record at {sig.key_name}")
     try:
         key = _usable_key(sig, records)
-    except _KeyProblem as problem:
+    except KeyProblem as problem:
         return sig.verdict(Result.PERMERROR, problem.reason, key_bits=problem.bits)
     notes: list[str] = []
     if key.testing:
@@ -563,24 +580,24 @@ def _check(
     return verdict(Result.PASS, _join("", notes))
 
 
-def _usable_key(sig: _Signature, records: list[str]) -> _PublicKey:
+def _usable_key(sig: _Signature, records: list[str]) -> DkimKey:
     """The first record that is a key for this signature, or the first record's problem."""
-    problems: list[_KeyProblem] = []
+    problems: list[KeyProblem] = []
     for record in records:
         try:
-            key = _parse_key(record)
-        except _KeyProblem as problem:
+            key = parse_key_record(record)
+        except KeyProblem as problem:
             problems.append(problem)
             continue
         wanted = sig.algorithm.split("-")[0].encode()
         if key.kind != wanted:
             problems.append(
-                _KeyProblem(f"key is k={key.kind.decode()}, signature is a={sig.algorithm}")
+                KeyProblem(f"key is k={key.kind.decode()}, signature is a={sig.algorithm}")
             )
             continue
         if key.kind == b"rsa" and key.bits < RSA_MIN_BITS:
             problems.append(
-                _KeyProblem(
+                KeyProblem(
                     f"RSA key too short: {key.bits} bits (RFC 8301 requires {RSA_MIN_BITS})",
                     key.bits,
                 )
@@ -590,54 +607,58 @@ def _usable_key(sig: _Signature, records: list[str]) -> _PublicKey:
             identity = _tag_text(sig.tags, b"i").rpartition("@")[2].lower()
             if identity != sig.domain.lower():
                 problems.append(
-                    _KeyProblem(f"key has t=s but i= is in {identity}, not {sig.domain}")
+                    KeyProblem(f"key has t=s but i= is in {identity}, not {sig.domain}")
                 )
                 continue
         return key
     raise problems[0]
 
 
-def _parse_key(record: str) -> _PublicKey:
-    """A key record (RFC 6376 §3.6.1) as a usable public key, or ``_KeyProblem``."""
+def parse_key_record(record: str) -> DkimKey:
+    """A key record (RFC 6376 §3.6.1) as a usable public key, or ``KeyProblem``.
+
+    The one reader of key records: the verifier and the checker's ``dkim.key`` rule both
+    use it, so a key the checker calls usable is one the gateway would use.
+    """
     try:
         tags = parse_tag_value(record.encode("utf-8", errors="replace"))
     except InvalidTagValueList as exc:
-        raise _KeyProblem(f"key record is malformed: {_clean(exc)}") from None
+        raise KeyProblem(f"key record is malformed: {_clean(exc)}") from None
     if tags.get(b"v", b"DKIM1") != b"DKIM1":
-        raise _KeyProblem("key record is not v=DKIM1")
+        raise KeyProblem("key record is not v=DKIM1")
     kind = tags.get(b"k", b"rsa").lower()
     if b"h" in tags and b"sha256" not in _list(tags[b"h"]):
-        raise _KeyProblem("key record's h= does not allow sha256")
+        raise KeyProblem("key record's h= does not allow sha256")
     if not {b"*", b"email"} & set(_list(tags.get(b"s", b"*"))):
-        raise _KeyProblem("key record's s= excludes email")
+        raise KeyProblem("key record's s= excludes email")
     flags = set(_list(tags.get(b"t", b"")))
     if b"p" not in tags:
-        raise _KeyProblem("key record has no p=")
+        raise KeyProblem("key record has no p=")
     data = _WSP.sub(b"", tags[b"p"])
     if not data:
-        raise _KeyProblem("key revoked (empty p=)")
+        raise KeyRevoked(kind, testing=b"y" in flags)
     try:
         der = base64.b64decode(data, validate=True)
     except binascii.Error:
-        raise _KeyProblem("key record's p= is not base64") from None
+        raise KeyProblem("key record's p= is not base64") from None
     public: rsa.RSAPublicKey | ed25519.Ed25519PublicKey
     if kind == b"rsa":
         try:
             loaded = serialization.load_der_public_key(der)
         except (ValueError, UnsupportedAlgorithm):
-            raise _KeyProblem("key record's p= is not an RSA public key") from None
+            raise KeyProblem("key record's p= is not an RSA public key") from None
         if not isinstance(loaded, rsa.RSAPublicKey):
-            raise _KeyProblem("key record's p= is not an RSA public key")
+            raise KeyProblem("key record's p= is not an RSA public key")
         public, bits = loaded, loaded.key_size
     elif kind == b"ed25519":
         try:
             public = ed25519.Ed25519PublicKey.from_public_bytes(der)
         except ValueError:
-            raise _KeyProblem("key record's p= is not an Ed25519 public key") from None
+            raise KeyProblem("key record's p= is not an Ed25519 public key") from None
         bits = 256
     else:
-        raise _KeyProblem(f"key record has unknown k={kind.decode(errors='replace')}")
-    return _PublicKey(kind, public, bits, testing=b"y" in flags, strict=b"s" in flags)
+        raise KeyProblem(f"key record has unknown k={kind.decode(errors='replace')}")
+    return DkimKey(kind, public, bits, testing=b"y" in flags, strict=b"s" in flags)
 
 
 # --- message parsing -------------------------------------------------------------------

@@ -17,11 +17,8 @@ The pieces are separate so the domain checker can reuse them without a message:
   domain>``, §6.6.3) and never turns a DNS failure into "no policy".
 * ``evaluate_dmarc`` is pure: alignment, the policy that applies, and ``pct`` sampling.
 
-Organizational domains come from the Public Suffix List shipped by ``publicsuffixlist``
-with its ICANN *and* private sections (RFC 7489 §3.2 just says "the public suffix list").
-The private section makes alignment stricter, never looser: two customers of a shared
-hosting suffix (``alice.github.io``, ``bob.github.io``) are different organizations, so
-one cannot pass DMARC for the other's From domain.
+Organizational domains come from the Public Suffix List (``securemail.mech.psl``, with
+its private section, so ``alice.github.io`` cannot pass DMARC for ``bob.github.io``).
 """
 
 from __future__ import annotations
@@ -30,12 +27,10 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
-
-from publicsuffixlist import PublicSuffixList
 
 from securemail.core.addresses import AddressError, parse_address, split_address_list
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
+from securemail.mech.psl import organizational_domain
 from securemail.mech.results import MethodResult, Result
 
 POLICIES = ("none", "quarantine", "reject")
@@ -278,28 +273,7 @@ def _show(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
 
 
-# --- organizational domain and alignment --------------------------------------------------
-
-
-@cache
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList(only_icann=False)  # ICANN and private sections: see module doc
-
-
-@lru_cache(maxsize=4096)
-def organizational_domain(domain: str) -> str:
-    """The registrable domain (public suffix plus one label, RFC 7489 §3.2), lower case.
-
-    A domain that is itself a public suffix (``gov.uk``), or that the list cannot read,
-    is its own organizational domain. Input is expected as ASCII (A-labels).
-    """
-    domain = domain.strip().rstrip(".").lower()
-    return _psl().privatesuffix(domain) or domain
-
-
-def is_public_suffix(domain: str) -> bool:
-    """True for a suffix under which the public registers names (``nhs.uk``, ``co.uk``)."""
-    return bool(_psl().is_public(domain.strip().rstrip(".").lower()))
+# --- alignment ----------------------------------------------------------------------------
 
 
 def aligned(a: str, b: str, mode: str) -> bool:
@@ -341,30 +315,60 @@ async def lookup_dmarc(
 
 
 async def _lookup(from_domain: str, resolver: Resolver) -> _Found:
-    from_domain = from_domain.strip().rstrip(".").lower()
-    org = organizational_domain(from_domain)
-    for domain in (from_domain, org) if org != from_domain else (from_domain,):
-        name = f"_dmarc.{domain}"
+    found = await lookup_dmarc_records(from_domain, resolver)
+    domain, name = found.policy_domain, f"_dmarc.{found.policy_domain}"
+    if found.error:
+        return _Found(None, domain, Result.TEMPERROR, f"DMARC lookup failed: {found.error}")
+    if not found.records:
+        return _Found(None, domain, Result.NONE, f"no DMARC record for {found.domain}")
+    if len(found.records) > 1:
+        return _Found(
+            None, domain, Result.PERMERROR, f"{name} has {len(found.records)} DMARC records"
+        )
+    try:
+        record = parse_dmarc(found.records[0])
+    except DmarcSyntaxError as exc:
+        return _Found(None, domain, Result.PERMERROR, f"{name}: {exc}")
+    return _Found(record, domain, Result.PASS, f"record found at {name}")
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcLookup:
+    """Every DMARC record where §6.6.3 finds them, before any is chosen or parsed."""
+
+    domain: str  # the domain asked about, normalised
+    policy_domain: str  # where the records were found (``domain`` when none were)
+    records: tuple[str, ...]  # TXT records starting v=DMARC1 (several is a permerror)
+    error: str = ""  # a DNS failure at ``policy_domain``: nothing is known
+
+
+async def lookup_dmarc_records(domain: str, resolver: Resolver) -> DmarcLookup:
+    """Ask ``_dmarc.<domain>``, then ``_dmarc.<its organizational domain>`` (§6.6.3).
+
+    The walk stops at the first name with DMARC records, or at a DNS failure (never
+    read as "no policy"). Choosing and parsing are left to the caller: the gateway folds
+    "several" and "broken" into permerror, the checker reports each with its own fix.
+    """
+    domain = domain.strip().rstrip(".").lower()
+    for where in dict.fromkeys((domain, organizational_domain(domain))):
         try:
-            records = dmarc_records(await resolver.txt(name))
+            records = dmarc_records(await resolver.txt(f"_dmarc.{where}"))
         except DnsNotFound:
             records = []
         except DnsTemporaryError as exc:
-            return _Found(None, domain, Result.TEMPERROR, f"DMARC lookup failed: {exc}")
-        if len(records) > 1:
-            return _Found(
-                None, domain, Result.PERMERROR, f"{name} has {len(records)} DMARC records"
-            )
+            return DmarcLookup(domain, where, (), str(exc))
         if records:
-            try:
-                record = parse_dmarc(records[0])
-            except DmarcSyntaxError as exc:
-                return _Found(None, domain, Result.PERMERROR, f"{name}: {exc}")
-            return _Found(record, domain, Result.PASS, f"record found at {name}")
-    return _Found(None, from_domain, Result.NONE, f"no DMARC record for {from_domain}")
+            return DmarcLookup(domain, where, tuple(records))
+    return DmarcLookup(domain, domain, ())
 
 
 # --- evaluation ---------------------------------------------------------------------------
+
+
+def applicable_policy(domain: str, policy_domain: str, record: DmarcRecord) -> str:
+    """The policy for mail from ``domain``: ``sp`` when the record was found at the
+    organizational domain and has one, else ``p`` (§6.3, §6.6.3). Both normalised."""
+    return record.sp if domain != policy_domain and record.sp is not None else record.p
 
 
 def evaluate_dmarc(
@@ -402,8 +406,7 @@ def evaluate_dmarc(
             dkim_aligned,
             f"no DMARC record for {from_domain}",
         )
-    subdomain = policy_domain != from_domain
-    policy = record.sp if subdomain and record.sp is not None else record.p
+    policy = applicable_policy(from_domain, policy_domain, record)
     where = f"_dmarc.{policy_domain}"
     if spf_aligned or dkim_aligned:
         return DmarcResult(

@@ -142,10 +142,18 @@ class SpfRecord:
 
 def select_spf_record(txt_strings: Sequence[str]) -> str | None:
     """The one ``v=spf1`` record among a name's TXT strings, or None (§4.5)."""
-    records = [text for text in txt_strings if _is_spf1(text)]
+    records = spf_records(txt_strings)
     if len(records) > 1:
         raise SpfSyntaxError("multiple SPF records")
     return records[0] if records else None
+
+
+def spf_records(txt_strings: Sequence[str]) -> list[str]:
+    """Every TXT string that is an SPF record (``v=spf1`` then a space or the end, §4.5).
+
+    For callers that must see several records rather than a permerror (the checker).
+    """
+    return [text for text in txt_strings if _is_spf1(text)]
 
 
 def parse_spf(record: str) -> SpfRecord:

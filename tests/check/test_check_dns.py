@@ -14,13 +14,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securemail.check.model import Finding, Status
-from securemail.check.rules.dkim import COMMON_SELECTORS, check_dkim_keys, parse_key_record
+from securemail.check.rules.dkim import COMMON_SELECTORS, KeyInfo, check_dkim_keys, key_info
 from securemail.check.rules.dmarc import check_dmarc_record, report_domain
 from securemail.check.rules.mx import check_mx
 from securemail.check.rules.spf import check_spf_record
-from securemail.check.rules.tlsrpt import TlsRptSyntaxError, check_tlsrpt, parse_tlsrpt
+from securemail.check.rules.tlsrpt import check_tlsrpt
 from securemail.dns import Resolver
-from securemail.mech.dkim import generate_key
+from securemail.mech.dkim import KeyProblem, generate_key
 
 PASS, WARN, FAIL = Status.PASS, Status.WARN, Status.FAIL
 D = "example.org"
@@ -470,12 +470,12 @@ async def test_dkim_facts(dns_server):
     }
 
 
-def test_parse_key_record():
-    assert parse_key_record(key_record("ed25519")).algorithm == "ed25519"
-    assert parse_key_record("v=DKIM1; p=").revoked
-    assert parse_key_record(key_record("rsa", 512)).bits == 512
-    with pytest.raises(ValueError, match="unknown k="):
-        parse_key_record("v=DKIM1; k=dsa; p=AAAA")
+def test_key_info():
+    assert key_info(key_record("ed25519")) == KeyInfo("ed25519", 256, False, revoked=False)
+    assert key_info(key_record("rsa", 512) + "; t=y") == KeyInfo("rsa", 512, True, revoked=False)
+    assert key_info("v=DKIM1; k=ed25519; t=y; p=") == KeyInfo("ed25519", 0, True, revoked=True)
+    with pytest.raises(KeyProblem, match="unknown k="):
+        key_info("v=DKIM1; k=dsa; p=AAAA")
 
 
 # --- TLS-RPT ----------------------------------------------------------------------------
@@ -519,27 +519,6 @@ async def test_tlsrpt(dns_server, zone, expected, absent, faults, kw):
     findings, _facts = await check_tlsrpt(D, resolver_for(dns_server))
     check_invariants(findings)
     assert_expected(findings, expected, absent)
-
-
-@pytest.mark.parametrize(
-    ("record", "error"),
-    [
-        ("v=TLSRPTv1; rua=mailto:a@example.org; rua=mailto:b@example.org", "more than once"),
-        ("v=TLSRPTv1; rua=mailto:no-domain", "not a mailto"),
-        ("v=TLSRPTv1; ext=", "invalid value"),
-        ("v=TLSRPTv1;; rua=mailto:a@example.org", "not name=value"),
-        (" v=TLSRPTv1; rua=mailto:a@example.org", "must start with"),
-    ],
-)
-def test_parse_tlsrpt_errors(record, error):
-    with pytest.raises(TlsRptSyntaxError, match=error):
-        parse_tlsrpt(record)
-
-
-def test_parse_tlsrpt_extensions():
-    record = parse_tlsrpt("v=TLSRPTv1; rua=mailto:a@example.org ,https://r.example.net; x.y=1")
-    assert record.rua == ("mailto:a@example.org", "https://r.example.net")
-    assert record.extensions == (("x.y", "1"),)
 
 
 async def test_tlsrpt_and_null_mx_facts(dns_server):

@@ -24,10 +24,11 @@ from harness.pki import TestPKI
 from harness.smtpsink import SinkServer
 
 from securemail.check.model import Finding, Status
-from securemail.check.rules.dane import check_dane, evaluate_tlsa, match_tlsa, tlsa_problem
+from securemail.check.rules.dane import check_dane, evaluate_tlsa
 from securemail.check.rules.tls import TlsProbe, evaluate_tls, name_matches, probe_tls
 from securemail.dns import Resolver
 from securemail.errors import ConfigError
+from securemail.mech.dane import match_tlsa
 
 HOST = "mx.test.nhs.net"
 LOOPBACK = "127.0.0.1"
@@ -700,14 +701,7 @@ async def test_dane_uses_the_port(dns_server: DnsServer, resolver: Resolver) -> 
     assert "not published" in findings[0].message
 
 
-def test_tlsa_problems_and_evaluate() -> None:
-    assert tlsa_problem((3, 1, 1, b"x" * 32)) == ""
-    assert tlsa_problem((3, 0, 2, b"x" * 64)) == ""
-    assert tlsa_problem((3, 1, 0, b"spki")) == ""
-    assert tlsa_problem((4, 1, 1, b"x" * 32)) == "usage 4 unknown"
-    assert tlsa_problem((3, 2, 1, b"x" * 32)) == "selector 2 unknown"
-    assert tlsa_problem((3, 1, 3, b"x" * 32)) == "matching type 3 unknown"
-    assert tlsa_problem((3, 1, 2, b"x" * 32)) == "matching type 2 needs 64 bytes, not 32"
+def test_evaluate_tlsa() -> None:
     ok = evaluate_tlsa("mx.test", "_25._tcp.mx.test", [(3, 1, 1, b"x" * 32)], True)
     assert ok.status is Status.PASS
     both = evaluate_tlsa("mx.test", "_25._tcp.mx.test", [(0, 0, 1, b"x" * 32)], False)
@@ -720,33 +714,6 @@ def _spki(der: bytes) -> bytes:
         .public_key()
         .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-
-
-async def test_match_tlsa_against_a_real_server_certificate(pki: TestPKI) -> None:
-    with sink(pki.server_context(HOST)) as server:
-        leaf = (await probe(server, pki)).cert_der
-    spki = _spki(leaf)
-    ca = x509.load_pem_x509_certificate(pki.ca.cert_pem.bytes()).public_bytes(
-        serialization.Encoding.DER
-    )
-    good = [
-        (3, 1, 1, hashlib.sha256(spki).digest()),
-        (3, 0, 1, hashlib.sha256(leaf).digest()),
-        (3, 1, 2, hashlib.sha512(spki).digest()),
-        (3, 0, 0, leaf),
-        (3, 1, 0, spki),
-    ]
-    bad = [
-        (3, 1, 1, hashlib.sha256(b"another key").digest()),
-        (1, 1, 1, hashlib.sha256(spki).digest()),  # PKIX-EE: not used for SMTP
-        (3, 1, 1, hashlib.sha256(spki).digest()[:16]),  # malformed
-        (2, 0, 1, hashlib.sha256(leaf).digest()),  # DANE-TA is never the leaf
-    ]
-    assert match_tlsa(good + bad, [leaf]) == good
-    assert match_tlsa(good, []) == []
-    trust_anchor = (2, 0, 1, hashlib.sha256(ca).digest())
-    assert match_tlsa([trust_anchor], [leaf]) == []
-    assert match_tlsa([trust_anchor], [leaf, ca]) == [trust_anchor]
 
 
 async def test_dane_end_to_end_with_published_digest(

@@ -15,19 +15,25 @@ from securemail.core.accredited import (
     AccreditedEntry,
     AccreditedList,
     ImportReport,
+    covers_shared_suffix,
     import_accredited,
     load_accredited,
     parse_accredited_csv,
     read_accredited_csv,
 )
 from securemail.errors import AccreditedListError
+from securemail.mech.psl import is_public_suffix
 
 TODAY = date(2026, 6, 15)
 
 
 def parse(text: str, **kwargs: object) -> tuple[AccreditedList, ImportReport]:
     return parse_accredited_csv(
-        text.splitlines(keepends=True), source="list.csv", today=TODAY, **kwargs
+        text.splitlines(keepends=True),
+        source="list.csv",
+        today=TODAY,
+        is_public_suffix=is_public_suffix,
+        **kwargs,
     )
 
 
@@ -128,7 +134,12 @@ def test_header_must_be_within_first_30_rows() -> None:
 
 def test_missing_domain_column_is_one_clear_line() -> None:
     with pytest.raises(AccreditedListError) as info:
-        parse_accredited_csv(["Org,Date\n", "Example,2026-01-01\n"], source="dcb.csv", today=TODAY)
+        parse_accredited_csv(
+            ["Org,Date\n", "Example,2026-01-01\n"],
+            source="dcb.csv",
+            today=TODAY,
+            is_public_suffix=is_public_suffix,
+        )
     message = str(info.value)
     assert message == (
         'dcb.csv: no column whose name contains "domain" in the first 30 rows '
@@ -491,7 +502,7 @@ def test_lookup_only_matches_whole_labels(
 def test_utf8_bom_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufeffDomain,Organisation\na.example,Café Health\n".encode())
-    accredited, _ = read_accredited_csv(path, today=TODAY)
+    accredited, _ = read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
     assert summary(accredited) == {"a.example": ("Café Health", None, False)}
     assert accredited.source == "bom.csv"
 
@@ -501,7 +512,7 @@ def test_cp1252_falls_back(tmp_path: Path) -> None:
     # Long ASCII prefix so the undecodable byte is not in the first decoded chunk.
     rows = "".join(f"ok{i}.example,Org {i}\n" for i in range(2000))
     path.write_bytes(f"Domain,Organisation\n{rows}a.example,Café £5 Ltd\n".encode("cp1252"))
-    accredited, report = read_accredited_csv(path, today=TODAY)
+    accredited, report = read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
     assert accredited.entries["a.example"].organisation == "Café £5 Ltd"
     assert report.imported == 2001
     assert report.rows == 2001
@@ -521,7 +532,7 @@ def test_binary_file_is_one_line_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "list.xlsx"
     path.write_bytes(content)
     with pytest.raises(AccreditedListError) as info:
-        read_accredited_csv(path, today=TODAY)
+        read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
     assert "not a text CSV file" in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -530,19 +541,19 @@ def test_oversized_field_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     path.write_text('Domain\n"' + "a" * 200_000 + '"\n', encoding="utf-8")
     with pytest.raises(AccreditedListError, match="not valid CSV"):
-        read_accredited_csv(path, today=TODAY)
+        read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
     with pytest.raises(AccreditedListError) as info:
-        load_accredited(path, today=TODAY)
+        load_accredited(path, today=TODAY, is_public_suffix=is_public_suffix)
     assert str(info.value) == f"{path}: no such file"
 
 
 def test_directory_is_not_readable(tmp_path: Path) -> None:
     with pytest.raises(AccreditedListError, match="cannot read"):
-        read_accredited_csv(tmp_path, today=TODAY)
+        read_accredited_csv(tmp_path, today=TODAY, is_public_suffix=is_public_suffix)
 
 
 ORIGINAL = (
@@ -560,7 +571,9 @@ def test_import_then_load_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "dcb1596-accredited-2026-10.csv"
     src.write_text(ORIGINAL, encoding="utf-8")
     dest = tmp_path / "state" / "lists" / "accredited.csv"
-    report = import_accredited(src, dest, today=TODAY, list_date=date(2026, 6, 1))
+    report = import_accredited(
+        src, dest, today=TODAY, is_public_suffix=is_public_suffix, list_date=date(2026, 6, 1)
+    )
     assert report == ImportReport(
         rows=4,
         imported=4,
@@ -580,8 +593,10 @@ def test_import_then_load_round_trip(tmp_path: Path) -> None:
         "*.wildcare.example,Wild Care,2026-01-15",
         "xn--caf-dma.example,Café Health,2027-02-01",
     ]
-    original, _ = read_accredited_csv(src, today=TODAY, list_date=date(2026, 6, 1))
-    loaded = load_accredited(dest, today=date(2030, 1, 1))
+    original, _ = read_accredited_csv(
+        src, today=TODAY, is_public_suffix=is_public_suffix, list_date=date(2026, 6, 1)
+    )
+    loaded = load_accredited(dest, today=date(2030, 1, 1), is_public_suffix=is_public_suffix)
     assert loaded == original
     assert loaded.source == "dcb1596-accredited-2026-10.csv"
     assert loaded.list_date == date(2026, 6, 1)
@@ -593,10 +608,12 @@ def test_reimporting_a_stored_list_keeps_its_name_and_undated_entries(tmp_path: 
     src = tmp_path / "orig.csv"
     src.write_text("Domain,Organisation\na.example,A\n", encoding="utf-8")
     first, second = tmp_path / "one.csv", tmp_path / "two.csv"
-    import_accredited(src, first, today=TODAY)
-    report = import_accredited(first, second, today=date(2026, 7, 1))
+    import_accredited(src, first, today=TODAY, is_public_suffix=is_public_suffix)
+    report = import_accredited(
+        first, second, today=date(2026, 7, 1), is_public_suffix=is_public_suffix
+    )
     assert report.warnings == ()
-    loaded = load_accredited(second, today=TODAY)
+    loaded = load_accredited(second, today=TODAY, is_public_suffix=is_public_suffix)
     assert loaded.source == "orig.csv"
     assert loaded.list_date == TODAY
     assert summary(loaded) == {"a.example": ("A", None, False)}
@@ -606,8 +623,8 @@ def test_source_name_cannot_inject_into_the_comment(tmp_path: Path) -> None:
     src = tmp_path / "a;list_date=1999-01-01.csv"
     src.write_text("Domain\na.example\n", encoding="utf-8")
     dest = tmp_path / "stored.csv"
-    import_accredited(src, dest, today=TODAY)
-    loaded = load_accredited(dest, today=TODAY)
+    import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
+    loaded = load_accredited(dest, today=TODAY, is_public_suffix=is_public_suffix)
     assert loaded.list_date == TODAY
     assert loaded.source == "a_list_date=1999-01-01.csv"
 
@@ -623,7 +640,7 @@ def test_failed_import_leaves_dest_untouched(tmp_path: Path, content: bytes) -> 
     dest = tmp_path / "accredited.csv"
     dest.write_text("previous contents\n", encoding="utf-8")
     with pytest.raises(AccreditedListError):
-        import_accredited(src, dest, today=TODAY)
+        import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
     assert dest.read_text(encoding="utf-8") == "previous contents\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accredited.csv", "new.csv"]
 
@@ -634,11 +651,13 @@ def test_import_replaces_and_keeps_file_mode(tmp_path: Path) -> None:
     dest = tmp_path / "accredited.csv"
     dest.write_text("old\n", encoding="utf-8")
     dest.chmod(0o640)
-    import_accredited(src, dest, today=TODAY)
-    assert list(load_accredited(dest, today=TODAY).entries) == ["new.example"]
+    import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
+    assert list(load_accredited(dest, today=TODAY, is_public_suffix=is_public_suffix).entries) == [
+        "new.example"
+    ]
     assert dest.stat().st_mode & 0o777 == 0o640
     fresh = tmp_path / "fresh.csv"
-    import_accredited(src, fresh, today=TODAY)
+    import_accredited(src, fresh, today=TODAY, is_public_suffix=is_public_suffix)
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) and not list(tmp_path.glob(".*.tmp"))
 
@@ -649,7 +668,44 @@ def test_import_replaces_and_keeps_file_mode(tmp_path: Path) -> None:
 def test_wildcard_over_a_shared_suffix_is_refused(wildcard):
     """`*.nhs.uk` on the list would make every trust secure: refused, with a warning."""
     lines = ["Organisation,Domain", f"Too Broad,{wildcard}", "Real Trust,*.realtrust.nhs.uk"]
-    listed, report = parse_accredited_csv(lines, source="x.csv", today=date(2026, 11, 23))
+    listed, report = parse_accredited_csv(
+        lines, source="x.csv", today=date(2026, 11, 23), is_public_suffix=is_public_suffix
+    )
     assert listed.lookup("anytrust.nhs.uk") is None
     assert listed.lookup("a.realtrust.nhs.uk") is not None
     assert any("shared suffix" in w for w in report.warnings)
+
+
+def test_the_public_suffix_list_is_the_callers():
+    """core decides on the guidance's own suffixes; the caller's list decides the rest."""
+    lines = ["Organisation,Domain", "Registry,*.example.org"]
+
+    def only_example_org(domain: str) -> bool:
+        return domain == "example.org"
+
+    listed, report = parse_accredited_csv(
+        lines, source="x.csv", today=TODAY, is_public_suffix=only_example_org
+    )
+    assert listed.lookup("a.example.org") is None
+    assert report.warnings == ('row 2: "*.example.org" covers every organisation under a '
+                               "shared suffix; ignored",)  # fmt: skip
+    listed, report = parse_accredited_csv(
+        lines, source="x.csv", today=TODAY, is_public_suffix=lambda domain: False
+    )
+    assert listed.lookup("a.example.org") is not None
+    assert report.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("domain", "covers"),
+    [
+        ("nhs.uk", True),
+        ("nhs.net", True),
+        ("gov.uk", True),
+        ("co.uk", False),
+        ("trust.nhs.uk", False),
+    ],
+)
+def test_guidance_suffixes_are_shared_whatever_the_list_says(domain, covers):
+    assert covers_shared_suffix(domain, lambda _: False) is covers
+    assert covers_shared_suffix(domain, lambda _: True) is True

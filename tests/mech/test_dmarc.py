@@ -1,20 +1,22 @@
-"""DMARC: record parsing, organizational domains, alignment, policy, DNS lookup, From header."""
+"""DMARC: record parsing, alignment, policy, DNS lookup, From header."""
 
 import pytest
 
 from securemail.dns import Resolver
 from securemail.mech.dmarc import (
     DkimPass,
+    DmarcLookup,
     DmarcRecord,
     DmarcSyntaxError,
     SpfOutcome,
     aligned,
+    applicable_policy,
     check_dmarc,
     dmarc_records,
     evaluate_dmarc,
     header_from_domain,
     lookup_dmarc,
-    organizational_domain,
+    lookup_dmarc_records,
     parse_dmarc,
     select_dmarc_record,
 )
@@ -125,32 +127,7 @@ def test_select_dmarc_record():
     assert dmarc_records([dmarc, spf, "v=DMARC1;p=none"]) == [dmarc, "v=DMARC1;p=none"]
 
 
-# --- organizational domain and alignment --------------------------------------------------
-
-ORG = [
-    ("example.com", "example.com"),
-    ("x.y.example.com", "example.com"),
-    ("example.co.uk", "example.co.uk"),
-    ("foo.bar.co.uk", "bar.co.uk"),
-    ("co.uk", "co.uk"),  # itself a public suffix
-    ("mail.nhs.net", "nhs.net"),
-    ("nhs.net", "nhs.net"),
-    ("a.b.example.nhs.uk", "example.nhs.uk"),  # nhs.uk is on the list (ICANN section)
-    ("nhs.uk", "nhs.uk"),
-    ("hscic.gov.uk", "hscic.gov.uk"),  # gov.uk is on the list too
-    ("a.b.gov.uk", "b.gov.uk"),
-    ("gov.uk", "gov.uk"),
-    ("a.b.c.sch.uk", "b.c.sch.uk"),  # wildcard rule *.sch.uk
-    ("alice.github.io", "alice.github.io"),  # private section is used
-    ("Mail.Example.COM.", "example.com"),
-    ("host.unlisted-tld", "host.unlisted-tld"),  # unknown TLD: the default "*" rule
-]
-
-
-@pytest.mark.parametrize(("domain", "org"), ORG)
-def test_organizational_domain(domain, org):
-    assert organizational_domain(domain) == org
-
+# --- alignment ----------------------------------------------------------------------------
 
 ALIGNMENT = [
     ("example.com", "example.com", "s", True),
@@ -320,6 +297,14 @@ def test_method_result_clauses():
     )
 
 
+def test_applicable_policy_is_sp_only_below_the_policy_domain():
+    record = DmarcRecord(p="reject", sp="none")
+    assert applicable_policy("example.org", "example.org", record) == "reject"
+    assert applicable_policy("mail.example.org", "example.org", record) == "none"
+    inherit = DmarcRecord(p="quarantine")
+    assert applicable_policy("mail.example.org", "example.org", inherit) == "quarantine"
+
+
 # --- DNS lookup ---------------------------------------------------------------------------
 
 
@@ -394,6 +379,29 @@ async def test_long_record_split_into_strings(dns_server, resolver):
     dns_server.add("_dmarc.example.com", "TXT", f"v=DMARC1; p=reject; rua={uris}")
     record, _domain, _status = await lookup_dmarc("example.com", resolver)
     assert record is not None and len(record.rua) == 12
+
+
+async def test_lookup_dmarc_records_keeps_several_records_apart(dns_server, resolver):
+    """The raw §6.6.3 walk, which the checker reads: nothing chosen, nothing parsed."""
+    dns_server.add(
+        "_dmarc.example.org", "TXT", "v=DMARC1; p=reject", "v=DMARC1; p=none", "v=spf1 -all"
+    )
+    found = await lookup_dmarc_records("Mail.Example.ORG.", resolver)
+    assert (found.domain, found.policy_domain, found.error) == (
+        "mail.example.org",
+        "example.org",
+        "",
+    )
+    assert sorted(found.records) == ["v=DMARC1; p=none", "v=DMARC1; p=reject"]
+    nothing = await lookup_dmarc_records("nowhere.example", resolver)
+    assert nothing == DmarcLookup("nowhere.example", "nowhere.example", ())
+
+
+async def test_lookup_dmarc_records_failure_is_an_error_not_absence(dns_server, resolver):
+    dns_server.behave("_dmarc.down.example", "servfail")
+    down = await lookup_dmarc_records("down.example", resolver)
+    assert (down.policy_domain, down.records) == ("down.example", ())
+    assert "SERVFAIL" in down.error
 
 
 async def test_check_dmarc_end_to_end(dns_server, resolver):

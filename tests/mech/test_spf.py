@@ -24,6 +24,7 @@ from securemail.mech.spf import (
     normalise_ip,
     parse_spf,
     select_spf_record,
+    spf_records,
     valid_domain,
 )
 
@@ -189,6 +190,12 @@ def test_select_spf_record(texts, chosen):
 def test_select_refuses_multiple_records(texts):
     with pytest.raises(SpfSyntaxError, match=r"^multiple SPF records$"):
         select_spf_record(texts)
+
+
+def test_spf_records_keeps_several_for_the_checker():
+    texts = ["v=spf1 a", "other", "V=SPF1 ~all", "v=spf10 -all", " v=spf1 -all"]
+    assert spf_records(texts) == ["v=spf1 a", "V=SPF1 ~all"]
+    assert spf_records(["other"]) == []
 
 
 LOOKUP_TERMS = [

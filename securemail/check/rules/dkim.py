@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from dkim.util import InvalidTagValueList, parse_tag_value
-
 from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
-from securemail.mech.dkim import RSA_MIN_BITS, _KeyProblem, _parse_key
+from securemail.mech.dkim import RSA_MIN_BITS, KeyProblem, KeyRevoked, parse_key_record
 
 RSA_GOOD_BITS = 2048
 _VERSION = re.compile(r"v\s*=\s*DKIM1\s*(;|$)")
@@ -40,24 +38,16 @@ class KeyInfo(NamedTuple):
     revoked: bool  # empty p=
 
 
-def parse_key_record(text: str) -> KeyInfo:
-    """A DKIM key record (``v=DKIM1; k=...; p=...``) read as verifiers read it.
+def key_info(text: str) -> KeyInfo:
+    """What the ``dkim.key`` rule needs to know of a key record, read by the verifier.
 
-    A revoked key (empty ``p=``) is returned with ``revoked``; anything a verifier could not
-    use raises ``ValueError`` saying why.
+    A revoked key (empty ``p=``) is returned with ``revoked``; anything a verifier could
+    not use raises ``KeyProblem`` saying why.
     """
     try:
-        tags = parse_tag_value(text.encode("utf-8", errors="replace"))
-    except InvalidTagValueList:
-        tags = {}  # _parse_key reports it
-    algorithm = tags.get(b"k", b"rsa").decode("ascii", errors="replace").lower()
-    testing = b"y" in [t.strip().lower() for t in tags.get(b"t", b"").split(b":")]
-    if b"p" in tags and not b"".join(tags[b"p"].split()):
-        return KeyInfo(algorithm, 0, testing, revoked=True)
-    try:
-        key = _parse_key(text)
-    except _KeyProblem as exc:
-        raise ValueError(exc.reason) from None
+        key = parse_key_record(text)
+    except KeyRevoked as revoked:
+        return KeyInfo(revoked.kind.decode("ascii", errors="replace"), 0, revoked.testing, True)
     return KeyInfo(key.kind.decode(), key.bits, key.testing, revoked=False)
 
 
@@ -109,8 +99,8 @@ def selectors_to_try(selectors: Sequence[str]) -> list[str]:
 def evaluate_key(selector: str, text: str) -> list[Finding]:
     code, subject = "dkim.key", selector
     try:
-        key = parse_key_record(text)
-    except ValueError as exc:
+        key = key_info(text)
+    except KeyProblem as exc:
         fix = f"Publish a valid key record at {selector}._domainkey, or remove it."
         return [failed(code, f"selector {selector}: key is not usable: {exc}", fix, subject)]
     findings: list[Finding] = []
@@ -174,8 +164,8 @@ def dkim_facts(results: Sequence[SelectorResult]) -> Facts:
     for result in results:
         if result.records:
             try:
-                key = parse_key_record(result.records[0])
-            except ValueError as exc:
+                key = key_info(result.records[0])
+            except KeyProblem as exc:
                 keys[result.selector] = {"error": str(exc)}
                 continue
             keys[result.selector] = {

@@ -1,11 +1,11 @@
 """DMARC: is a policy published, is it enforced, and will the reports actually arrive.
 
-The lookup follows RFC 7489 §6.6.3 (``_dmarc.<domain>``, then ``_dmarc.<organisational
-domain>``) but keeps what the gateway's ``lookup_dmarc`` folds into one status apart
-(several records, a broken record), because each is a different fix. For report
-addresses in another organisation, ``lookup_authorisations`` asks for the §7.1 record
-``<policy domain>._report._dmarc.<report domain>``: without it receivers send nothing.
-The rules (``evaluate_*``) are pure.
+The records are found as the gateway finds them (``mech.dmarc.lookup_dmarc_records``,
+RFC 7489 §6.6.3: ``_dmarc.<domain>``, then ``_dmarc.<organisational domain>``), but
+what the gateway folds into one status (several records, a broken record) is kept apart
+here, because each is a different fix. For report addresses in another organisation,
+``lookup_authorisations`` asks for the §7.1 record ``<policy domain>._report._dmarc.<report
+domain>``: without it receivers send nothing. The rules (``evaluate_*``) are pure.
 """
 
 from __future__ import annotations
@@ -19,24 +19,19 @@ from securemail.check.model import Finding, dns_error, failed, passed, warned
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 from securemail.mech.dmarc import (
     POLICIES,
+    DmarcLookup,
     DmarcRecord,
     DmarcSyntaxError,
+    applicable_policy,
     dmarc_records,
-    organizational_domain,
+    lookup_dmarc_records,
     parse_dmarc,
 )
+from securemail.mech.psl import organizational_domain
 
 _SIZE = re.compile(r"![0-9]+[kmgtKMGT]?$")
 
 Facts = dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class DmarcLookup:
-    domain: str  # the domain checked
-    policy_domain: str  # where the records were found (the domain when none were)
-    records: tuple[str, ...]  # TXT records starting v=DMARC1
-    error: str = ""  # a DNS failure: nothing is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +43,6 @@ class Authorisation:
 
 
 # --- lookup (I/O) ----------------------------------------------------------------------
-
-
-async def lookup_dmarc_records(domain: str, resolver: Resolver) -> DmarcLookup:
-    org = organizational_domain(domain)
-    for where in dict.fromkeys((domain, org)):
-        try:
-            records = dmarc_records(await resolver.txt(f"_dmarc.{where}"))
-        except DnsNotFound:
-            records = []
-        except DnsTemporaryError as exc:
-            return DmarcLookup(domain, where, (), str(exc))
-        if records:
-            return DmarcLookup(domain, where, tuple(records))
-    return DmarcLookup(domain, domain, ())
 
 
 async def lookup_authorisations(
@@ -136,10 +117,6 @@ def evaluate_policy(domain: str, policy_domain: str, record: DmarcRecord) -> lis
         _pct(record),
         _rua(record),
     ]
-
-
-def applicable_policy(domain: str, policy_domain: str, record: DmarcRecord) -> str:
-    return record.sp if domain != policy_domain and record.sp is not None else record.p
 
 
 def _policy(domain: str, policy_domain: str, record: DmarcRecord) -> Finding:

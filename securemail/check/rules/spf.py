@@ -22,6 +22,7 @@ from securemail.mech.spf import (
     SpfSyntaxError,
     parse_spf,
     select_spf_record,
+    spf_records,
 )
 
 LOOKUP_WARN = 8
@@ -54,7 +55,7 @@ async def lookup_spf(domain: str, resolver: Resolver) -> tuple[list[str], str]:
         return [], ""
     except DnsTemporaryError as exc:
         return [], str(exc)
-    return [text for text in texts if select_spf_record([text]) is not None], ""
+    return spf_records(texts), ""
 
 
 async def walk_spf(record: SpfRecord, domain: str, resolver: Resolver) -> SpfWalk:
