@@ -6,7 +6,6 @@ names, warnings quoting rows), so everything shown goes through ``common.text``.
 
 from __future__ import annotations
 
-import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from securemail.cli.common import ConfigOpt, JsonOpt, json_line, out, say, text, warn
+from securemail.cli.common import ConfigOpt, JsonOpt, out, print_json, say, text, warn
 from securemail.config import load_config
 from securemail.core.accredited import import_accredited, load_accredited
 from securemail.errors import InputError
@@ -49,7 +48,7 @@ def accredited_import(
         fields = ("rows", "imported", "expired", "skipped")
         summary: dict[str, object] = {f: getattr(report, f) for f in fields}
         summary |= {"stored": str(dest), "warnings": list(report.warnings)}
-        sys.stdout.write(json_line(summary))
+        print_json(summary)
         return
     for warning in report.warnings:
         warn(warning)
@@ -72,15 +71,13 @@ def accredited_show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None
     if json_out:
         for e in entries:
             expires = e.expires.isoformat() if e.expires else None
-            sys.stdout.write(
-                json_line(
-                    {
-                        "domain": f"*.{e.domain}" if e.subdomains else e.domain,
-                        "organisation": e.organisation,
-                        "expires": expires,
-                        "expired": e.expired(today),
-                    }
-                )
+            print_json(
+                {
+                    "domain": f"*.{e.domain}" if e.subdomains else e.domain,
+                    "organisation": e.organisation,
+                    "expires": expires,
+                    "expired": e.expired(today),
+                }
             )
         return
     table = Table(title=text(f"{listed.source} ({len(listed)} domains)"))

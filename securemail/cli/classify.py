@@ -24,6 +24,7 @@ from securemail.cli.common import (
     lines,
     out,
     plain_line,
+    print_json,
     stdin_lines,
     tell,
     text,
@@ -94,7 +95,7 @@ def classify(
         _classify_stream(classifier, stdin_lines(), sys.stdout, json_out)
     elif json_out:
         for address in addresses:
-            sys.stdout.write(json_line(classifier.classify(address).to_json()))
+            print_json(classifier.classify(address).to_json())
     else:
         _print_classifications([classifier.classify(address) for address in addresses])
 

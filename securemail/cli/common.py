@@ -54,16 +54,16 @@ Part = object | tuple[object, str]
 
 
 def _printable(char: str) -> bool:
-    """Whether ``char`` may reach a terminal as itself.
+    """Whether ``char`` may reach a terminal as itself: Python's ``str.isprintable``.
 
-    Python's ``str.isprintable`` refuses C0 and C1 controls (ESC, CR, LF, TAB, NUL, DEL,
-    CSI U+009B...), format characters (bidi overrides, zero-width joiners), line and
-    paragraph separators, lone surrogates (undecodable input kept by surrogateescape),
-    private-use and unassigned code points, and every space but U+0020. There are no
-    exceptions: our own layout (table cells, tabs between fields) is added after a
-    value has been made safe, never taken from it.
+    It refuses C0 and C1 controls (ESC, CR, LF, TAB, NUL, DEL, CSI U+009B...), format
+    characters (bidi overrides, zero-width joiners), line and paragraph separators, lone
+    surrogates (undecodable input kept by surrogateescape), private-use and unassigned
+    code points, and every space but U+0020. There are no exceptions: our own layout
+    (table cells, tabs between fields) is added after a value is made safe, never taken
+    from it.
     """
-    return char == " " or char.isprintable()
+    return char.isprintable()
 
 
 def _visible(char: str) -> str:
@@ -81,10 +81,10 @@ def safe(value: object) -> str:
     as its escape, so nothing from outside can move the cursor, recolour, retitle or
     overwrite what we print. Cheap when there is nothing to escape (one C-level scan),
     which matters when classifying millions of streamed addresses."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if _printable(c) else _visible(c) for c in text)
+    shown = str(value)
+    if shown.isprintable():
+        return shown
+    return "".join(c if _printable(c) else _visible(c) for c in shown)
 
 
 def text(*parts: Part) -> Text:
@@ -115,6 +115,7 @@ def tell(*parts: Part) -> None:
 
 
 def warn(*parts: Part) -> None:
+    """A problem the user should know about that does not stop the command."""
     tell(("warning:", "yellow"), " ", *parts)
 
 
@@ -144,6 +145,7 @@ def json_line(obj: object) -> str:
 
 
 def print_json(obj: object) -> None:
+    """``json_line(obj)`` on stdout."""
     sys.stdout.write(json_line(obj))
 
 

@@ -7,13 +7,12 @@ shown through ``common.say`` like any other outside text.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from securemail.cli.common import ConfigOpt, JsonOpt, json_line, say
+from securemail.cli.common import ConfigOpt, JsonOpt, print_json, say
 from securemail.config import Config, default_config_text, find_config, load_config
 
 app = typer.Typer(help="Create and check securemail.toml.")
@@ -38,7 +37,7 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     cfg = load_config(config)
     effective = _config_dict(cfg)
     if json_out:
-        sys.stdout.write(json_line(effective))
+        print_json(effective)
         return
     say(f"{find_config(config) or 'built-in defaults'}: OK")
     for section, values in effective.items():

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from securemail.cli.classify import AccreditedOpt, AudienceOpt, build_classifier, status_text
-from securemail.cli.common import ConfigOpt, JsonOpt, json_line, out, say, text
+from securemail.cli.common import ConfigOpt, JsonOpt, out, print_json, say, text
 from securemail.config import load_config
 from securemail.core.addresses import split_address_list
 from securemail.core.policy import Decision, decide
@@ -55,14 +55,12 @@ def policy_explain(
         for r in recipients
     ]
     if json_out:
-        sys.stdout.write(
-            json_line(
-                {
-                    "message": str(message),
-                    "sensitivity": sensitivity.to_json(),
-                    "decisions": [d.to_json() for d in decisions],
-                }
-            )
+        print_json(
+            {
+                "message": str(message),
+                "sensitivity": sensitivity.to_json(),
+                "decisions": [d.to_json() for d in decisions],
+            }
         )
         return
     label = ("sensitive", "bold red") if sensitivity.sensitive else ("not sensitive", "green")

@@ -7,7 +7,6 @@ replies as the last error. All of it is shown through ``common.text``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from securemail.cli.common import ConfigOpt, JsonOpt, json_line, lines, out, say, text
+from securemail.cli.common import ConfigOpt, JsonOpt, lines, out, print_json, say, text
 from securemail.config import load_config
 from securemail.errors import InputError
 
@@ -68,7 +67,7 @@ def queue_list(
     messages = _with_spool(config, lambda spool: spool.list_messages(status=wanted))
     if json_out:
         for m in messages:
-            sys.stdout.write(json_line(_message_json(m)))
+            print_json(_message_json(m))
         return
     table = Table(title=text(f"{len(messages)} messages"), expand=True)
     table.add_column("queue id / received", no_wrap=True)
@@ -97,7 +96,7 @@ def queue_show(
     if info is None:
         raise InputError(f"{queue_id}: no such message in the spool")
     if json_out:
-        sys.stdout.write(json_line(_message_json(info)))
+        print_json(_message_json(info))
         return
     say(f"{info.queue_id}  received {_when(info.received)}  size {info.size}")
     say(f"from <{info.sender}>  client {info.client}  user {info.auth_user or '-'}")
