@@ -11,12 +11,11 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+from securemail.accredited_store import load_accredited
 from securemail.config import Config
-from securemail.core.accredited import load_accredited
 from securemail.core.classify import Classifier
 from securemail.core.policy import Policy
 from securemail.core.rules import Audience
-from securemail.mech.psl import is_public_suffix
 
 
 def classifier_from_config(
@@ -42,7 +41,7 @@ def classifier_from_config(
             if on_missing is not None:
                 on_missing(path)
         else:
-            listed = load_accredited(path, today=clock(), is_public_suffix=is_public_suffix)
+            listed = load_accredited(path, today=clock())
     return Classifier(
         audience or config.organisation.audience,
         clock=clock,

@@ -13,11 +13,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from securemail.accredited_store import import_accredited, load_accredited
 from securemail.cli.common import ConfigOpt, JsonOpt, out, print_json, say, text, warn
 from securemail.config import load_config
-from securemail.core.accredited import import_accredited, load_accredited
 from securemail.errors import InputError
-from securemail.mech.psl import is_public_suffix
 
 app = typer.Typer(help="The list of DCB1596-accredited organisations.")
 
@@ -44,9 +43,7 @@ def accredited_import(
     if dest is None:
         raise InputError("no destination: set [policy] accredited_list or give --output PATH")
     when = _parse_date(list_date) if list_date else None
-    report = import_accredited(
-        csv_file, dest, today=date.today(), is_public_suffix=is_public_suffix, list_date=when
-    )
+    report = import_accredited(csv_file, dest, today=date.today(), list_date=when)
     if json_out:
         fields = ("rows", "imported", "expired", "skipped")
         summary: dict[str, object] = {f: getattr(report, f) for f in fields}
@@ -69,7 +66,7 @@ def accredited_show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None
     if path is None or not path.exists():
         raise InputError("no accredited list stored; run 'securemail accredited import CSV'")
     today = date.today()
-    listed = load_accredited(path, today=today, is_public_suffix=is_public_suffix)
+    listed = load_accredited(path, today=today)
     entries = sorted(listed.entries.values(), key=lambda e: e.domain)
     if json_out:
         for e in entries:

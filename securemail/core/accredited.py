@@ -28,13 +28,10 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from types import MappingProxyType
 
 from securemail.core.addresses import AddressError, normalise_domain
@@ -384,44 +381,7 @@ def _metadata(comments: list[str]) -> dict[str, str] | None:
     return None
 
 
-def read_accredited_csv(
-    path: Path,
-    *,
-    today: date,
-    is_public_suffix: Callable[[str], bool],
-    list_date: date | None = None,
-) -> tuple[AccreditedList, ImportReport]:
-    """Read and parse a CSV file: UTF-8 (with or without BOM), else Windows-1252."""
-    for encoding in ("utf-8-sig", "cp1252"):  # a failed UTF-8 read restarts from the top
-        try:
-            with path.open(encoding=encoding, newline="") as file:
-                return parse_accredited_csv(
-                    file,
-                    source=path.name,
-                    today=today,
-                    is_public_suffix=is_public_suffix,
-                    list_date=list_date,
-                )
-        except UnicodeDecodeError:
-            continue
-        except FileNotFoundError:
-            raise AccreditedListError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise AccreditedListError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    raise AccreditedListError(
-        f"{path.name}: not a text CSV file (neither UTF-8 nor Windows-1252; a spreadsheet? "
-        "export it as CSV)"
-    )
-
-
-def load_accredited(
-    path: Path, *, today: date, is_public_suffix: Callable[[str], bool]
-) -> AccreditedList:
-    """Read a stored list (canonical, or a raw CSV) for the classifier."""
-    return read_accredited_csv(path, today=today, is_public_suffix=is_public_suffix)[0]
-
-
-def _canonical_text(accredited: AccreditedList, today: date) -> str:
+def canonical_text(accredited: AccreditedList, today: date) -> str:
     out = io.StringIO()
     source = _META_UNSAFE.sub("_", accredited.source)
     listed = accredited.list_date.isoformat() if accredited.list_date else ""
@@ -437,54 +397,3 @@ def _canonical_text(accredited: AccreditedList, today: date) -> str:
             (f"*.{domain}" if entry.subdomains else domain, entry.organisation, expires)
         )
     return out.getvalue()
-
-
-def _write_atomic(dest: Path, text: str) -> None:
-    """Replace ``dest`` with ``text`` so readers see the old file or the new, never half."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    mode = dest.stat().st_mode & 0o777 if dest.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
-        tmp.replace(dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(dest.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def import_accredited(
-    src: Path,
-    dest: Path,
-    *,
-    today: date,
-    is_public_suffix: Callable[[str], bool],
-    list_date: date | None = None,
-) -> ImportReport:
-    """Parse ``src`` and store it at ``dest`` in canonical form, atomically.
-
-    ``dest`` is left untouched if ``src`` cannot be parsed or yields no domains at all
-    (an empty list would silently make every domain non-secure).
-    """
-    accredited, report = read_accredited_csv(
-        src, today=today, is_public_suffix=is_public_suffix, list_date=list_date
-    )
-    if not accredited.entries:
-        raise AccreditedListError(
-            f"{src}: no valid domains found ({report.rows} rows, {report.skipped} skipped); "
-            f"{dest} not changed"
-        )
-    try:
-        _write_atomic(dest, _canonical_text(accredited, today))
-    except OSError as exc:
-        raise AccreditedListError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-    return report

@@ -11,15 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securemail.accredited_store import import_accredited, load_accredited, read_accredited_csv
 from securemail.core.accredited import (
     AccreditedEntry,
     AccreditedList,
     ImportReport,
     covers_shared_suffix,
-    import_accredited,
-    load_accredited,
     parse_accredited_csv,
-    read_accredited_csv,
 )
 from securemail.errors import AccreditedListError
 from securemail.mech.psl import is_public_suffix
@@ -502,7 +500,7 @@ def test_lookup_only_matches_whole_labels(
 def test_utf8_bom_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufeffDomain,Organisation\na.example,Café Health\n".encode())
-    accredited, _ = read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
+    accredited, _ = read_accredited_csv(path, today=TODAY)
     assert summary(accredited) == {"a.example": ("Café Health", None, False)}
     assert accredited.source == "bom.csv"
 
@@ -512,7 +510,7 @@ def test_cp1252_falls_back(tmp_path: Path) -> None:
     # Long ASCII prefix so the undecodable byte is not in the first decoded chunk.
     rows = "".join(f"ok{i}.example,Org {i}\n" for i in range(2000))
     path.write_bytes(f"Domain,Organisation\n{rows}a.example,Café £5 Ltd\n".encode("cp1252"))
-    accredited, report = read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
+    accredited, report = read_accredited_csv(path, today=TODAY)
     assert accredited.entries["a.example"].organisation == "Café £5 Ltd"
     assert report.imported == 2001
     assert report.rows == 2001
@@ -532,7 +530,7 @@ def test_binary_file_is_one_line_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "list.xlsx"
     path.write_bytes(content)
     with pytest.raises(AccreditedListError) as info:
-        read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
+        read_accredited_csv(path, today=TODAY)
     assert "not a text CSV file" in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -541,19 +539,19 @@ def test_oversized_field_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     path.write_text('Domain\n"' + "a" * 200_000 + '"\n', encoding="utf-8")
     with pytest.raises(AccreditedListError, match="not valid CSV"):
-        read_accredited_csv(path, today=TODAY, is_public_suffix=is_public_suffix)
+        read_accredited_csv(path, today=TODAY)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
     with pytest.raises(AccreditedListError) as info:
-        load_accredited(path, today=TODAY, is_public_suffix=is_public_suffix)
+        load_accredited(path, today=TODAY)
     assert str(info.value) == f"{path}: no such file"
 
 
 def test_directory_is_not_readable(tmp_path: Path) -> None:
     with pytest.raises(AccreditedListError, match="cannot read"):
-        read_accredited_csv(tmp_path, today=TODAY, is_public_suffix=is_public_suffix)
+        read_accredited_csv(tmp_path, today=TODAY)
 
 
 ORIGINAL = (
@@ -571,9 +569,7 @@ def test_import_then_load_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "dcb1596-accredited-2026-10.csv"
     src.write_text(ORIGINAL, encoding="utf-8")
     dest = tmp_path / "state" / "lists" / "accredited.csv"
-    report = import_accredited(
-        src, dest, today=TODAY, is_public_suffix=is_public_suffix, list_date=date(2026, 6, 1)
-    )
+    report = import_accredited(src, dest, today=TODAY, list_date=date(2026, 6, 1))
     assert report == ImportReport(
         rows=4,
         imported=4,
@@ -593,10 +589,8 @@ def test_import_then_load_round_trip(tmp_path: Path) -> None:
         "*.wildcare.example,Wild Care,2026-01-15",
         "xn--caf-dma.example,Café Health,2027-02-01",
     ]
-    original, _ = read_accredited_csv(
-        src, today=TODAY, is_public_suffix=is_public_suffix, list_date=date(2026, 6, 1)
-    )
-    loaded = load_accredited(dest, today=date(2030, 1, 1), is_public_suffix=is_public_suffix)
+    original, _ = read_accredited_csv(src, today=TODAY, list_date=date(2026, 6, 1))
+    loaded = load_accredited(dest, today=date(2030, 1, 1))
     assert loaded == original
     assert loaded.source == "dcb1596-accredited-2026-10.csv"
     assert loaded.list_date == date(2026, 6, 1)
@@ -608,12 +602,10 @@ def test_reimporting_a_stored_list_keeps_its_name_and_undated_entries(tmp_path: 
     src = tmp_path / "orig.csv"
     src.write_text("Domain,Organisation\na.example,A\n", encoding="utf-8")
     first, second = tmp_path / "one.csv", tmp_path / "two.csv"
-    import_accredited(src, first, today=TODAY, is_public_suffix=is_public_suffix)
-    report = import_accredited(
-        first, second, today=date(2026, 7, 1), is_public_suffix=is_public_suffix
-    )
+    import_accredited(src, first, today=TODAY)
+    report = import_accredited(first, second, today=date(2026, 7, 1))
     assert report.warnings == ()
-    loaded = load_accredited(second, today=TODAY, is_public_suffix=is_public_suffix)
+    loaded = load_accredited(second, today=TODAY)
     assert loaded.source == "orig.csv"
     assert loaded.list_date == TODAY
     assert summary(loaded) == {"a.example": ("A", None, False)}
@@ -623,8 +615,8 @@ def test_source_name_cannot_inject_into_the_comment(tmp_path: Path) -> None:
     src = tmp_path / "a;list_date=1999-01-01.csv"
     src.write_text("Domain\na.example\n", encoding="utf-8")
     dest = tmp_path / "stored.csv"
-    import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
-    loaded = load_accredited(dest, today=TODAY, is_public_suffix=is_public_suffix)
+    import_accredited(src, dest, today=TODAY)
+    loaded = load_accredited(dest, today=TODAY)
     assert loaded.list_date == TODAY
     assert loaded.source == "a_list_date=1999-01-01.csv"
 
@@ -640,7 +632,7 @@ def test_failed_import_leaves_dest_untouched(tmp_path: Path, content: bytes) -> 
     dest = tmp_path / "accredited.csv"
     dest.write_text("previous contents\n", encoding="utf-8")
     with pytest.raises(AccreditedListError):
-        import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
+        import_accredited(src, dest, today=TODAY)
     assert dest.read_text(encoding="utf-8") == "previous contents\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accredited.csv", "new.csv"]
 
@@ -651,13 +643,11 @@ def test_import_replaces_and_keeps_file_mode(tmp_path: Path) -> None:
     dest = tmp_path / "accredited.csv"
     dest.write_text("old\n", encoding="utf-8")
     dest.chmod(0o640)
-    import_accredited(src, dest, today=TODAY, is_public_suffix=is_public_suffix)
-    assert list(load_accredited(dest, today=TODAY, is_public_suffix=is_public_suffix).entries) == [
-        "new.example"
-    ]
+    import_accredited(src, dest, today=TODAY)
+    assert list(load_accredited(dest, today=TODAY).entries) == ["new.example"]
     assert dest.stat().st_mode & 0o777 == 0o640
     fresh = tmp_path / "fresh.csv"
-    import_accredited(src, fresh, today=TODAY, is_public_suffix=is_public_suffix)
+    import_accredited(src, fresh, today=TODAY)
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) and not list(tmp_path.glob(".*.tmp"))
 

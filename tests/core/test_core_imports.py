@@ -1,7 +1,7 @@
-"""core/ is pure decisions: it must not reach into mech/ (protocol knowledge, DNS, I/O).
+"""core/ is pure decisions: no mech/ (protocol knowledge, DNS), no config, no I/O, no asyncio.
 
-What core needs from mech (the Public Suffix List for the accredited list) is passed in
-by the caller; this test keeps it that way.
+What core needs from outside (the Public Suffix List for the accredited list, the date)
+is passed in by the caller; this test keeps it that way.
 """
 
 import ast
@@ -29,5 +29,22 @@ def test_core_imports_nothing_from_mech():
     offending = {
         path.name: [name for name in _imports(path) if name.startswith("securemail.mech")]
         for path in modules
+    }
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+# Reaching the network, the disk, the clock's owner or the config from core is a layering
+# bug: decisions take their inputs as arguments so both the CLI and the gateway can share them.
+FORBIDDEN = ("securemail.config", "securemail.gateway", "securemail.check", "securemail.cli",
+             "securemail.dns", "securemail.files", "asyncio", "os", "socket", "tempfile",
+             "pathlib", "sqlite3", "ssl")  # fmt: skip
+
+
+def test_core_is_free_of_io_and_config():
+    offending = {
+        path.name: [
+            n for n in _imports(path) if any(n == f or n.startswith(f"{f}.") for f in FORBIDDEN)
+        ]
+        for path in sorted(CORE.glob("*.py"))
     }
     assert {name: found for name, found in offending.items() if found} == {}
