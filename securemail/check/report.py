@@ -16,10 +16,6 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from securemail import __version__
 from securemail.check.model import DomainReport, Finding, Status
 
@@ -33,7 +29,6 @@ MECHANISMS: dict[str, str] = {
     "tlsrpt": "TLS-RPT: reports of encryption failures",
     "dane": "DANE: certificates pinned in DNSSEC",
 }
-_STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
 _MEANING = {
     Status.PASS: "Meets the standard or guidance. Nothing to do.",
     Status.WARN: "Works, but falls short of guidance or good practice. Fix when you can.",
@@ -80,79 +75,6 @@ def clean(text: object) -> str:
         else c
         for c in str(text)
     )
-
-
-# --- terminal ---------------------------------------------------------------------------
-
-
-def _text(value: object, style: str = "") -> Text:
-    return Text(clean(value), style=style)
-
-
-def _status(status: Status) -> Text:
-    return Text(status.name, style=_STYLE[status])
-
-
-def _verdict_line(report: DomainReport) -> Text:
-    n = counts(report)
-    return Text.assemble(
-        _text(report.domain, "bold"),
-        ": ",
-        _status(report.verdict),
-        f" ({n[Status.FAIL]} fail, {n[Status.WARN]} warn, {n[Status.PASS]} pass)",
-    )
-
-
-def _terminal_domain(report: DomainReport, console: Console, *, detail: bool) -> None:
-    table = Table(title=_text(report.domain, "bold"), show_lines=False, expand=False)
-    for name in ("Status", "Check", "What we found", "How to fix"):
-        table.add_column(name, overflow="fold")
-    for _key, findings in grouped(report.findings):
-        for finding in findings:
-            found = _text(finding.message)
-            if finding.subject:
-                found = Text.assemble(_text(finding.subject, "bold"), ": ", found)
-            table.add_row(_status(finding.status), _text(finding.check), found, _text(finding.fix))
-        table.add_section()
-    if report.findings:
-        console.print(table)
-    if report.error:
-        console.print(Text.assemble(("error: ", "bold red"), _text(report.error)))
-    console.print(_verdict_line(report))
-    if detail and report.facts:
-        # ensure_ascii escapes every control/format character inside the values, so the
-        # only raw newlines are json's own indentation.
-        console.print(Text(json.dumps(report.facts, indent=2, ensure_ascii=True, default=str)))
-
-
-def render_terminal(reports: Sequence[DomainReport], console: Console, *, detail: bool) -> None:
-    """One domain: its findings and verdict. Several: a summary table (and with ``detail``,
-    each domain's findings after it). ``detail`` also prints the raw facts."""
-    if len(reports) == 1:
-        _terminal_domain(reports[0], console, detail=detail)
-        return
-    table = Table(title="Secure email assurance")
-    for name in ("Domain", "Verdict", "Fails", "Warns", "First failing check"):
-        table.add_column(name, overflow="fold")
-    for report in reports:
-        n = counts(report)
-        first = first_failure(report)
-        if report.error:
-            why = _text(f"error: {report.error}", "red")
-        else:
-            why = _text(f"{first.check} {first.subject}".strip()) if first else Text("-")
-        table.add_row(
-            _text(report.domain),
-            _status(report.verdict),
-            str(n[Status.FAIL]),
-            str(n[Status.WARN]),
-            why,
-        )
-    console.print(table)
-    if detail:
-        for report in reports:
-            console.print()
-            _terminal_domain(report, console, detail=True)
 
 
 # --- HTML -------------------------------------------------------------------------------

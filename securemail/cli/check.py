@@ -67,8 +67,9 @@ def check(
     """
     import datetime as dt
 
-    from securemail.check.report import render_html, render_terminal, to_json_line
+    from securemail.check.report import render_html, to_json_line
     from securemail.check.runner import ORDER, Checker, CheckOptions
+    from securemail.cli.check_report import render_terminal
     from securemail.dns import Resolver
 
     cfg = load_config(config)

@@ -13,7 +13,8 @@ from rich.console import Console
 
 import securemail
 from securemail.check.model import DomainReport, failed, passed, warned
-from securemail.check.report import render_html, render_terminal, to_json_line
+from securemail.check.report import render_html, to_json_line
+from securemail.cli.check_report import render_terminal
 
 HOSTILE = "<script>alert(1)</script>"
 MARKUP = "v=spf1 [bold]include:evil[/bold] [link=https://evil.example]x[/link] -all"
