@@ -546,7 +546,7 @@ def queue_list(
     table.add_column("last error / decision", ratio=2, overflow="fold")
     for m in messages:
         for r in m.recipients:
-            status = f"{r.status.value}\n{r.tls or 'no tls'}, {r.attempts} tries"
+            status = f"{r.status.value}\n{r.tls.label}, {r.attempts} tries"
             table.add_row(
                 f"{m.queue_id}\n{_when(m.received)}",
                 Text(f"{m.sender or '<>'}\n→ {r.rcpt}"),
@@ -573,7 +573,7 @@ def queue_show(
     out.print(Text(f"from <{info.sender}>  client {info.client}  user {info.auth_user or '-'}"))
     out.print(Text(f"sensitivity: {info.sensitivity or 'none'}"))
     for r in info.recipients:
-        out.print(Text(f"  <{r.rcpt}> {r.status.value} tls={r.tls or '-'} attempts={r.attempts}"))
+        out.print(Text(f"  <{r.rcpt}> {r.status.value} tls={r.tls.label} attempts={r.attempts}"))
         out.print(Text(f"      decision: {r.reason}"))
         if r.last_error:
             out.print(Text(f"      last: {r.last_error}"))
@@ -623,7 +623,7 @@ def _message_json(m: Any) -> dict[str, object]:
                 "rcpt": r.rcpt,
                 "domain": r.domain,
                 "status": r.status.value,
-                "tls": r.tls,
+                "tls": r.tls.label,
                 "reason": r.reason,
                 "attempts": r.attempts,
                 "next_attempt": r.next_attempt,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from securemail.config import Config
 from securemail.core.classify import Classifier
+from securemail.core.levels import TlsLevel
 from securemail.core.policy import Action, Decision, TlsRequirement, decide
 from securemail.core.rules import Status
 from securemail.core.sensitivity import Sensitivity, scan_message
@@ -223,7 +224,10 @@ class Gateway:
                 address=d.recipient,
                 domain=c.domain,
                 status=_STATUS_FOR[d.action],
-                tls=d.tls.label if d.tls is not None else None,
+                # Release rule (spool/store.py): held mail has no level; it is kept VERIFIED.
+                tls=TlsLevel.OPPORTUNISTIC
+                if d.tls is TlsRequirement.OPPORTUNISTIC
+                else TlsLevel.VERIFIED,
                 reason=d.reason,
             )
             for d, (_, c) in zip(decisions, t.recipients, strict=True)

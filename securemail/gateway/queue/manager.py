@@ -122,7 +122,7 @@ class QueueManager:
     def _dispatch(self, claimed: list[Delivery]) -> None:
         groups: dict[tuple[str, TlsRequirement], dict[str, list[Delivery]]] = defaultdict(dict)
         for d in claimed:
-            tls = TlsRequirement.REQUIRED if d.tls == "required" else TlsRequirement.OPPORTUNISTIC
+            tls = TlsRequirement.REQUIRED if d.tls.forced else TlsRequirement.OPPORTUNISTIC
             groups[(d.domain, tls)].setdefault(d.queue_id, []).append(d)
         for (domain, tls), by_message in groups.items():
             messages = list(by_message.values())

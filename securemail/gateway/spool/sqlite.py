@@ -11,6 +11,12 @@ Each request runs in its own SAVEPOINT, so one that fails is rolled back alone w
 rest of its batch commits. If the transaction itself is lost (disk full, I/O error), the
 batch is re-run one request per transaction, so every caller gets its own true answer.
 
+The schema version is ``PRAGMA user_version``. ``open()`` upgrades an older spool in place,
+in one transaction, so a crash mid-upgrade leaves the old spool as it was: version 1 kept
+``tls`` as nullable text ("required", "opportunistic", NULL for held sensitive mail);
+version 2 keeps a ``TlsLevel`` label, NOT NULL, and maps NULL (and anything unknown) to
+``verified`` under the release rule (see ``store``), never to something weaker.
+
 WAL with ``synchronous=FULL`` makes COMMIT durable before it returns, and lets the
 ``queue`` commands use the file while the gateway runs. Which DELIVERING recipients may be
 put back after a crash is settled by the kernel, not guessed: each open spool holds an
@@ -32,9 +38,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import store as s
 
 try:
@@ -46,29 +54,58 @@ T = TypeVar("T")
 _Request = tuple[Any, ...]  # (operation, args, future, the future's loop)
 _Result = tuple[_Request, BaseException | None, Any]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 30.0
-_SCHEMA = """
-PRAGMA foreign_keys = ON;
-PRAGMA journal_size_limit = 67108864;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- data last: listing the queue reads the small columns, not the body's pages.
-CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL,
-    received REAL NOT NULL, size INTEGER NOT NULL, client TEXT NOT NULL,
-    auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS recipients (
+_LEVELS = ", ".join(f"'{level.label}'" for level in TlsLevel if level > TlsLevel.NONE)
+_FINAL = ", ".join(f"'{status.value}'" for status in sorted(s.FINAL))
+_RECIPIENTS = f"""
+CREATE TABLE {{name}} (
     queue_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL, tls TEXT,
+    rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL,
+    tls TEXT NOT NULL CHECK (tls IN ({_LEVELS})),
     reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
     updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue_id, rcpt));
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
-"""
+    PRIMARY KEY (queue_id, rcpt))"""
+_DUE_INDEX = "CREATE INDEX recipients_due ON recipients (status, next_attempt)"
+_CREATE = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # data last: listing the queue reads the small columns, not the body's pages.
+    "CREATE TABLE messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL,"
+    " received REAL NOT NULL, size INTEGER NOT NULL, client TEXT NOT NULL,"
+    " auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL)",
+    _RECIPIENTS.format(name="recipients"),
+    _DUE_INDEX,
+    f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('done', '0')",  # noqa: S608
+)
+# Version 1 -> 2: SQLite cannot change a column's type or constraints, so the recipients
+# table is rebuilt (its "12-step" ALTER); v1_tls is _v1_tls, registered on the connection.
+_MIGRATIONS = {
+    1: (
+        _RECIPIENTS.format(name="recipients_v2"),
+        "INSERT INTO recipients_v2 SELECT queue_id, rcpt, domain, status, v1_tls(tls), reason,"
+        " attempts, next_attempt, last_error, updated, claimed_by, notified FROM recipients",
+        "DROP TABLE recipients",
+        "ALTER TABLE recipients_v2 RENAME TO recipients",
+        _DUE_INDEX,
+    ),
+}
 _DUE = (s.RcptStatus.QUEUED.value, s.RcptStatus.DEFERRED.value)
 _STOP = None
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """What group commit achieved: ``ops_committed / commits`` is the mean batch size.
+
+    For benchmarks and tests only, so it is kept beside this backend rather than in the
+    ``Spool`` protocol, which a backend without group commit would have to fake.
+    """
+
+    commits: int = 0  # transactions committed
+    ops_committed: int = 0  # requests that succeeded inside them
 
 
 class SqliteSpool:
@@ -83,8 +120,7 @@ class SqliteSpool:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.recovered = 0
-        self.commits = 0
-        self.ops_committed = 0
+        self.stats = SpoolStats()
         self._max_batch = max_batch
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # so that no request can slip in behind _STOP
@@ -171,6 +207,14 @@ class SqliteSpool:
 
     async def release(self, queue_id: str) -> int:
         return await self._call(_release, queue_id, time.time())
+
+    async def hand_off(self, queue_id: str, rcpts: Sequence[str], stage: str, reason: str) -> int:
+        if not stage.strip() or not reason.strip():
+            raise ValueError("a hand-off names the stage that takes over and why")
+        if not rcpts:
+            return 0
+        detail = f"handed off to {stage}: {reason}"
+        return await self._call(_hand_off, queue_id, tuple(rcpts), detail, time.time())
 
     async def delete(self, queue_id: str) -> bool:
         return await self._call(_delete, queue_id)
@@ -259,8 +303,8 @@ class SqliteSpool:
             if len(batch) == 1:
                 return [(batch[0], exc, None)]
             return [result for req in batch for result in self._execute([req])]
-        self.commits += 1
-        self.ops_committed += sum(1 for _, exc, _ in results if exc is None)
+        self.stats.commits += 1
+        self.stats.ops_committed += sum(1 for _, exc, _ in results if exc is None)
         return results
 
     def _settle(self, results: list[_Result]) -> None:
@@ -289,21 +333,46 @@ class SqliteSpool:
             if str(mode).lower() != "wal":
                 raise s.SpoolError(f"spool {self.path}: cannot use WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.executescript(_SCHEMA)  # each statement atomic; a rerun finishes the job
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('done', '0')",
-                (SCHEMA_VERSION,),
-            )
-            [version] = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if version != SCHEMA_VERSION:
-                raise s.SpoolError(
-                    f"spool {self.path} has schema version {version};"
-                    f" this securemail reads version {SCHEMA_VERSION}"
-                )
+            conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            self._schema(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _schema(self, conn: sqlite3.Connection) -> None:
+        """Create the schema, or upgrade an older one, in one transaction.
+
+        The version is read under the write lock, so two processes opening one old spool
+        at once upgrade it once: the second finds the work done.
+        """
+        conn.create_function("v1_tls", 1, _v1_tls, deterministic=True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _version(conn)
+            if version > SCHEMA_VERSION:
+                raise s.SpoolError(
+                    f"spool {self.path} has schema version {version};"
+                    f" this securemail reads version {SCHEMA_VERSION}"
+                )
+            if version == 0:  # a new spool: created at the current version
+                statements = _CREATE
+            else:
+                statements = tuple(
+                    sql for step in range(version, SCHEMA_VERSION) for sql in _MIGRATIONS[step]
+                )
+            for statement in statements:
+                conn.execute(statement)
+            # A securemail that reads version 1 looks only at meta: it must refuse this file.
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def _owner_file(self, token: str) -> Path:
         return self.path.with_name(f"{self.path.name}-owner-{token}")
@@ -349,6 +418,32 @@ class SqliteSpool:
         return recovered
 
 
+def _version(conn: sqlite3.Connection) -> int:
+    """The schema version: ``user_version`` since version 2; version 1 wrote it only in
+    ``meta`` (0 for an empty file). A disagreement means something else wrote the file:
+    the higher number wins, so a newer spool is refused rather than misread."""
+    [user] = conn.execute("PRAGMA user_version").fetchone()
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        return user
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        legacy = int(row[0]) if row else 1  # v1 created meta before it wrote its version
+    except ValueError:
+        raise s.SpoolError(f"unreadable spool schema version {row[0]!r}") from None
+    return max(user, legacy)
+
+
+def _v1_tls(text: str | None) -> str:
+    """A version-1 ``tls`` value as a level label, under the release rule: "required" is
+    VERIFIED, "opportunistic" stays; NULL (held sensitive mail) and anything unknown
+    become VERIFIED, so the upgrade can never weaken what a recipient gets."""
+    try:
+        level = TlsLevel.from_label(text) if text else TlsLevel.VERIFIED
+    except KeyError:
+        level = TlsLevel.VERIFIED
+    return (level if level > TlsLevel.NONE else TlsLevel.VERIFIED).label
+
+
 def _answer(answers: list[tuple[Any, ...]]) -> None:
     for future, error, value in answers:
         if future.done():  # the caller was cancelled
@@ -380,7 +475,7 @@ def _store(conn: sqlite3.Connection, queue_id: str, message: s.NewMessage) -> st
     conn.executemany(
         "INSERT INTO recipients (queue_id, rcpt, domain, status, tls, reason, next_attempt,"
         " updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(queue_id, r.address, r.domain, r.status, r.tls, r.reason, now, now)
+        [(queue_id, r.address, r.domain, r.status, r.tls.label, r.reason, now, now)
          for r in message.recipients],
     )  # fmt: skip
     return queue_id
@@ -403,7 +498,10 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
         "UPDATE recipients SET status = 'delivering', claimed_by = ?, updated = ? WHERE rowid = ?",
         [(token, time.time(), row[1]) for row in rows],
     )
-    return [s.Delivery(*row[2:-1], notified=bool(row[-1])) for row in rows]
+    return [
+        s.Delivery(*row[2:6], TlsLevel.from_label(row[6]), *row[7:10], notified=bool(row[10]))
+        for row in rows
+    ]
 
 
 def _data(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
@@ -421,11 +519,33 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
         [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
           o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
+    _remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+
+
+def _hand_off(
+    conn: sqlite3.Connection, queue_id: str, rcpts: tuple[str, ...], detail: str, now: float
+) -> int:
+    waiting = ", ".join(f"'{status.value}'" for status in sorted(s.HANDED_OFF_FROM))
+    moved = sum(
+        conn.execute(
+            "UPDATE recipients SET status = ?, last_error = ?, updated = ?, next_attempt = ?"  # noqa: S608
+            f" WHERE queue_id = ? AND rcpt = ? AND status IN ({waiting})",
+            (s.RcptStatus.HANDED_OFF, detail, now, now, queue_id, rcpt),
+        ).rowcount
+        for rcpt in dict.fromkeys(rcpts)
+    )
+    if moved:
+        _remove_if_final(conn, {queue_id})
+    return moved
+
+
+def _remove_if_final(conn: sqlite3.Connection, queue_ids: set[str]) -> None:
+    """Delete each message whose recipients are all final, and count it as done."""
     done = 0
-    for queue_id in sorted({o.queue_id for o in outcomes if o.status in s.FINAL}):
+    for queue_id in sorted(queue_ids):
         done += conn.execute(
-            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"
-            " WHERE queue_id = ? AND status NOT IN ('delivered', 'bounced'))",
+            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"  # noqa: S608
+            f" WHERE queue_id = ? AND status NOT IN ({_FINAL}))",
             (queue_id, queue_id),
         ).rowcount
     if done:
@@ -451,7 +571,9 @@ def _list(
     found: dict[str, tuple[Any, list[s.RcptState]]] = {}
     for row in rows:
         found.setdefault(row[0], (row[:7], []))[1].append(
-            s.RcptState(row[7], row[8], s.RcptStatus(row[9]), *row[10:])
+            s.RcptState(
+                row[7], row[8], s.RcptStatus(row[9]), TlsLevel.from_label(row[10]), *row[11:]
+            )
         )
     return [s.MessageInfo(*head, recipients=tuple(rcpts)) for head, rcpts in found.values()]
 
