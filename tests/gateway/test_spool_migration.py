@@ -12,7 +12,7 @@ import pytest
 
 from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import Outcome, RcptStatus, SpoolError, SqliteSpool
-from securemail.gateway.spool.sqlite import SCHEMA_VERSION
+from securemail.gateway.spool.schema import SCHEMA_VERSION
 
 # securemail/gateway/spool/sqlite.py at schema version 1, verbatim.
 V1_SCHEMA = """
