@@ -79,7 +79,7 @@ def queue_list(
             table.add_row(
                 lines(text(m.queue_id), text(_when(m.received))),
                 lines(text(m.sender or "<>"), text(f"→ {r.rcpt}")),
-                lines(text(r.status.value), text(f"{r.tls or 'no tls'}, {r.attempts} tries")),
+                lines(text(r.status.value), text(f"{r.tls.label}, {r.attempts} tries")),
                 text(r.last_error or r.reason),
             )
     out.print(table)
@@ -102,7 +102,7 @@ def queue_show(
     say(f"from <{info.sender}>  client {info.client}  user {info.auth_user or '-'}")
     say(f"sensitivity: {info.sensitivity or 'none'}")
     for r in info.recipients:
-        say(f"  <{r.rcpt}> {r.status.value} tls={r.tls or '-'} attempts={r.attempts}")
+        say(f"  <{r.rcpt}> {r.status.value} tls={r.tls.label} attempts={r.attempts}")
         say(f"      decision: {r.reason}")
         if r.last_error:
             say(f"      last: {r.last_error}")
@@ -152,7 +152,7 @@ def _message_json(m: MessageInfo) -> dict[str, object]:
                 "rcpt": r.rcpt,
                 "domain": r.domain,
                 "status": r.status.value,
-                "tls": r.tls,
+                "tls": r.tls.label,
                 "reason": r.reason,
                 "attempts": r.attempts,
                 "next_attempt": r.next_attempt,

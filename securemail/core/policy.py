@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 from securemail.core.classify import Classification
 from securemail.core.levels import TlsLevel
@@ -125,12 +125,3 @@ class Policy:
             f"sensitive message ({sensitivity.summary()}) to a recipient not known to be "
             f"secure: {_WHY[setting]}",
         )
-
-
-class TlsRequirement(IntEnum):  # MERGE: gone once outbound/queue use TlsLevel
-    OPPORTUNISTIC = 1
-    REQUIRED = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()

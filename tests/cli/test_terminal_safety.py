@@ -83,6 +83,7 @@ def test_usage_error_quoting_the_input_is_inert(tmp_path):
 def _seed_spool(path):
     """A message as the gateway would have stored it: a hostile sender, EHLO name and
     decision reason, then a delivery attempt whose remote reply was hostile too."""
+    from securemail.core.levels import TlsLevel
     from securemail.gateway.spool import (
         NewMessage,
         NewRecipient,
@@ -96,9 +97,9 @@ def _seed_spool(path):
         await spool.open()
         try:
             rcpts = (
-                NewRecipient("held@gmail.com", "gmail.com", RcptStatus.HELD, None,
+                NewRecipient("held@gmail.com", "gmail.com", RcptStatus.HELD, TlsLevel.VERIFIED,
                              f"held: {HOSTILE}sensitive"),
-                NewRecipient("jo@nhs.net", "nhs.net", RcptStatus.QUEUED, "required", "secure"),
+                NewRecipient("jo@nhs.net", "nhs.net", RcptStatus.QUEUED, TlsLevel.VERIFIED, "secure"),
             )  # fmt: skip
             message = NewMessage(
                 f"me{HOSTILE}@example.nhs.uk",

@@ -41,6 +41,7 @@ import pytest
 from harness.gatewaykit import ORG_DOMAIN, PASSWORD, add_mx, client_context, write_config
 from harness.smtpsink import SinkServer
 
+from securemail.core.levels import TlsLevel
 from securemail.gateway.inbound.users import add_user
 from securemail.gateway.outbound.deliver import Result
 from securemail.gateway.queue.manager import QueueManager, Schedule
@@ -765,7 +766,7 @@ async def test_stop_waits_for_a_claim_already_under_way(tmp_path):
     spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
     await spool.open()
     try:
-        rcpt = NewRecipient(SECURE_RCPT, "nhs.net", RcptStatus.QUEUED, "required", "test")
+        rcpt = NewRecipient(SECURE_RCPT, "nhs.net", RcptStatus.QUEUED, TlsLevel.VERIFIED, "test")
         data = message_for("crash-stop-claim", [SECURE_RCPT], 1)
         queue_id = await spool.store(NewMessage(sender=SENDER, recipients=(rcpt,), data=data))
         stalling, deliverer = _StallingSpool(spool), _AcceptingDeliverer()

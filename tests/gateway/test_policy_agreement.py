@@ -44,7 +44,8 @@ def _message(rcpt: str, sensitive: bool) -> bytes:
 
 
 def _level(value) -> TlsLevel:
-    return value if isinstance(value, TlsLevel) else TlsLevel.from_label(str(value))
+    assert isinstance(value, TlsLevel)
+    return value
 
 
 def _explain(config, rcpt: str, sensitive: bool, tmp_path) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from securemail.core.levels import TlsLevel
 from securemail.errors import ConfigError
 from securemail.gateway.spool import (
     NewMessage,
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 Q, D, H = RcptStatus.QUEUED, RcptStatus.DELIVERING, RcptStatus.HELD
 
 
-def rcpt(address, status=Q, tls="required"):
+def rcpt(address, status=Q, tls=TlsLevel.VERIFIED):
     return NewRecipient(address, address.rpartition("@")[2], status, tls, f"reason for {address}")
 
 
@@ -68,7 +69,7 @@ async def test_store_claim_deliver_removes_message(spool):
         (qid, "a@nhs.net", "nhs.net", 0, len(data)),
         (qid, "b@gmail.com", "gmail.com", 0, len(data)),
     ]
-    assert claimed[0].sender == "jo@example.nhs.uk" and claimed[0].tls == "required"
+    assert claimed[0].sender == "jo@example.nhs.uk" and claimed[0].tls is TlsLevel.VERIFIED
     assert await spool.claim_due(time.time(), 10) == []  # already claimed
     assert (await spool.counts())[D] == 2
 
@@ -89,7 +90,9 @@ async def test_store_claim_deliver_removes_message(spool):
 
 
 async def test_held_never_claimed_until_release(spool):
-    qid = await spool.store(msg(rcpt("x@gmail.com", H, None), "a@nhs.net"))
+    """The release rule: held sensitive mail is stored VERIFIED (the gateway maps the
+    decision's "no level" so) and a release keeps that level: never sent opportunistically."""
+    qid = await spool.store(msg(rcpt("x@gmail.com", H, TlsLevel.VERIFIED), "a@nhs.net"))
     far_future = time.time() + 10**6
     assert [d.rcpt for d in await spool.claim_due(far_future, 10)] == ["a@nhs.net"]
     assert await spool.claim_due(far_future, 10) == []
@@ -98,7 +101,59 @@ async def test_held_never_claimed_until_release(spool):
     assert await spool.release(qid) == 0
     assert await spool.release("NOSUCHID00000000") == 0
     [delivery] = await spool.claim_due(time.time(), 10)
-    assert (delivery.rcpt, delivery.tls) == ("x@gmail.com", None)
+    assert delivery.rcpt == "x@gmail.com" and delivery.tls is TlsLevel.VERIFIED
+
+
+async def test_every_level_crosses_the_spool_as_itself(spool):
+    levels = [level for level in TlsLevel if level > TlsLevel.NONE]
+    qid = await spool.store(msg(*(rcpt(f"r{int(lv)}@nhs.net", tls=lv) for lv in levels)))
+    assert [r.tls for r in (await spool.get(qid)).recipients] == levels
+    claimed = await spool.claim_due(time.time(), 10)
+    assert [d.tls for d in claimed] == levels
+    assert all(type(d.tls) is TlsLevel for d in claimed)
+
+
+@pytest.mark.parametrize("tls", [TlsLevel.NONE, "required", None, 2])
+async def test_only_a_sendable_level_is_queued(spool, tls):
+    with pytest.raises(ValueError, match="cannot be queued"):
+        await spool.store(msg(rcpt("a@nhs.net", tls=tls)))
+    assert (await spool.counts())["messages"] == 0
+
+
+async def test_hand_off_is_final_and_recorded(spool):
+    qid = await spool.store(msg(rcpt("x@gmail.com", H), rcpt("y@gmail.com", H), "a@nhs.net"))
+    [claimed] = await spool.claim_due(time.time(), 10)
+    before = time.time()
+    assert await spool.hand_off(qid, ["x@gmail.com", "x@gmail.com"], "portal", "link sent") == 1
+    assert await spool.hand_off(qid, ["x@gmail.com"], "portal", "again") == 0  # already final
+    assert await spool.hand_off(qid, ["a@nhs.net"], "portal", "in flight") == 0  # DELIVERING
+    assert await spool.hand_off(qid, ["nobody@gmail.com"], "portal", "unknown") == 0
+    assert await spool.hand_off("NOSUCHID00000000", ["x@gmail.com"], "portal", "gone") == 0
+    assert await spool.hand_off(qid, [], "portal", "nothing") == 0
+    states = {r.rcpt: r for r in (await spool.get(qid)).recipients}
+    x = states["x@gmail.com"]
+    assert (x.status, x.last_error) == (RcptStatus.HANDED_OFF, "handed off to portal: link sent")
+    assert x.updated >= before
+    assert states["y@gmail.com"].status is H and states["a@nhs.net"].status is D
+    assert await spool.release(qid) == 1  # y only: a hand-off is never undone by a release
+    assert {d.rcpt for d in await spool.claim_due(time.time(), 10)} == {"y@gmail.com"}
+    await spool.record(
+        [Outcome(qid, r, RcptStatus.DELIVERED, "250 ok") for r in (claimed.rcpt, "y@gmail.com")]
+    )
+    assert await spool.get(qid) is None  # every recipient final: the message is gone
+    counts = await spool.counts()
+    assert (counts["messages"], counts["done"], counts[RcptStatus.HANDED_OFF]) == (0, 1, 0)
+
+
+async def test_hand_off_of_the_last_recipient_removes_the_message(spool):
+    qid = await spool.store(msg(rcpt("x@gmail.com", H), rcpt("y@gmail.com", Q)))
+    assert await spool.hand_off(qid, ["x@gmail.com", "y@gmail.com"], "portal", "encrypted") == 2
+    assert await spool.get(qid) is None and await spool.message_data(qid) is None
+    assert (await spool.counts())["done"] == 1
+    with pytest.raises(ValueError, match="names the stage"):
+        await spool.hand_off(qid, ["x@gmail.com"], " ", "why")
+    with pytest.raises(ValueError, match="names the stage"):
+        await spool.hand_off(qid, ["x@gmail.com"], "portal", "")
 
 
 async def test_deferred_due_only_at_next_attempt_and_attempts_counted(spool):
@@ -175,7 +230,7 @@ async def test_list_get_and_counts(spool):
             received=1_700_000_000.5,
         )
     )
-    b = await spool.store(msg(rcpt("z@gmail.com", H, None), "c@nhs.net"))
+    b = await spool.store(msg(rcpt("z@gmail.com", H), "c@nhs.net"))
     c = await spool.store(msg("d@nhs.net"))
     assert [m.queue_id for m in await spool.list_messages()] == [a, b, c]
     assert [m.queue_id for m in await spool.list_messages(limit=2)] == [a, b]
@@ -201,6 +256,7 @@ async def test_list_get_and_counts(spool):
         "deferred": 0,
         "bounced": 0,
         "held": 1,
+        "handed-off": 0,
         "messages": 3,
         "done": 0,
     }
@@ -230,8 +286,8 @@ async def test_concurrent_stores_share_commits(spool):
     messages = [msg(f"r{i}@nhs.net", data=f"message {i}\r\n".encode() * 50) for i in range(200)]
     ids = await asyncio.gather(*(spool.store(m) for m in messages))
     assert len(set(ids)) == 200
-    assert spool.ops_committed >= 200
-    assert spool.commits <= 50, f"{spool.commits} commits for 200 stores"
+    assert spool.stats.ops_committed >= 200
+    assert spool.stats.commits <= 50, f"{spool.stats.commits} commits for 200 stores"
     datas = await asyncio.gather(*(spool.message_data(i) for i in ids))
     assert datas == [m.data for m in messages]
     assert (await spool.counts())["messages"] == 200
@@ -242,7 +298,7 @@ async def test_one_bad_op_in_a_batch_fails_alone(spool, tmp_path):
     # and the writer has to run them as (at most) two batches.
     blocker = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    commits = spool.commits
+    commits = spool.stats.commits
     messages = [msg(f"r{i}@nhs.net") for i in range(20)]
     messages[10] = msg("dup@nhs.net", "dup@nhs.net")  # primary key (queue_id, rcpt)
     pending = asyncio.gather(*(spool.store(m) for m in messages), return_exceptions=True)
@@ -254,7 +310,7 @@ async def test_one_bad_op_in_a_batch_fails_alone(spool, tmp_path):
     assert len(errors) == 1 and results[10] is errors[0]
     assert isinstance(errors[0], SpoolError)
     assert isinstance(errors[0].__cause__, sqlite3.IntegrityError)
-    assert spool.commits - commits <= 2
+    assert spool.stats.commits - commits <= 2
     assert (await spool.counts())["messages"] == 19
     stored = [await spool.get(r) for i, r in enumerate(results) if i != 10]
     assert [m.recipients[0].rcpt for m in stored] == [f"r{i}@nhs.net" for i in range(20) if i != 10]
@@ -268,11 +324,12 @@ async def test_invalid_requests_refused_before_queueing(spool):
         await spool.store(msg(rcpt("a@nhs.net", RcptStatus.DELIVERED)))
     with pytest.raises(ValueError, match="not an outcome"):
         await spool.record([Outcome("X", "a@nhs.net", H)])
-    assert spool.commits == 0
+    assert spool.stats.commits == 0
 
 
 CHILD_STORES = """
     import asyncio, sys
+    from securemail.core.levels import TlsLevel
     from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, SqliteSpool
 
     async def main(path):
@@ -281,7 +338,7 @@ CHILD_STORES = """
         async def worker(w):
             for i in range(10**6):
                 rcpts = tuple(NewRecipient(f"w{w}.{i}.{n}@nhs.net", "nhs.net", RcptStatus.QUEUED,
-                                           "required", "secure") for n in range(2))
+                                           TlsLevel.VERIFIED, "secure") for n in range(2))
                 data = f"worker {w} message {i}\\r\\n".encode() * 100
                 qid = await spool.store(NewMessage("s@example.nhs.uk", rcpts, data))
                 sys.stdout.write(f"{qid} {w} {i}\\n")
@@ -472,6 +529,11 @@ async def test_newer_schema_refused(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SpoolError, match="schema version 99"):
+        await SqliteSpool(path).open()
+    with sqlite3.connect(path) as db:  # the version is PRAGMA user_version since v2
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        db.execute("PRAGMA user_version = 3")
+    with pytest.raises(SpoolError, match="schema version 3; this securemail reads version 2"):
         await SqliteSpool(path).open()
     with pytest.raises(ValueError, match="synchronous"):
         SqliteSpool(path, synchronous="SOMETIMES")

@@ -220,7 +220,7 @@ def _recipients(
             address=d.recipient,
             domain=c.domain,
             status=_STATUS_FOR[d.action],
-            tls="required" if d.tls.forced else "opportunistic",  # MERGE: d.tls
+            tls=d.tls,
             reason=d.reason,
         )
         for d, (_, c) in zip(decisions, recipients, strict=True)

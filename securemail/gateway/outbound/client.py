@@ -1,10 +1,11 @@
-"""An SMTP client connection for delivery: STARTTLS policy, pipelining, reuse.
+"""An SMTP client connection for delivery: STARTTLS, pipelining, reuse.
 
 Written on asyncio streams rather than a general client library because the delivery
-guarantees live here: with TLS *required* no MAIL command is ever written before a
-verified handshake, whatever the server advertises or a man in the middle strips. Each
-protocol stage has its own RFC 5321 §4.5.3.2 timeout and a name, so every failure reads
-like Postfix's: "timeout while sending RCPT TO to mx.nhs.net[192.0.2.7]".
+guarantees rest on it: ``open`` stops after EHLO (and STARTTLS, when offered) and reports
+what it achieved as ``TlsFacts``; nothing of a message is written until the caller's
+policy chain has accepted those facts, whatever the server advertises or a man in the
+middle strips. Each protocol stage has its own RFC 5321 §4.5.3.2 timeout and a name, so
+every failure reads like Postfix's: "timeout while sending RCPT TO to mx.nhs.net[192.0.2.7]".
 
 One ``SmtpConnection`` carries many transactions (the queue manager reuses it for every
 message to the same destination), and uses PIPELINING (RFC 2920) when offered:
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from securemail.core.policy import TlsRequirement
+from securemail.core.levels import TlsFailure
 
 MAX_LINE = 2048
 _T = TypeVar("_T")
@@ -69,12 +70,52 @@ class Reply:
 
 
 class DeliveryError(Exception):
-    """A failure talking to one server; ``permanent`` says whether retrying can help."""
+    """A failure talking to one server; ``permanent`` says whether retrying can help.
 
-    def __init__(self, message: str, *, permanent: bool = False, tls: bool = False) -> None:
+    ``failure`` is set when the failure is a TLS requirement that could not be met, in
+    RFC 8460 terms, so the delay notice and (later) TLS-RPT can say exactly why.
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, failure: TlsFailure | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
-        self.tls = tls  # the failure was TLS policy: forced TLS could not be met
+        self.failure = failure
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFacts:
+    """What ``SmtpConnection.open`` achieved, for the delivery policy to judge."""
+
+    peer: str  # "host[ip]:port", for messages
+    starttls: bool  # the server offered STARTTLS (after any stripping on the way)
+    version: str | None = None  # the negotiated protocol, None without TLS
+    verified: bool = False  # the chain and the MX host name were verified (PKIX)
+    failure: TlsFailure | None = None  # the handshake failed, and why (connection closed)
+    error: str = ""  # the handshake failure as a person reads it
+
+
+# OpenSSL's X509_V_ERR_* codes (``SSLCertVerificationError.verify_code``) → RFC 8460 §4.3.
+_VERIFY_FAILURES = {
+    10: TlsFailure.CERTIFICATE_EXPIRED,  # X509_V_ERR_CERT_HAS_EXPIRED
+    62: TlsFailure.CERTIFICATE_HOST_MISMATCH,  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: TlsFailure.CERTIFICATE_HOST_MISMATCH,  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    2: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    27: TlsFailure.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_CERT_UNTRUSTED
+}
+
+
+def handshake_failure(exc: BaseException) -> TlsFailure:
+    """The RFC 8460 result type for a failed handshake; anything that is not a named
+    certificate problem (protocol or cipher mismatch, a reset) is a validation failure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_FAILURES.get(exc.verify_code, TlsFailure.VALIDATION_FAILURE)
+    return TlsFailure.VALIDATION_FAILURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +137,7 @@ class SmtpConnection:
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.verified = False
+        self.verified_by = ""  # set by whoever accepted the facts: the check that verified
         self.transactions = 0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -109,12 +151,13 @@ class SmtpConnection:
     def is_open(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
-    async def open(self, tls: TlsRequirement, context: ssl.SSLContext) -> None:
-        """Connect, EHLO, and STARTTLS as ``tls`` demands.
+    async def open(self, context: ssl.SSLContext) -> TlsFacts:
+        """Connect, EHLO, and STARTTLS with ``context`` if the server offers it.
 
-        With ``REQUIRED``: no STARTTLS offered, or a handshake that fails verification,
-        raises a temporary, TLS-flagged ``DeliveryError`` and closes the connection
-        before anything of the message is written.
+        Whether the result is good enough is not decided here: the caller asks its policy
+        before sending anything. A failed handshake closes the connection and is reported
+        in the facts, typed; only failures before TLS (connect, greeting, EHLO, a refused
+        STARTTLS) raise ``DeliveryError``.
         """
         try:
             self._reader, self._writer = await self._timed(
@@ -126,12 +169,7 @@ class SmtpConnection:
         await self._expect(Stage.GREETING, 220)
         await self._ehlo()
         if "STARTTLS" not in self.extensions:
-            if tls is TlsRequirement.REQUIRED:
-                await self.close()
-                raise DeliveryError(
-                    f"TLS is required but {self.peer} did not offer STARTTLS", tls=True
-                )
-            return
+            return TlsFacts(self.peer, starttls=False)
         await self._command(Stage.STARTTLS, b"STARTTLS\r\n", expect=220)
         try:
             assert self._writer is not None
@@ -141,15 +179,18 @@ class SmtpConnection:
         except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
             await self.close()
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-            raise DeliveryError(
-                f"TLS handshake with {self.peer} failed: {reason}",
-                tls=tls is TlsRequirement.REQUIRED,
-            ) from None
+            return TlsFacts(
+                self.peer,
+                starttls=True,
+                failure=handshake_failure(exc),
+                error=f"TLS handshake with {self.peer} failed: {reason}",
+            )
         ssl_object = self._writer.get_extra_info("ssl_object")
         self.tls_version = ssl_object.version() if ssl_object else None
         self.cipher = ssl_object.cipher()[0] if ssl_object else None
-        self.verified = context.verify_mode == ssl.CERT_REQUIRED
+        self.verified = context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
         await self._ehlo()
+        return TlsFacts(self.peer, True, self.tls_version, self.verified)
 
     async def send(self, sender: str, rcpts: Sequence[str], data: bytes) -> TransactionResult:
         """One mail transaction. Replies are returned, not raised: the caller decides

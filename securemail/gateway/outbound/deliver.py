@@ -1,45 +1,35 @@
-"""Deliver a batch of messages for one destination, with the TLS the policy demands.
+"""Deliver a batch of messages for one destination, at the TLS level the policy demands.
 
-The queue manager hands over every due recipient for one (domain, TLS requirement);
-this module finds where that domain's mail goes (MX, implicit MX, null MX, or our
-internal server for our own domains), opens connections in MX preference order, and
-sends the messages over as few connections as it can: idle connections are kept per
-destination for a few seconds and reused (Postfix's connection cache), which spares a
-TCP and TLS handshake per message.
-
-Forced TLS is enforced in ``SmtpConnection.open``; here a TLS failure on one MX host
-moves on to the next host, and if none can meet it the recipients are deferred, never
-sent in the clear.
+The queue manager hands over every due recipient for one (domain, ``TlsLevel``). The
+Deliverer asks its policy chain (``policy.py``) what that destination needs, routes it
+(``route.py``), tries the MX hosts in preference order, and sends the messages over as
+few connections as it can, reusing idle ones (``pool.py``). It holds no TLS rule of its
+own: a connection is used only once the chain has accepted what ``SmtpConnection.open``
+achieved, so a refusal on one MX host moves on to the next, and if none meets the level
+the recipients are deferred with the refusal's RFC 8460 failure type, never sent in the
+clear.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from securemail.core.policy import TlsRequirement
+from securemail.core.levels import TlsFailure, TlsLevel
 from securemail.dns import DnsError, DnsNotFound, DnsTemporaryError, Resolver
 from securemail.gateway.outbound.client import DeliveryError, Reply, SmtpConnection
+from securemail.gateway.outbound.policy import DeliveryPolicy, Refusal, default_policy
+from securemail.gateway.outbound.pool import ConnectionPool, PoolKey
+from securemail.gateway.outbound.route import Router
 
 log = logging.getLogger("securemail.delivery")
 
-IDLE_SECONDS = 5.0
-MAX_IDLE_PER_DESTINATION = 32
 MESSAGES_PER_CONNECTION = 500
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where to connect: (host name used for TLS verification, port)."""
-
-    hosts: tuple[str, ...]
-    port: int
-    literal_ip: str | None = None  # for the internal server given as IP:port
+Report = Callable[[list["Result"]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +50,16 @@ class Result:
     delivered: bool
     permanent: bool
     detail: str
-    tls_failure: bool = False
+    tls_failure: TlsFailure | None = None  # the TLS requirement was not met, and why
+    verified_by: str = ""  # which check verified the peer ("pkix:mx-hostname"), "" if none
 
 
 class Deliverer:
-    """Routes and sends; owns the connection cache."""
+    """Asks the policy chain, routes, and sends; owns the connection pool.
+
+    ``verified`` is the handshake context for levels that are ``forced`` (it checks the
+    chain and the MX host name), ``opportunistic`` the one for the others.
+    """
 
     def __init__(
         self,
@@ -75,36 +70,22 @@ class Deliverer:
         verified: ssl.SSLContext,
         opportunistic: ssl.SSLContext,
         internal: dict[str, tuple[str, int]] | None = None,
+        policy: DeliveryPolicy | None = None,
     ) -> None:
-        self.resolver = resolver
+        self.router = Router(resolver, port=port, internal=internal)
         self.helo = helo
-        self.port = port
-        self.contexts = {
-            TlsRequirement.REQUIRED: verified,
-            TlsRequirement.OPPORTUNISTIC: opportunistic,
-        }
-        self.internal = internal or {}
-        self._idle: dict[tuple[str, str, int, TlsRequirement], list[tuple[float, SmtpConnection]]]
-        self._idle = defaultdict(list)
-        self._closing: set[asyncio.Future[None]] = set()
-
-    async def route(self, domain: str) -> Route:
-        """Raises DnsError subclasses; DnsNotFound / null MX are permanent."""
-        if domain in self.internal:
-            ip, port = self.internal[domain]
-            return Route((ip,), port, literal_ip=ip)
-        mx = await self.resolver.mx(domain)
-        if mx.null:
-            raise DnsNotFound(f"{domain} accepts no mail (null MX, RFC 7505)")
-        return Route(tuple(h.host for h in mx.hosts), self.port)
+        self.verified = verified
+        self.opportunistic = opportunistic
+        self.policy = policy or default_policy()
+        self.pool = ConnectionPool()
 
     async def deliver(
         self,
         domain: str,
-        tls: TlsRequirement,
+        level: TlsLevel,
         items: Sequence[Item],
         *,
-        report: Callable[[list[Result]], None] | None = None,
+        report: Report | None = None,
     ) -> list[Result]:
         """Deliver every item; one Result per (item, recipient).
 
@@ -112,25 +93,40 @@ class Deliverer:
         arrives, so the caller can record them at once: a crash then can only repeat
         the one message in flight, not every message already sent on the connection.
         """
+        prepared = await self.policy.prepare(domain, level)
+        if isinstance(prepared, Refusal):
+            return _all(items, prepared.permanent, prepared.detail, failure=prepared.failure)
         try:
-            route = await self.route(domain)
+            route = await self.router.route(domain)
         except DnsTemporaryError as exc:
-            return _all(items, False, False, f"DNS lookup for {domain} failed: {exc}")
+            return _all(items, False, f"DNS lookup for {domain} failed: {exc}")
         except DnsNotFound as exc:
-            return _all(items, False, True, f"no mail servers for {domain}: {exc}")
+            return _all(items, True, f"no mail servers for {domain}: {exc}")
         except DnsError as exc:
-            return _all(items, False, False, f"DNS error for {domain}: {exc}")
+            return _all(items, False, f"DNS error for {domain}: {exc}")
         pending = list(items)
         results: list[Result] = []
         errors: list[str] = []
-        tls_failures = 0
+        failure: TlsFailure | None = None  # the last TLS requirement not met
+
+        def failed(exc: DeliveryError) -> None:
+            """One server (or the policy for it) said no: a permanent no ends it all."""
+            nonlocal pending, failure
+            errors.append(str(exc))
+            failure = exc.failure or failure
+            if exc.permanent:
+                results.extend(_all(pending, True, str(exc), failure=exc.failure))
+                pending = []
+
         for host in route.hosts:
             if not pending:
                 break
+            host_level = await self.policy.check_mx(domain, host, prepared)
+            if isinstance(host_level, Refusal):
+                failed(host_level.error())
+                continue
             try:
-                ips = (
-                    [route.literal_ip] if route.literal_ip else await self.resolver.addresses(host)
-                )
+                ips = await self.router.addresses(route, host)
             except DnsError as exc:
                 errors.append(f"{host}: {exc}")
                 continue
@@ -138,53 +134,51 @@ class Deliverer:
                 if not pending:
                     break
                 try:
-                    done = await self._deliver_via(host, ip, route.port, tls, pending, report)
+                    key = (host, ip, route.port, host_level)
+                    done = await self._deliver_via(domain, key, pending, report)
                 except DeliveryError as exc:
-                    errors.append(str(exc))
-                    tls_failures += exc.tls
-                    if exc.permanent:
-                        results += _all(pending, False, True, str(exc))
-                        pending = []
+                    failed(exc)
                     continue
                 results += done
                 finished = {r.queue_id for r in done}
                 pending = [i for i in pending if i.queue_id not in finished]
         if pending:
             detail = "; ".join(errors[-3:]) or f"no usable mail server for {domain}"
-            results += _all(pending, False, False, detail, tls=tls_failures > 0)
+            results += _all(pending, False, detail, failure=failure)
         return results
 
     async def _deliver_via(
-        self,
-        host: str,
-        ip: str,
-        port: int,
-        tls: TlsRequirement,
-        items: list[Item],
-        report: Callable[[list[Result]], None] | None,
+        self, domain: str, key: PoolKey, items: list[Item], report: Report | None
     ) -> list[Result]:
-        """Send as many items as possible through one connection to ``ip``.
+        """Send as many items as possible through one connection to ``key``'s address.
 
-        Returns results for the items attempted; raises ``DeliveryError`` if the
-        connection could not be opened (nothing attempted) so the caller tries the next.
+        Returns results for the items attempted; raises ``DeliveryError`` if no usable
+        connection could be had (nothing attempted), so the caller tries the next.
         """
-        key = (host, ip, port, tls)
-        conn = self._take_idle(key)
+        conn = self.pool.take(key)
         if conn is not None:
             try:
                 return await self._send_all(key, conn, items, report)
             except DeliveryError:
                 pass  # the server closed the idle connection: start afresh
+        host, ip, port, level = key
         conn = SmtpConnection(host, ip, port, helo=self.helo)
-        await conn.open(tls, self.contexts[tls])
+        facts = await conn.open(self.verified if level.forced else self.opportunistic)
+        try:
+            verdict = await self.policy.check_conn(domain, host, facts, level)
+        except BaseException:  # a link's bug or cancellation: never leave the session open
+            await conn.close()
+            raise
+        if isinstance(verdict, Refusal):
+            await conn.close()
+            raise verdict.error()
+        if not conn.is_open:  # the handshake failed where the policy did not need TLS
+            raise DeliveryError(facts.error)
+        conn.verified_by = verdict.verified_by
         return await self._send_all(key, conn, items, report)
 
     async def _send_all(
-        self,
-        key: tuple[str, str, int, TlsRequirement],
-        conn: SmtpConnection,
-        items: list[Item],
-        report: Callable[[list[Result]], None] | None,
+        self, key: PoolKey, conn: SmtpConnection, items: list[Item], report: Report | None
     ) -> list[Result]:
         results: list[Result] = []
         try:
@@ -200,10 +194,10 @@ class Deliverer:
             if not results:
                 raise
             # The connection broke mid-batch: what is left is retried on the next pass.
-            results += _all(left[:1], False, exc.permanent, str(exc))
+            results += _all(left[:1], exc.permanent, str(exc))
             return results
         if conn.is_open and conn.transactions < MESSAGES_PER_CONNECTION * 4:
-            self._park(key, conn)
+            self.pool.park(key, conn)
         else:
             await conn.close()
         return results
@@ -236,53 +230,24 @@ class Deliverer:
                 "sent" if delivered else ("bounced" if reply.code >= 500 else "deferred"),
                 str(reply)[:200],
             )
-            out.append(Result(item.queue_id, rcpt, delivered, reply.code >= 500, detail))
+            permanent = reply.code >= 500
+            out.append(
+                Result(item.queue_id, rcpt, delivered, permanent, detail, None, conn.verified_by)
+            )
         return out
 
-    def _take_idle(self, key: tuple[str, str, int, TlsRequirement]) -> SmtpConnection | None:
-        now = time.monotonic()
-        idle = self._idle.get(key)
-        while idle:
-            parked, conn = idle.pop()
-            if now - parked < IDLE_SECONDS and conn.is_open:
-                return conn
-            self._close_later(conn)
-        return None
-
-    def _park(self, key: tuple[str, str, int, TlsRequirement], conn: SmtpConnection) -> None:
-        idle = self._idle[key]
-        if len(idle) >= MAX_IDLE_PER_DESTINATION:
-            self._close_later(conn)
-            return
-        idle.append((time.monotonic(), conn))
-
-    def _close_later(self, conn: SmtpConnection) -> None:
-        task = asyncio.ensure_future(conn.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
     async def close(self) -> None:
-        conns = [c for idle in self._idle.values() for _, c in idle]
-        self._idle.clear()
-        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        await self.pool.close()
 
     async def expire_idle(self) -> None:
         """Close connections idle too long (called by the queue manager's loop)."""
-        now = time.monotonic()
-        for key, idle in list(self._idle.items()):
-            keep = [(t, c) for t, c in idle if now - t < IDLE_SECONDS and c.is_open]
-            for t, c in idle:
-                if (t, c) not in keep:
-                    await c.close()
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
+        await self.pool.expire()
 
 
 def _all(
-    items: Sequence[Item], delivered: bool, permanent: bool, detail: str, *, tls: bool = False
+    items: Sequence[Item], permanent: bool, detail: str, *, failure: TlsFailure | None = None
 ) -> list[Result]:
+    """The same undelivered result for every recipient of ``items``."""
     return [
-        Result(i.queue_id, r, delivered, permanent, detail, tls) for i in items for r in i.rcpts
+        Result(i.queue_id, r, False, permanent, detail, failure) for i in items for r in i.rcpts
     ]

@@ -2,13 +2,14 @@
 
 Postfix's qmgr in miniature. Each pass claims what is due from the spool (claiming
 marks it ``delivering`` in the same transaction, so a crash leaves it to be retried on
-the next start), groups recipients by (destination domain, TLS requirement) and by
-message, and runs one task per connection's worth of messages, bounded by a global
-connection limit and a per-destination one. Outcomes go back to the spool in groups.
+the next start), groups recipients by (destination domain, ``TlsLevel`` from the spool
+record) and by message, and runs one task per connection's worth of messages, bounded by
+a global connection limit and a per-destination one. Outcomes go back to the spool in
+groups.
 
-Temporary failures are retried with exponential backoff and jitter (so a recovering
-server is not hit by every deferred message at once) until ``max_lifetime``; then, or
-on a permanent failure, the recipient is bounced and the sender gets a DSN.
+What a result means (delivered, bounced, deferred until when, delay notice or not) is
+decided by the pure ``schedule.next_step``; this module only acts on it: records the
+outcome, sends the DSN or the notice, logs.
 """
 
 from __future__ import annotations
@@ -19,29 +20,15 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from securemail.core.policy import TlsRequirement
+from securemail.core.levels import TlsLevel
 from securemail.gateway.outbound.deliver import Deliverer, Item, Result
+from securemail.gateway.queue.schedule import Schedule, age_text, next_step
 from securemail.gateway.spool import Delivery, Outcome, RcptStatus, Spool
 
 log = logging.getLogger("securemail.queue")
 
 Bounce = Callable[[Delivery, str, bytes], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    retry_base: float = 60.0
-    retry_max: float = 3600.0
-    max_lifetime: float = 5 * 86400.0
-    jitter: float = 0.2
-    tls_notify_after: float = 900.0  # forced TLS still failing by then: tell the sender
-
-    def next_attempt(self, now: float, attempts: int, rng: random.Random) -> float:
-        """Exponential backoff: base·2^(n-1), capped, ±jitter."""
-        delay = min(self.retry_base * 2 ** max(attempts - 1, 0), self.retry_max)
-        return now + delay * (1 + rng.uniform(-self.jitter, self.jitter))
 
 
 class QueueManager:
@@ -120,10 +107,9 @@ class QueueManager:
         await self.deliverer.close()
 
     def _dispatch(self, claimed: list[Delivery]) -> None:
-        groups: dict[tuple[str, TlsRequirement], dict[str, list[Delivery]]] = defaultdict(dict)
+        groups: dict[tuple[str, TlsLevel], dict[str, list[Delivery]]] = defaultdict(dict)
         for d in claimed:
-            tls = TlsRequirement.REQUIRED if d.tls == "required" else TlsRequirement.OPPORTUNISTIC
-            groups[(d.domain, tls)].setdefault(d.queue_id, []).append(d)
+            groups[(d.domain, d.tls)].setdefault(d.queue_id, []).append(d)
         for (domain, tls), by_message in groups.items():
             messages = list(by_message.values())
             lanes = min(self.per_destination, max(1, len(messages) // 4 + 1))
@@ -138,9 +124,7 @@ class QueueManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(
-        self, domain: str, tls: TlsRequirement, messages: list[list[Delivery]]
-    ) -> None:
+    async def _deliver(self, domain: str, tls: TlsLevel, messages: list[list[Delivery]]) -> None:
         count = sum(len(m) for m in messages)
         try:
             async with self.connections:
@@ -197,63 +181,36 @@ class QueueManager:
         bounces: list[tuple[Delivery, str, bytes]] = []
         for r in results:
             delivery, data = by_key[(r.queue_id, r.rcpt)]
-            if r.delivered:
-                outcomes.append(Outcome(r.queue_id, r.rcpt, RcptStatus.DELIVERED, r.detail))
-                continue
-            expired = now - delivery.received > self.schedule.max_lifetime
-            if r.permanent or expired:
-                detail = (
-                    r.detail
-                    if r.permanent
-                    else f"gave up after {_age(now - delivery.received)}: {r.detail}"
-                )
-                outcomes.append(Outcome(r.queue_id, r.rcpt, RcptStatus.BOUNCED, detail))
-                bounces.append((delivery, detail, data))
-                log.warning("bounced id=%s rcpt=<%s> reason=%r", r.queue_id, r.rcpt, detail)
-                continue
-            when = self.schedule.next_attempt(now, delivery.attempts + 1, self.rng)
-            notify = self._tls_notice_due(r, delivery, now, when)
+            step = next_step(r, delivery, now, self.schedule, self.rng)
+            if step.status is RcptStatus.BOUNCED:
+                bounces.append((delivery, step.detail, data))
+                log.warning("bounced id=%s rcpt=<%s> reason=%r", r.queue_id, r.rcpt, step.detail)
+            notify = step.notice_due and self.delay_notice is not None
             if notify:
-                waited = _age(now - delivery.received)
                 log.warning(
-                    "ALERT forced TLS failing id=%s rcpt=<%s> for %s; sender <%s> notified: %s",
-                    r.queue_id, r.rcpt, waited, delivery.sender, r.detail,
+                    "ALERT forced TLS failing id=%s rcpt=<%s> failure=%s for %s;"
+                    " sender <%s> notified: %s",
+                    r.queue_id, r.rcpt, r.tls_failure, age_text(now - delivery.received),
+                    delivery.sender, r.detail,
                 )  # fmt: skip
                 assert self.delay_notice is not None
                 await self.delay_notice(delivery, r.detail, data)
             outcomes.append(
-                Outcome(r.queue_id, r.rcpt, RcptStatus.DEFERRED, r.detail, when, notified=notify)
+                Outcome(
+                    r.queue_id, r.rcpt, step.status, step.detail, step.next_attempt, notified=notify
+                )
             )
-            log.info(
-                "deferred id=%s rcpt=<%s> tls_failure=%s retry_in=%.0fs reason=%r",
-                r.queue_id,
-                r.rcpt,
-                "yes" if r.tls_failure else "no",
-                when - now,
-                r.detail,
-            )
+            if step.status is RcptStatus.DEFERRED:
+                log.info(
+                    "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r",
+                    r.queue_id,
+                    r.rcpt,
+                    "yes" if r.tls_failure else "no",
+                    r.tls_failure or "-",
+                    step.next_attempt - now,
+                    r.detail,
+                )
         for delivery, detail, data in bounces:
             if delivery.sender:
                 await self.bounce(delivery, detail, data)
         await self.spool.record(outcomes)
-
-    def _tls_notice_due(self, r: Result, delivery: Delivery, now: float, retry: float) -> bool:
-        """Notify once, no later than ``tls_notify_after``: at the last deferral before it.
-
-        Clinical safety (DESIGN.md): forced TLS is never relaxed, so a sender must not be
-        left believing a time-critical message arrived while it waits for a TLS fix.
-        """
-        if not r.tls_failure or delivery.notified or self.delay_notice is None:
-            return False
-        if not delivery.sender:
-            return False
-        deadline = delivery.received + self.schedule.tls_notify_after
-        return now >= deadline or retry > deadline
-
-
-def _age(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds:.0f} seconds"

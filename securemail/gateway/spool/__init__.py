@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from securemail.errors import ConfigError
-from securemail.gateway.spool.sqlite import SqliteSpool
+from securemail.gateway.spool.sqlite import SpoolStats, SqliteSpool
 from securemail.gateway.spool.store import (
     Delivery,
     MessageInfo,
@@ -35,6 +35,7 @@ __all__ = [
     "Spool",
     "SpoolClosedError",
     "SpoolError",
+    "SpoolStats",
     "SqliteSpool",
     "new_queue_id",
     "open_spool",

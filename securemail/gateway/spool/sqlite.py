@@ -11,6 +11,8 @@ Each request runs in its own SAVEPOINT, so one that fails is rolled back alone w
 rest of its batch commits. If the transaction itself is lost (disk full, I/O error), the
 batch is re-run one request per transaction, so every caller gets its own true answer.
 
+``open()`` creates the schema or upgrades an older one in place (``schema.py``).
+
 WAL with ``synchronous=FULL`` makes COMMIT durable before it returns, and lets the
 ``queue`` commands use the file while the gateway runs. Which DELIVERING recipients may be
 put back after a crash is settled by the kernel, not guessed: each open spool holds an
@@ -32,10 +34,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import store as s
+from securemail.gateway.spool.schema import FINAL_SQL, prepare
 
 try:
     import fcntl
@@ -46,29 +51,23 @@ T = TypeVar("T")
 _Request = tuple[Any, ...]  # (operation, args, future, the future's loop)
 _Result = tuple[_Request, BaseException | None, Any]
 
-SCHEMA_VERSION = "1"
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 30.0
-_SCHEMA = """
-PRAGMA foreign_keys = ON;
-PRAGMA journal_size_limit = 67108864;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- data last: listing the queue reads the small columns, not the body's pages.
-CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL,
-    received REAL NOT NULL, size INTEGER NOT NULL, client TEXT NOT NULL,
-    auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS recipients (
-    queue_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL, tls TEXT,
-    reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue_id, rcpt));
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
-"""
 _DUE = (s.RcptStatus.QUEUED.value, s.RcptStatus.DEFERRED.value)
 _STOP = None
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """What group commit achieved: ``ops_committed / commits`` is the mean batch size.
+
+    For benchmarks and tests only, so it is kept beside this backend rather than in the
+    ``Spool`` protocol, which a backend without group commit would have to fake.
+    """
+
+    commits: int = 0  # transactions committed
+    ops_committed: int = 0  # requests that succeeded inside them
 
 
 class SqliteSpool:
@@ -83,8 +82,7 @@ class SqliteSpool:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.recovered = 0
-        self.commits = 0
-        self.ops_committed = 0
+        self.stats = SpoolStats()
         self._max_batch = max_batch
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # so that no request can slip in behind _STOP
@@ -171,6 +169,14 @@ class SqliteSpool:
 
     async def release(self, queue_id: str) -> int:
         return await self._call(_release, queue_id, time.time())
+
+    async def hand_off(self, queue_id: str, rcpts: Sequence[str], stage: str, reason: str) -> int:
+        if not stage.strip() or not reason.strip():
+            raise ValueError("a hand-off names the stage that takes over and why")
+        if not rcpts:
+            return 0
+        detail = f"handed off to {stage}: {reason}"
+        return await self._call(_hand_off, queue_id, tuple(rcpts), detail, time.time())
 
     async def delete(self, queue_id: str) -> bool:
         return await self._call(_delete, queue_id)
@@ -259,8 +265,8 @@ class SqliteSpool:
             if len(batch) == 1:
                 return [(batch[0], exc, None)]
             return [result for req in batch for result in self._execute([req])]
-        self.commits += 1
-        self.ops_committed += sum(1 for _, exc, _ in results if exc is None)
+        self.stats.commits += 1
+        self.stats.ops_committed += sum(1 for _, exc, _ in results if exc is None)
         return results
 
     def _settle(self, results: list[_Result]) -> None:
@@ -289,17 +295,9 @@ class SqliteSpool:
             if str(mode).lower() != "wal":
                 raise s.SpoolError(f"spool {self.path}: cannot use WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.executescript(_SCHEMA)  # each statement atomic; a rerun finishes the job
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('done', '0')",
-                (SCHEMA_VERSION,),
-            )
-            [version] = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if version != SCHEMA_VERSION:
-                raise s.SpoolError(
-                    f"spool {self.path} has schema version {version};"
-                    f" this securemail reads version {SCHEMA_VERSION}"
-                )
+            conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            prepare(conn, self.path)
         except BaseException:
             conn.close()
             raise
@@ -380,7 +378,7 @@ def _store(conn: sqlite3.Connection, queue_id: str, message: s.NewMessage) -> st
     conn.executemany(
         "INSERT INTO recipients (queue_id, rcpt, domain, status, tls, reason, next_attempt,"
         " updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(queue_id, r.address, r.domain, r.status, r.tls, r.reason, now, now)
+        [(queue_id, r.address, r.domain, r.status, r.tls.label, r.reason, now, now)
          for r in message.recipients],
     )  # fmt: skip
     return queue_id
@@ -403,7 +401,10 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
         "UPDATE recipients SET status = 'delivering', claimed_by = ?, updated = ? WHERE rowid = ?",
         [(token, time.time(), row[1]) for row in rows],
     )
-    return [s.Delivery(*row[2:-1], notified=bool(row[-1])) for row in rows]
+    return [
+        s.Delivery(*row[2:6], TlsLevel.from_label(row[6]), *row[7:10], notified=bool(row[10]))
+        for row in rows
+    ]
 
 
 def _data(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
@@ -421,11 +422,33 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
         [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
           o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
+    _remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+
+
+def _hand_off(
+    conn: sqlite3.Connection, queue_id: str, rcpts: tuple[str, ...], detail: str, now: float
+) -> int:
+    waiting = ", ".join(f"'{status.value}'" for status in sorted(s.HANDED_OFF_FROM))
+    moved = sum(
+        conn.execute(
+            "UPDATE recipients SET status = ?, last_error = ?, updated = ?, next_attempt = ?"  # noqa: S608
+            f" WHERE queue_id = ? AND rcpt = ? AND status IN ({waiting})",
+            (s.RcptStatus.HANDED_OFF, detail, now, now, queue_id, rcpt),
+        ).rowcount
+        for rcpt in dict.fromkeys(rcpts)
+    )
+    if moved:
+        _remove_if_final(conn, {queue_id})
+    return moved
+
+
+def _remove_if_final(conn: sqlite3.Connection, queue_ids: set[str]) -> None:
+    """Delete each message whose recipients are all final, and count it as done."""
     done = 0
-    for queue_id in sorted({o.queue_id for o in outcomes if o.status in s.FINAL}):
+    for queue_id in sorted(queue_ids):
         done += conn.execute(
-            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"
-            " WHERE queue_id = ? AND status NOT IN ('delivered', 'bounced'))",
+            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"  # noqa: S608
+            f" WHERE queue_id = ? AND status NOT IN ({FINAL_SQL}))",
             (queue_id, queue_id),
         ).rowcount
     if done:
@@ -451,7 +474,9 @@ def _list(
     found: dict[str, tuple[Any, list[s.RcptState]]] = {}
     for row in rows:
         found.setdefault(row[0], (row[:7], []))[1].append(
-            s.RcptState(row[7], row[8], s.RcptStatus(row[9]), *row[10:])
+            s.RcptState(
+                row[7], row[8], s.RcptStatus(row[9]), TlsLevel.from_label(row[10]), *row[11:]
+            )
         )
     return [s.MessageInfo(*head, recipients=tuple(rcpts)) for head, rcpts in found.values()]
 

@@ -13,6 +13,16 @@ between the incoming, active, deferred and hold queues::
       ▲                   │                                          once all are final)
       └──── due ── DEFERRED ◀─┘
     HELD ──release──▶ QUEUED
+    HELD | QUEUED | DEFERRED ──hand_off──▶ HANDED_OFF               (final: a later stage,
+                                                                      e.g. the portal, has it)
+
+Every recipient carries the ``TlsLevel`` its delivery must achieve, as an enum, stored
+NOT NULL, from acceptance to the wire. The **release rule**: a held recipient keeps the
+TLS level its policy decision gave; a sensitive message held for a recipient not known to
+be secure (the decision names no level, since nothing is to be sent yet) is stored with at
+least ``VERIFIED``. So an operator's release can never send it in plain text or to an
+unverified server: it goes out under forced TLS or waits. (When the level was a string,
+``None`` for held mail read as "opportunistic" after a release.)
 
 Queue ids sort by arrival time, like Postfix's long queue ids, so listing the queue in id
 order lists it oldest first without a separate index.
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from securemail.core.levels import TlsLevel
 from securemail.errors import SecuremailError
 
 
@@ -51,12 +62,17 @@ class RcptStatus(StrEnum):
     DEFERRED = "deferred"  # temporary failure; claimable like QUEUED once next_attempt is due
     BOUNCED = "bounced"  # permanent failure; a DSN was (or will be) generated
     HELD = "held"  # policy hold: only an operator's release/delete moves it
+    HANDED_OFF = "handed-off"  # a later stage (the portal) took it over; final here
 
 
-FINAL = frozenset({RcptStatus.DELIVERED, RcptStatus.BOUNCED})
+FINAL = frozenset({RcptStatus.DELIVERED, RcptStatus.BOUNCED, RcptStatus.HANDED_OFF})
 ACCEPTED = frozenset({RcptStatus.QUEUED, RcptStatus.HELD})
 # QUEUED puts a claimed recipient back unattempted (e.g. the gateway is shutting down).
-OUTCOMES = FINAL | {RcptStatus.DEFERRED, RcptStatus.QUEUED}
+OUTCOMES = frozenset(
+    {RcptStatus.DELIVERED, RcptStatus.BOUNCED, RcptStatus.DEFERRED, RcptStatus.QUEUED}
+)
+# Not DELIVERING: an attempt is on the wire, and its result must not be overwritten.
+HANDED_OFF_FROM = frozenset({RcptStatus.QUEUED, RcptStatus.DEFERRED, RcptStatus.HELD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +80,7 @@ class NewRecipient:
     address: str  # addr-spec as received (RCPT TO)
     domain: str  # normalised destination domain
     status: RcptStatus  # QUEUED or HELD at acceptance
-    tls: str | None  # "required" | "opportunistic" | None (from policy)
+    tls: TlsLevel  # from the policy decision; held sensitive mail: VERIFIED (release rule)
     reason: str  # policy decision reason (logged, shown by `queue show`)
 
 
@@ -90,6 +106,9 @@ class NewMessage:
         for rcpt in self.recipients:
             if rcpt.status not in ACCEPTED:
                 raise ValueError(f"{rcpt.address}: accepted as {rcpt.status}, not queued/held")
+            if not isinstance(rcpt.tls, TlsLevel) or rcpt.tls is TlsLevel.NONE:
+                # NONE means "send nothing": such a recipient was refused, never queued.
+                raise ValueError(f"{rcpt.address}: TLS level {rcpt.tls!r} cannot be queued")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +119,7 @@ class Delivery:
     sender: str
     rcpt: str
     domain: str
-    tls: str | None
+    tls: TlsLevel
     attempts: int  # attempts before this one
     received: float
     size: int
@@ -112,7 +131,7 @@ class RcptState:
     rcpt: str
     domain: str
     status: RcptStatus
-    tls: str | None
+    tls: TlsLevel
     reason: str
     attempts: int
     next_attempt: float
@@ -152,13 +171,12 @@ class Outcome:
 class Spool(Protocol):
     """The durable queue. Every method is safe to call concurrently from one event loop.
 
-    ``store`` and ``record`` return only after their change is durable; callers never
-    need a separate commit or sync.
+    ``store``, ``record`` and ``hand_off`` return only after their change is durable;
+    callers never need a separate commit or sync. Statistics a backend keeps about itself
+    (e.g. ``SqliteSpool.stats``) are not part of the protocol.
     """
 
     recovered: int  # recipients put back from DELIVERING to QUEUED by the last open()
-    commits: int  # transactions committed (for benchmarks: ops_committed / commits)
-    ops_committed: int
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -171,6 +189,12 @@ class Spool(Protocol):
     ) -> list[MessageInfo]: ...
     async def get(self, queue_id: str) -> MessageInfo | None: ...
     async def release(self, queue_id: str) -> int: ...
+    async def hand_off(self, queue_id: str, rcpts: Sequence[str], stage: str, reason: str) -> int:
+        """Give ``rcpts`` of ``queue_id`` to a later ``stage`` (the portal): they become
+        ``HANDED_OFF``, final, with "handed off to STAGE: REASON" and the time recorded,
+        and the message goes once every recipient is final. Only waiting recipients
+        (``HANDED_OFF_FROM``) move; returns how many did."""
+
     async def delete(self, queue_id: str) -> bool: ...
     async def flush(self) -> int: ...
     async def next_due(self) -> float | None: ...

@@ -1,0 +1,115 @@
+"""The spool's SQLite schema, and the upgrade of older spools in place.
+
+The schema version is ``PRAGMA user_version``. ``prepare`` creates a new spool at the
+current version, or upgrades an older one in one transaction, so a crash (or a refusal)
+mid-upgrade leaves the old spool exactly as it was, to be upgraded on the next open.
+
+Version 1 kept ``tls`` as nullable text: "required", "opportunistic", and NULL for held
+sensitive mail. Version 2 keeps a ``TlsLevel`` label, NOT NULL, with a CHECK, and the
+upgrade maps NULL and anything unknown to ``verified`` under the release rule (see
+``store``): an upgrade can never weaken what a recipient's delivery must achieve.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from securemail.core.levels import TlsLevel
+from securemail.gateway.spool import store as s
+
+SCHEMA_VERSION = 2
+_LEVELS = ", ".join(f"'{level.label}'" for level in TlsLevel if level > TlsLevel.NONE)
+FINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(s.FINAL))
+_RECIPIENTS = f"""
+CREATE TABLE {{name}} (
+    queue_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL,
+    tls TEXT NOT NULL CHECK (tls IN ({_LEVELS})),
+    reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue_id, rcpt))"""
+_DUE_INDEX = "CREATE INDEX recipients_due ON recipients (status, next_attempt)"
+_CREATE = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # data last: listing the queue reads the small columns, not the body's pages.
+    "CREATE TABLE messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL,"
+    " received REAL NOT NULL, size INTEGER NOT NULL, client TEXT NOT NULL,"
+    " auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL)",
+    _RECIPIENTS.format(name="recipients"),
+    _DUE_INDEX,
+    f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('done', '0')",  # noqa: S608
+)
+# Version 1 -> 2: SQLite cannot change a column's type or constraints, so the recipients
+# table is rebuilt (its "12-step" ALTER); v1_tls is _v1_tls, registered on the connection.
+_MIGRATIONS = {
+    1: (
+        _RECIPIENTS.format(name="recipients_v2"),
+        "INSERT INTO recipients_v2 SELECT queue_id, rcpt, domain, status, v1_tls(tls), reason,"
+        " attempts, next_attempt, last_error, updated, claimed_by, notified FROM recipients",
+        "DROP TABLE recipients",
+        "ALTER TABLE recipients_v2 RENAME TO recipients",
+        _DUE_INDEX,
+    ),
+}
+
+
+def prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or upgrade an older one, in one transaction.
+
+    The version is read under the write lock, so two processes opening one old spool
+    at once upgrade it once: the second finds the work done.
+    """
+    conn.create_function("v1_tls", 1, _v1_tls, deterministic=True)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(conn)
+        if version > SCHEMA_VERSION:
+            raise s.SpoolError(
+                f"spool {path} has schema version {version};"
+                f" this securemail reads version {SCHEMA_VERSION}"
+            )
+        if version == 0:  # a new spool: created at the current version
+            statements = _CREATE
+        else:
+            statements = tuple(
+                sql for step in range(version, SCHEMA_VERSION) for sql in _MIGRATIONS[step]
+            )
+        for statement in statements:
+            conn.execute(statement)
+        # A securemail that reads version 1 looks only at meta: it must refuse this file.
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    """The schema version: ``user_version`` since version 2; version 1 wrote it only in
+    ``meta`` (0 for an empty file). A disagreement means something else wrote the file:
+    the higher number wins, so a newer spool is refused rather than misread."""
+    [user] = conn.execute("PRAGMA user_version").fetchone()
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        return user
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        legacy = int(row[0]) if row else 1  # v1 created meta before it wrote its version
+    except ValueError:
+        raise s.SpoolError(f"unreadable spool schema version {row[0]!r}") from None
+    return max(user, legacy)
+
+
+def _v1_tls(text: str | None) -> str:
+    """A version-1 ``tls`` value as a level label, under the release rule: "required" is
+    VERIFIED, "opportunistic" stays; NULL (held sensitive mail) and anything unknown
+    become VERIFIED, so the upgrade can never weaken what a recipient gets."""
+    try:
+        level = TlsLevel.from_label(text) if text else TlsLevel.VERIFIED
+    except KeyError:
+        level = TlsLevel.VERIFIED
+    return (level if level > TlsLevel.NONE else TlsLevel.VERIFIED).label
