@@ -20,10 +20,11 @@ syntax of RFC 5322 §4.5, which Postfix also accepts), then a colon. A *continua
 starts with a space or tab and belongs to the field above it; one with no field above it
 is malformed and ends the header section before it. So an mbox ``From `` line, a line
 with a NUL or an 8-bit byte in its name, or a bare word all start the body. Python's
-``email`` parser agrees except in three places: it skips ``From `` lines, it does not
-accept space before the colon, and it accepts an empty name; dkimpy skips ``From ``
-lines. Where those libraries still parse (MIME walking, dkimpy's ARC) they are fed
-``reparse_input``, so they see exactly this reader's fields and body.
+``email`` parser agrees except in three places: it skips ``From `` lines and lines with
+an empty name (``:value``) where we end the header section, and it ends the header
+section at a space before the colon where we read on; dkimpy also skips ``From `` lines
+and refuses the rest. Where those libraries still parse (MIME walking, dkimpy's ARC)
+they are fed ``reparse_input``, so they see exactly this reader's fields and body.
 
 Lines end with CRLF; a bare LF is accepted too (the gateway normalises line ends before
 storing, but the checker and the CLI read files). A CR not followed by LF is just a byte.
@@ -109,8 +110,8 @@ class HeaderBlock:
     body_offset: int
     """Where the body starts: after the empty line, at the malformed line, or at the end."""
     malformed: str = ""
-    """"" when the header section is well formed, else one sentence saying which line
-    ended it (and so is the first line of the body)."""
+    """Empty when the header section is well formed, else one sentence saying which
+    line ended it (and so is the first line of the body)."""
 
     def get_all(self, name: str) -> tuple[HeaderField, ...]:
         """Every field called ``name`` (any case), in message order."""
@@ -194,6 +195,12 @@ def reparse_input(raw: bytes, block: HeaderBlock) -> bytes:
     for the library too. A well-formed CRLF message comes back unchanged, and but for
     a bare CR the changes are invisible to relaxed DKIM/ARC canonicalization.
     """
+    if (
+        raw[block.header_end : block.body_offset] == b"\r\n"
+        and _BARE_CR.search(raw, 0, block.header_end) is None
+        and not any(f.name.endswith((b" ", b"\t")) for f in block.fields)
+    ):
+        return raw  # nothing to change: no copy of a large body
     parts: list[bytes] = []
     for f in block.fields:
         value = f.raw[len(f.name) :]
