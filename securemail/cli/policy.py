@@ -8,8 +8,6 @@ module only reads the message and shows the result.
 from __future__ import annotations
 
 import sys
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +18,7 @@ from securemail.cli.classify import AccreditedOpt, AudienceOpt, build_classifier
 from securemail.cli.common import ConfigOpt, JsonOpt, out, print_json, say, text
 from securemail.config import load_config
 from securemail.core.addresses import split_address_list
+from securemail.core.message import HeaderLimitError, read_headers
 from securemail.core.policy import Action, Decision
 from securemail.core.sensitivity import scan_message
 from securemail.errors import InputError
@@ -84,11 +83,15 @@ def _read_message(path: Path) -> bytes:
 
 
 def _header_recipients(raw: bytes) -> list[str]:
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    """To, Cc and Bcc as the gateway's one header reader sees them."""
+    try:
+        block = read_headers(raw)
+    except HeaderLimitError as exc:
+        raise InputError(f"cannot read the message's header section: {exc}") from None
     found: list[str] = []
-    for name in ("To", "Cc", "Bcc"):
-        for value in headers.get_all(name, []):
-            found.extend(split_address_list(str(value)))
+    for name in ("to", "cc", "bcc"):
+        for field in block.get_all(name):
+            found.extend(split_address_list(field.text))
     return found
 
 

@@ -84,6 +84,13 @@ AUTH_TEMPFAIL = SmtpReply(
 )
 
 
+def header_too_large(reason: str) -> SmtpReply:
+    """RFC 5322 sets no limit on header fields, and allows a receiver to refuse what it
+    cannot process; ours are in ``core.message`` (count and bytes)."""
+    return SmtpReply(552, "5.3.4", _one_line(f"Message header section refused: {reason}"),
+                     check="header-limit")  # fmt: skip
+
+
 def queued(queue_id: str) -> SmtpReply:
     return SmtpReply(250, "2.0.0", f"Ok: queued as {queue_id}")
 

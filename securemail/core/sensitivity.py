@@ -18,7 +18,6 @@ in every marker because markers are logged, and a full NHS number is personal da
 
 from __future__ import annotations
 
-import contextlib
 import html
 import itertools
 import operator
@@ -26,11 +25,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
-from email.header import decode_header
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from enum import StrEnum
+
+from securemail.core.message import HeaderLimitError, read_headers, reparse_input
 
 _WEIGHTS = range(10, 1, -1)
 _HEAD_LINES = 10
@@ -72,7 +72,6 @@ _BLOCK_TAG = re.compile(
     re.IGNORECASE,
 )
 _NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _TEXT_TYPES = frozenset({"text/plain", "text/html"})
 
 
@@ -171,16 +170,30 @@ def find_nhs_numbers(text: str) -> list[str]:
 
 
 def scan_message(raw: bytes) -> Sensitivity:
-    """Scan an RFC 5322 message for sensitive content. Never raises."""
+    """Scan an RFC 5322 message for sensitive content. Never raises.
+
+    The Subject fields are the ones ``read_headers`` finds, the reader every other part
+    of the gateway uses, so a marking below a line that ends the header section is found
+    "in body", as DKIM and DMARC also take it for body. The stdlib walks the MIME parts,
+    fed ``reparse_input`` so that it splits header and body where the reader does.
+    """
     markers: list[Marker] = []
     try:
-        msg = BytesParser(policy=_POLICY).parsebytes(raw)
-        for subject in _subjects(msg):
-            markers += _scan_text(subject, "subject", is_subject=True)
+        block = read_headers(raw)
+    except HeaderLimitError:
+        # Too many header fields to read one by one, so a subject tag could be anywhere
+        # in them: look for tags and markings in the whole text (the safe direction).
+        text = raw.decode("utf-8", errors="replace")
+        return Sensitivity(tuple(dict.fromkeys(_scan_text(text, "body", is_subject=True))))
+    for subject in block.get_all("subject"):
+        markers += _scan_text(subject.decoded, "subject", is_subject=True)
+    try:
+        msg = BytesParser(policy=_POLICY).parsebytes(reparse_input(raw, block))
         for where, text in _bodies(msg):
             markers += _scan_text(text, where, is_subject=False)
     except Exception:
-        markers += _scan_text(raw.decode("utf-8", errors="replace"), "body", is_subject=False)
+        body = raw[block.body_offset :].decode("utf-8", errors="replace")
+        markers += _scan_text(body, "body", is_subject=False)
     return Sensitivity(tuple(dict.fromkeys(markers)))
 
 
@@ -225,27 +238,6 @@ def _edge_lines(text: str) -> list[str]:
         for m in itertools.islice(_NON_BLANK_LINE.finditer(text[end:][::-1]), _TAIL_LINES)
     ]
     return head + tail[::-1]
-
-
-def _subjects(msg: Message) -> Iterator[str]:
-    # Raw values, decoded here: the policy's own header parser takes minutes on a 5 MB one.
-    for name, value in msg.raw_items():
-        if name.lower() == "subject":
-            yield _decode_header(value)
-
-
-def _decode_header(value: str) -> str:
-    value = _FOLD.sub("", value)
-    with contextlib.suppress(UnicodeError):
-        value = value.encode("ascii", "surrogateescape").decode("utf-8", errors="replace")
-    try:
-        words = decode_header(value)
-    except Exception:
-        return value
-    return "".join(
-        word if isinstance(word, str) else _decode(word, charset or "raw-unicode-escape")
-        for word, charset in words
-    )
 
 
 def _bodies(msg: Message) -> Iterator[tuple[str, str]]:

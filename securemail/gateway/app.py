@@ -100,6 +100,7 @@ class Gateway:
             verified=verified_client_context(cfg.tls.ca_file),
             opportunistic=opportunistic_client_context(),
             internal=dict.fromkeys(self.own_domains, (host, port)),
+            events=self.events,
         )
         self.queue = QueueManager(
             self.spool,
@@ -115,6 +116,7 @@ class Gateway:
             concurrency=cfg.delivery.concurrency,
             per_destination=cfg.delivery.per_destination,
             clock=clock,
+            events=self.events,
         )
         self.listeners = Listeners(
             ListenSettings(

@@ -110,6 +110,7 @@ class DeliveryAttempt:
     delay: float
     result: str  # sent | deferred | bounced
     reply: str
+    verified_by: str = ""  # which check verified the peer ("pkix:mx-hostname"), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class TlsAlert:
 
     queue_id: str
     rcpt: str
+    failure: TlsFailure | None
     waited: str
     sender: str
     reason: str
@@ -294,13 +296,17 @@ def _line(event: Event) -> _Line:
             return (
                 logging.INFO,
                 "securemail.delivery",
-                ("delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r"),
+                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r",
                 (
                     e.queue_id,
                     s(e.rcpt),
                     s(e.relay),
                     e.tls,
-                    "verified" if e.verified else "unverified",
+                    f"verified by {e.verified_by}"
+                    if e.verified and e.verified_by
+                    else "verified"
+                    if e.verified
+                    else "unverified",
                     e.delay,
                     e.result,
                     s(e.reply)[:200],
@@ -308,12 +314,19 @@ def _line(event: Event) -> _Line:
             )
         case Deferred():
             e = event
-            failure = e.tls_failure.value if e.tls_failure else "no"
+            failure = e.tls_failure.value if e.tls_failure else "-"
             return (
                 logging.INFO,
                 _QUEUE,
-                ("deferred id=%s rcpt=<%s> tls_failure=%s retry_in=%.0fs reason=%r"),
-                (e.queue_id, s(e.rcpt), failure, e.retry_in, s(e.reason)),
+                "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r",
+                (
+                    e.queue_id,
+                    s(e.rcpt),
+                    "yes" if e.tls_failure else "no",
+                    failure,
+                    e.retry_in,
+                    s(e.reason),
+                ),
             )
         case Bounced():
             e = event
@@ -328,8 +341,16 @@ def _line(event: Event) -> _Line:
             return (
                 logging.WARNING,
                 _QUEUE,
-                ("ALERT forced TLS failing id=%s rcpt=<%s> for %s; sender <%s> notified: %s"),
-                (e.queue_id, s(e.rcpt), e.waited, s(e.sender), s(e.reason)),
+                "ALERT forced TLS failing id=%s rcpt=<%s> failure=%s for %s; "
+                "sender <%s> notified: %s",
+                (
+                    e.queue_id,
+                    s(e.rcpt),
+                    e.failure.value if e.failure else "-",
+                    e.waited,
+                    s(e.sender),
+                    s(e.reason),
+                ),
             )
         case Lifecycle():
             level = logging.WARNING if event.warning else logging.INFO

@@ -35,15 +35,21 @@ from dataclasses import dataclass
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from securemail.core.message import (
+    HeaderBlock,
+    HeaderLimitError,
+    read_headers,
+    reparse_input,
+    without_fields,
+)
 from securemail.dns import DnsError, DnsTemporaryError, Resolver
-from securemail.mech.results import MethodResult, Result
+from securemail.mech.results import MethodResult, Result, is_own_auth_results
 
 MAX_KEY_LOOKUPS = 32
 """Distinct key names fetched for one message; RFC 8617 allows 50 sets, real chains use few."""
 
 _ARC_HEADERS = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
 _SIGNED_ARC_HEADERS = (b"arc-seal", b"arc-message-signature")
-_HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _INSTANCE = re.compile(rb"(?:^|;)\s*i\s*=\s*(\d{1,6})\s*(?:;|$)", re.IGNORECASE)
 _KEY_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_-]{1,63})+")
 _ARC_CLAUSE = re.compile(r"(^|;)(\s*arc\s*=\s*)([A-Za-z]+)", re.IGNORECASE)
@@ -72,9 +78,16 @@ class ArcVerdict:
 
 
 async def verify_arc(message: bytes, resolver: Resolver) -> ArcVerdict:
-    """Validate the ARC chain of ``message``; ``none`` when it has no ARC headers."""
-    fields = _header_fields(message)
-    arc_fields = [(name, value) for name, value in fields if name in _ARC_HEADERS]
+    """Validate the ARC chain of ``message``; ``none`` when it has no ARC headers.
+
+    dkimpy checks the chain as ``read_headers`` reads the message (``reparse_input``), so
+    an ARC header that the one reader calls body is body here too.
+    """
+    try:
+        block = read_headers(message)
+    except HeaderLimitError as exc:
+        return ArcVerdict(Result.FAIL, 0, f"header section not read: {exc}")
+    arc_fields = _arc_fields(block)
     if not arc_fields:
         return ArcVerdict(Result.NONE, 0, "no ARC headers")
     instance = max((_instance(value) for _, value in arc_fields), default=0)
@@ -86,7 +99,7 @@ async def verify_arc(message: bytes, resolver: Resolver) -> ArcVerdict:
     keys, temporary = await _fetch_keys(names, resolver)
     try:
         cv, results, why = dkim.arc_verify(
-            message, logger=_dkimpy_log, dnsfunc=_dnsfunc(keys, temporary)
+            reparse_input(message, block), logger=_dkimpy_log, dnsfunc=_dnsfunc(keys, temporary)
         )
     except Exception as exc:  # dkimpy raises IndexError etc. on malformed headers
         _log.debug("ARC verification raised", exc_info=True)
@@ -113,21 +126,9 @@ def _failed(instance: int, reason: str, temporary: dict[str, str]) -> ArcVerdict
     return ArcVerdict(Result.FAIL, instance, reason)
 
 
-def _header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
-    """(lower-case name, unfolded value) for each header field, up to the blank line."""
-    fields: list[tuple[bytes, list[bytes]]] = []
-    for raw in message.split(b"\n"):
-        line = raw.removesuffix(b"\r")
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
-            if fields:
-                fields[-1][1].append(line)
-            continue
-        match = _HEADER.match(line)
-        if match is not None:
-            fields.append((match.group(1).lower(), [line[match.end() :]]))
-    return [(name, b"".join(parts)) for name, parts in fields]
+def _arc_fields(block: HeaderBlock) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, unfolded value) of each ARC header field, in order."""
+    return [(f.lname, f.unfolded) for f in block.fields if f.lname in _ARC_HEADERS]
 
 
 def _instance(value: bytes) -> int:
@@ -215,15 +216,25 @@ def arc_seal(
     the ``arc=`` result of ``verify_arc``: ``pass`` seals ``cv=pass``, and any other
     verdict (fail, temperror, ...) seals ``cv=fail``, since ``cv`` is only ever none, fail
     or pass. Raises ``ArcError`` when it cannot seal (bad key, wrong authserv-id, missing
-    arc= result).
+    arc= result, a header section ``read_headers`` finds malformed or over its limits:
+    we do not vouch for a message whose headers readers may disagree on).
     The result uses the message's own line endings; prepend it above everything else.
     """
     linesep = b"\r\n" if b"\r\n" in message else b"\n"
     value = _auth_results_value(auth_results, authserv_id)
-    has_chain = any(name in _ARC_HEADERS for name, _ in _header_fields(message))
-    value = _with_chain_status(value, has_chain)
+    try:
+        block = read_headers(message)
+    except HeaderLimitError as exc:
+        raise ArcError(f"ARC sealing failed: header section not read: {exc}") from exc
+    if block.malformed:
+        raise ArcError(f"ARC sealing failed: malformed header section: {block.malformed}")
+    value = _with_chain_status(value, bool(_arc_fields(block)))
     header = b"Authentication-Results: " + value.encode("utf-8") + linesep
-    prepared = header + _without_own_auth_results(message, authserv_id)
+    # dkimpy merges every Authentication-Results with our authserv-id into the seal; any
+    # already on an inbound message were put there by someone else (RFC 8601 §5), so
+    # they must not be vouched for.
+    cleaned = without_fields(message, block, lambda f: is_own_auth_results(f, authserv_id))
+    prepared = header + reparse_input(cleaned, read_headers(cleaned))
     try:
         arc_set = dkim.arc_sign(
             prepared,
@@ -276,33 +287,3 @@ def _with_chain_status(value: str, has_chain: bool) -> str:
         return match.group(1) + match.group(2) + ("pass" if result == "pass" else "fail")
 
     return _ARC_CLAUSE.sub(as_cv, value)
-
-
-def _without_own_auth_results(message: bytes, authserv_id: str) -> bytes:
-    """``message`` minus Authentication-Results headers claiming our authserv-id.
-
-    dkimpy merges every such header into the seal; any already on an inbound message were
-    put there by someone else (RFC 8601 §5), so they must not be vouched for.
-    """
-    ours = authserv_id.encode("utf-8")
-    lines = message.split(b"\n")
-    kept: list[bytes] = []
-    skipping = False
-    for index, raw in enumerate(lines):
-        line = raw.removesuffix(b"\r")
-        if not line:
-            kept.extend(lines[index:])
-            break
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(raw)
-            continue
-        match = _HEADER.match(line)
-        skipping = (
-            match is not None
-            and match.group(1).lower() == b"authentication-results"
-            and line[match.end() :].split(b";", 1)[0].strip() == ours
-        )
-        if not skipping:
-            kept.append(raw)
-    return b"\n".join(kept)

@@ -34,9 +34,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +48,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from securemail.core.message import HeaderLimitError, read_headers
 from securemail.dns import DnsError, DnsNotFound, Resolver
 from securemail.errors import SecuremailError
+from securemail.files import PRIVATE, write_atomic
 from securemail.mech.results import MethodResult, Result
 
 RSA_MIN_BITS = 1024  # RFC 8301 §3.2: smaller keys must not be used or accepted
@@ -101,11 +101,7 @@ _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _SIG_NAME = b"DKIM-Signature"
 _FROM = b"from"
 
-# A header line: a field name (printable ASCII but ':'), optional WSP (obsolete syntax),
-# then the colon. The value is everything after the colon.
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _LINE_END = re.compile(rb"\r?\n")
-_HEADER_END = re.compile(rb"\n\r?\n")
 _WSP = re.compile(rb"\s+")
 _BYTES_REPR = re.compile(r"b'([^']*)'")
 _SELECTOR = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
@@ -182,28 +178,9 @@ def write_key(
                 path.chmod(0o700)
         if target.exists() and not overwrite:
             raise DkimError(f"dkim: {target} already exists (not overwritten)")
-        fd, temp_name = tempfile.mkstemp(prefix=f".{selector}.", suffix=".tmp", dir=directory)
-        temp = Path(temp_name)
-        try:
-            with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
-                handle.write(private_pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if overwrite:
-                temp.replace(target)
-            else:
-                try:
-                    target.hardlink_to(temp)  # atomic, and fails rather than replace
-                except FileExistsError:
-                    raise DkimError(f"dkim: {target} already exists (not overwritten)") from None
-                temp.unlink()
-        finally:
-            temp.unlink(missing_ok=True)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(target, private_pem, mode=PRIVATE, replace=overwrite, dir_mode=0o700)
+    except FileExistsError:
+        raise DkimError(f"dkim: {target} already exists (not overwritten)") from None
     except OSError as exc:
         raise DkimError(f"dkim: cannot write {target}: {exc.strerror or exc}") from None
     return target
@@ -313,19 +290,22 @@ class DkimSigner:
     def sign(self, message: bytes, domain: str, *, now: int | None = None) -> bytes | None:
         """The ``DKIM-Signature`` header (folded, CRLF-terminated) to prepend to ``message``.
 
-        None if we have no key for ``domain``. ``message`` is the final message (after
-        every header change), CRLF or LF line endings. Nothing in the message makes this
-        raise: a header line that is neither a field nor a continuation (not RFC 5322) is
-        taken as the start of the body, as Python's email parser and ``verify_dkim`` read
-        it, so the mail still goes out signed over what could be parsed.
+        None if we have no key for ``domain``, or if the header section is over the
+        reader's limits. ``message`` is the final message (after every header change),
+        CRLF or LF line endings. Nothing else in the message makes this raise: a header
+        section that ``read_headers`` finds malformed ends where it says, so the mail
+        still goes out signed over the fields and body every reader agrees on.
         """
         name = _domain(domain)
         signing = self._keys.get(name) if name is not None else None
         if signing is None:
             return None
-        headers, body = _split(message)
-        include = [_field_name(field) for field, _value in headers]
-        include = [field for field in include if field in _SIGNED]
+        try:
+            headers, body = _for_dkimpy(message)
+        except HeaderLimitError:
+            return None
+        include = [_lower(field_name) for field_name, _value in headers]
+        include = [field_name for field_name in include if field_name in _SIGNED]
         include.append(_FROM)
         timestamp = int(time.time()) if now is None else int(now)
         return _signature(signing, headers, body, include, timestamp)
@@ -400,8 +380,11 @@ async def verify_dkim(
     An empty list means the message is not signed. Never raises for anything in the
     message or in DNS: every problem is a verdict.
     """
-    headers, body = _split(message)
-    found = [(name, value) for name, value in headers if _field_name(name) == b"dkim-signature"]
+    try:
+        headers, body = _for_dkimpy(message)
+    except HeaderLimitError as exc:
+        return [DkimVerdict(Result.PERMERROR, "", "", "", f"header section not read: {exc}")]
+    found = [(name, value) for name, value in headers if _lower(name) == b"dkim-signature"]
     parsed = [_parse_signature(name, value) for name, value in found[: max(0, max_signatures)]]
     names = sorted({sig.key_name for sig in parsed if isinstance(sig, _Signature)})
     answers = await asyncio.gather(*(_key_records(resolver, name) for name in names))
@@ -664,35 +647,17 @@ def parse_key_record(record: str) -> DkimKey:
 # --- message parsing -------------------------------------------------------------------
 
 
-def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """``(headers, body)`` as dkimpy's ``rfc822_parse`` gives them, with CRLF line ends.
+def _for_dkimpy(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """``(headers, body)`` as ``read_headers`` reads them, in the form dkimpy hashes.
 
-    Each header is ``[name, value]``, the value being everything after the colon with its
-    continuation lines and CRLFs. Unlike dkimpy, whitespace before the colon (obsolete
-    but valid syntax) is accepted, and a line that is neither a field nor a continuation
-    does not raise: the body is taken to start there, as Python's email parser does.
+    Each header is ``[name as written, value]``, the value being everything after the
+    colon with its continuation lines, and every line end CRLF (as dkimpy's
+    ``rfc822_parse`` gives them for a well-formed message, so canonicalization is
+    byte-identical to dkimpy's). The body starts where the reader says it does.
     """
-    if message.startswith((b"\r\n", b"\n")):
-        return [], _crlf(message[message.index(b"\n") + 1 :])
-    end = _HEADER_END.search(message)
-    head, rest = (
-        (message, b"") if end is None else (message[: end.start() + 1], message[end.end() :])
-    )
-    headers: list[list[bytes]] = []
-    lines = _LINE_END.split(head)
-    for index, line in enumerate(lines):
-        if line[:1] in (b" ", b"\t") and headers:
-            headers[-1][1] += line + b"\r\n"
-            continue
-        match = _FIELD.match(line)
-        if match is not None:
-            headers.append([match.group(0)[:-1], line[match.end() :] + b"\r\n"])
-        elif line.startswith(b"From ") or (not line and index == len(lines) - 1):
-            continue  # an mbox separator (skipped, as dkimpy does), or the final line end
-        else:
-            tail = b"\r\n".join(lines[index:])
-            return headers, tail + (b"\r\n" + _crlf(rest) if end else b"")
-    return headers, _crlf(rest)
+    block = read_headers(message)
+    headers = [[f.name, _crlf(f.value) + b"\r\n"] for f in block.fields]
+    return headers, _crlf(message[block.body_offset :])
 
 
 def _crlf(text: bytes) -> bytes:
@@ -702,7 +667,7 @@ def _crlf(text: bytes) -> bytes:
     return _LINE_END.sub(b"\r\n", text)
 
 
-def _field_name(name: bytes) -> bytes:
+def _lower(name: bytes) -> bytes:
     return name.rstrip(b" \t").lower()
 
 

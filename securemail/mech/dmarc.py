@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from securemail.core.addresses import AddressError, parse_address, split_address_list
+from securemail.core.message import HeaderLimitError, read_headers
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 from securemail.mech.psl import organizational_domain
 from securemail.mech.results import MethodResult, Result
@@ -47,7 +48,6 @@ _INTEGER = re.compile(r"[+-]?\d{1,12}")
 # RFC 7489 §6.4: a URI (commas and "!" inside it must be %-encoded), then an optional
 # maximum report size such as "!10m".
 _REPORT_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s,!]+(?:!\d+[kmgtKMGT]?)?")
-_HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _STEP_DOWN = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
@@ -525,30 +525,20 @@ def header_from_domain(message: bytes) -> tuple[str | None, str]:
     else ("no From header", "more than one From header", "From header with several
     addresses", "From address not valid: ...") is for the caller to treat as a DMARC
     failure at least, because several From addresses are a classic way to show a person
-    one sender while authenticating another. Only the header section is read.
+    one sender while authenticating another. The header fields are the ones
+    ``read_headers`` finds, so a From below a line that ends the header section is body
+    here as it is for DKIM and for the reader; a header section over the reader's limits
+    is a problem too ("header section not read: ...").
     """
-    fields: list[list[bytes]] = []
-    current: list[bytes] | None = None
-    for raw in message.split(b"\n"):
-        line = raw.removesuffix(b"\r")
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        match = _HEADER.match(line)
-        if match is not None and match.group(1).lower() == b"from":
-            current = [line[match.end() :]]
-            fields.append(current)
-        else:
-            current = None  # another header, or not a header at all (an mbox "From " line)
+    try:
+        fields = read_headers(message).get_all("from")
+    except HeaderLimitError as exc:
+        return None, f"header section not read: {exc}"
     if not fields:
         return None, "no From header"
     if len(fields) > 1:
         return None, "more than one From header"
-    value = b"".join(fields[0]).decode("utf-8", errors="surrogateescape")
-    pieces = split_address_list(value)
+    pieces = split_address_list(fields[0].text)
     if not pieces:
         return None, "From header has no address"
     if len(pieces) > 1:

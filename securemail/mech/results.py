@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from securemail.core.message import HeaderField
+
 
 class Result(StrEnum):
     PASS = "pass"  # noqa: S105 - a verdict, not a password
@@ -49,6 +51,36 @@ def authentication_results(authserv_id: str, results: Sequence[MethodResult]) ->
     return f"Authentication-Results: {authserv_id};\r\n\t{clauses}\r\n"
 
 
+def is_own_auth_results(field: HeaderField, authserv_id: str) -> bool:
+    """True for an Authentication-Results field that claims to be from ``authserv_id``.
+
+    Only we may write those (RFC 8601 §5), so the gateway strips any that arrive and ARC
+    must not seal them. The authserv-id is read from the unfolded value, after any
+    comments and before a version number, and compared without regard to case: folding,
+    ``(comments)``, ``MX.EXAMPLE`` or ``mx.example 1`` must not get a forgery through.
+    """
+    if field.lname != b"authentication-results":
+        return False
+    value = field.unfolded
+    depth, pos = 0, 0
+    while pos < len(value):  # skip CFWS: blanks and (possibly nested) comments
+        char = value[pos]
+        if char == 0x5C and depth:  # a quoted-pair inside a comment
+            pos += 2
+            continue
+        if char == 0x28:
+            depth += 1
+        elif char == 0x29 and depth:
+            depth -= 1
+        elif not depth and char not in b" \t":
+            break
+        pos += 1
+    match = _AUTHSERV_ID.match(value, pos)
+    return match is not None and match[1].lower() == authserv_id.lower().encode()
+
+
+# authserv-id = value (RFC 8601 §2.2): a token or a quoted string, up to CFWS or ";".
+_AUTHSERV_ID = re.compile(rb'"?([^\s;()"]*)')
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]+")
 
 

@@ -642,8 +642,15 @@ def test_nested_multipart_is_walked():
 
 
 def test_too_deep_multipart_falls_back_to_raw_text():
-    # Deeper than the stdlib parser can recurse: the raw bytes are scanned as one body.
-    assert scan_message(nested_multipart(2000)).markers == (marking("body"), nhs("body"))
+    # Deeper than the stdlib parser can recurse: the raw body is scanned as one text. The
+    # Subject comes from the one header reader, so it is still found "in subject".
+    assert scan_message(nested_multipart(2000)).markers == (marking("subject"), nhs("body"))
+
+
+def test_subject_tag_found_when_header_section_is_over_the_reader_limit():
+    # Too many fields for the header reader: the whole text is searched, subject tags too.
+    raw = b"X-Filler: y\r\n" * 1001 + b"Subject: [secure] results\r\n\r\nhi\r\n"
+    assert scan_message(raw).markers == (Marker(Kind.SUBJECT_TAG, "body", "[secure]"),)
 
 
 # --- size and speed ----------------------------------------------------------------
@@ -658,15 +665,23 @@ def test_five_megabyte_line_of_digits_and_spaces():
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("where", ["body", "subject"])
-def test_five_megabyte_line_of_official(where: str):
-    line = "OFFICIAL " * 600_000 + "SENSITIVE"
+@pytest.mark.parametrize(
+    ("where", "copies", "found"),
+    [
+        ("body", 600_000, "body"),
+        ("subject", 110_000, "subject"),  # just under the header reader's 1 MiB
+        # Over it, the whole text is scanned, subject tags too; what is found is "in body".
+        ("subject", 600_000, "body"),
+    ],
+)
+def test_five_megabyte_line_of_official(where: str, copies: int, found: str):
+    line = "OFFICIAL " * copies + "SENSITIVE"
     raw = (
         raw_message("Subject: x", line.encode())
         if where == "body"
         else raw_message(f"Subject: {line}", b"hi")
     )
-    assert scan_message(raw).markers == (marking(where),)
+    assert scan_message(raw).markers == (marking(found),)
 
 
 @pytest.mark.timeout(10)

@@ -297,7 +297,7 @@ def test_ed25519_signature_reproduces_rfc8463_example():
         b"football.example.com", b"brisbane", b"ed25519-sha256",
         ed25519.Ed25519PrivateKey.from_private_bytes(seed),
     )  # fmt: skip
-    headers, body = sm_dkim._split(RFC8463_MESSAGE)
+    headers, body = sm_dkim._for_dkimpy(RFC8463_MESSAGE)
     include = b"from to subject date message-id from subject date".split()
     header = sm_dkim._signature(signing, headers, body, include, 1528637909)
     # Identical but for where lines are folded (the RFC's example was refolded by hand).
@@ -355,9 +355,12 @@ async def test_odd_but_valid_messages_sign_and_verify(name, key, dns_server, res
     message = ODD_MESSAGES[name]
     verdicts = await verify_dkim(signed(key, message), resolver)
     assert [(v.result, v.reason) for v in verdicts] == [(Result.PASS, "")]
+    # dkimpy refuses space before the colon and skips mbox "From " lines; the one header
+    # reader (securemail.core.message) takes a "From " line as the start of the body.
     if key.algorithm == "rsa-sha256" and name not in (
         "obsolete space before colon",
         "no From at all",
+        "mbox From_ line",
     ):
         assert dkim.verify(signed(key, message), dnsfunc=dkimpy_dns(key.record))
 
@@ -412,10 +415,9 @@ def test_any_message_signs_and_verifies(ed_key, dns_server, resolver, lines, new
     assert header is not None
     assert re.fullmatch(rb"DKIM-Signature: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", header)
     verdicts = asyncio.run(verify_dkim(header + message, resolver))
-    # Unless its first line (after mbox "From " lines, which are skipped) is a continuation
-    # line, which would continue our header field once that is prepended.
-    first = next((x for x in re.split(rb"\r?\n", message) if not x.startswith(b"From ")), b"")
-    if not first.startswith((b" ", b"\t")):
+    # Unless its first line is a continuation line, which would continue our header field
+    # once that is prepended (an mbox "From " line is not skipped: it starts the body).
+    if not message.startswith((b" ", b"\t")):
         assert (verdicts[0].result, verdicts[0].reason) == (Result.PASS, "")
 
 
@@ -948,7 +950,7 @@ async def test_oversigning_is_what_stops_an_added_from(opendkim, key, resolver):
     signing = sm_dkim.DkimSigner({DOMAIN: SigningKey(DOMAIN, "sel", key.algorithm, key.pem)})._keys[
         DOMAIN
     ]
-    headers, body = sm_dkim._split(MESSAGE)
+    headers, body = sm_dkim._for_dkimpy(MESSAGE)
     plain = sm_dkim._signature(
         signing, headers, body, [b"from", b"to", b"subject"], int(time.time())
     )

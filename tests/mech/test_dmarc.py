@@ -451,7 +451,11 @@ FROM_CASES = [
     ("LF only, case-insensitive name", b"FROM: jo@example.org\nSubject: x\n\n", "example.org", ""),
     ("IDN domain", "From: jo@bücher.example\r\n\r\n".encode(), "xn--bcher-kva.example", ""),
     ("From in the body ignored", b"From: jo@example.org\r\n\r\nFrom: evil@evil.example\r\n", "example.org", ""),
-    ("mbox From_ line is not a header", b"From jo@evil.example Mon Jan  1 00:00:00 2024\nFrom: jo@example.org\n\n", "example.org", ""),
+    # The one header reader (securemail.core.message) ends the header section at a line
+    # that is not a field, as Postfix does: an mbox "From " line starts the body.
+    ("mbox From_ line starts the body", b"From jo@evil.example Mon Jan  1 00:00:00 2024\nFrom: jo@example.org\n\n", None, "no From header"),
+    ("From below a line that is not a field is body", b"From: jo@example.org\r\nno colon\r\nFrom: ceo@nhs.net\r\n\r\n", "example.org", ""),
+    ("over the reader's field limit", b"X: y\r\n" * 1001 + b"From: jo@example.org\r\n\r\n", None, "header section not read: more than 1000 header fields"),
     ("no From", b"To: a@nhs.net\r\nSubject: x\r\n\r\nFrom: jo@example.org\r\n", None, "no From header"),
     ("empty message", b"", None, "no From header"),
     ("two From headers", b"From: jo@example.org\r\nSubject: x\r\nFrom: ceo@nhs.net\r\n\r\n", None, "more than one From header"),

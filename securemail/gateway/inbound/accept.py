@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from securemail.core import replies
 from securemail.core.classify import Classification
+from securemail.core.message import HeaderLimitError, read_headers, reparse_input
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
 from securemail.core.sensitivity import Sensitivity, scan_message
@@ -88,6 +89,14 @@ class AcceptPipeline:
     async def accept(self, t: Transaction) -> SmtpReply:
         """Authenticate (inbound) or sign (outbound), decide per recipient, then store
         durably: 250 only after commit."""
+        try:
+            block = read_headers(t.data)
+        except HeaderLimitError as exc:
+            return self._refuse(t, replies.header_too_large(str(exc)))
+        # One header/body boundary for everyone downstream too: a line our reader calls
+        # body (after a line that is not a header field) is made body for every other
+        # parser by an explicit empty line; well-formed messages are not copied.
+        t = replace(t, data=reparse_input(t.data, block))
         queue_id = new_queue_id()
         now = self.clock()
         headers, body = b"", t.data

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from securemail.core.classify import Classification
+from securemail.core.message import HeaderLimitError, read_headers, without_fields
 from securemail.core.replies import AUTH_TEMPFAIL, SmtpReply, auth_refused
 from securemail.core.rules import Status
 from securemail.dns import Resolver
@@ -33,7 +34,7 @@ from securemail.mech.dmarc import (
     check_dmarc,
     header_from_domain,
 )
-from securemail.mech.results import MethodResult, Result
+from securemail.mech.results import MethodResult, Result, is_own_auth_results
 from securemail.mech.spf import SpfResult, check_helo, check_spf
 
 TRUST_HEADER = "X-Securemail-Trust"
@@ -168,32 +169,22 @@ _ALWAYS_OURS = (b"x-securemail-trust", b"x-securemail-quarantine")
 def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
     """Remove incoming copies of headers only we may write (RFC 8601 §5).
 
-    Authentication-Results with our authserv-id, and every X-Securemail-Trust /
-    X-Securemail-Quarantine: a sender must not be able to pre-mark mail as trusted.
-    Each header is judged on its unfolded value, so folding cannot hide the id. Other
-    hosts' Authentication-Results are kept, as the RFC says.
+    Authentication-Results with our authserv-id (``is_own_auth_results``), and every
+    X-Securemail-Trust / X-Securemail-Quarantine: a sender must not be able to pre-mark
+    mail as trusted. The fields are the ones ``read_headers`` finds, so what it calls
+    body is left alone here as everywhere; the rest is kept byte for byte. A header
+    section over the reader's limits is returned as it is: ``authenticate`` then finds
+    no usable From ("header section not read") and ``decide`` refuses the message.
     """
-    end = data.find(b"\r\n\r\n")
-    head, body = (data, b"") if end < 0 else (data[: end + 2], data[end + 2 :])
-    ours = authserv_id.lower().encode()
-    blocks: list[list[bytes]] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and blocks:
-            blocks[-1].append(line)
-        else:
-            blocks.append([line])
-    kept = []
-    for block in blocks:
-        name, _, value = b" ".join(block).partition(b":")
-        name = name.strip().lower()
-        if name in _ALWAYS_OURS:
-            continue
-        if name == b"authentication-results":
-            served_by = value.split(b";", 1)[0].split(b"(", 1)[0].strip().lower()
-            if served_by == ours:
-                continue
-        kept.append(b"\r\n".join(block))
-    return b"\r\n".join(kept) + body
+    try:
+        block = read_headers(data)
+    except HeaderLimitError:
+        return data
+    return without_fields(
+        data,
+        block,
+        lambda f: f.lname in _ALWAYS_OURS or is_own_auth_results(f, authserv_id),
+    )
 
 
 def result_headers(auth_results: str, decision: AuthDecision) -> bytes:

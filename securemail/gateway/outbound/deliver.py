@@ -12,7 +12,6 @@ clear.
 
 from __future__ import annotations
 
-import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 
 from securemail.core.levels import TlsFailure, TlsLevel
 from securemail.dns import DnsError, DnsNotFound, DnsTemporaryError, Resolver
+from securemail.gateway.events import DeliveryAttempt, EventSink, LogSink
 from securemail.gateway.outbound.client import DeliveryError, Reply, SmtpConnection
 from securemail.gateway.outbound.policy import DeliveryPolicy, Refusal, default_policy
 from securemail.gateway.outbound.pool import ConnectionPool, PoolKey
 from securemail.gateway.outbound.route import Router
 
-log = logging.getLogger("securemail.delivery")
 
 MESSAGES_PER_CONNECTION = 500
 
@@ -71,6 +70,7 @@ class Deliverer:
         opportunistic: ssl.SSLContext,
         internal: dict[str, tuple[str, int]] | None = None,
         policy: DeliveryPolicy | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.router = Router(resolver, port=port, internal=internal)
         self.helo = helo
@@ -78,6 +78,7 @@ class Deliverer:
         self.opportunistic = opportunistic
         self.policy = policy or default_policy()
         self.pool = ConnectionPool()
+        self.events = events or LogSink()
 
     async def deliver(
         self,
@@ -207,7 +208,7 @@ class Deliverer:
     ) -> list[Result]:
         out = []
         tls_info = f"{conn.tls_version} {conn.cipher}" if conn.tls_version else "no TLS"
-        verified = "verified" if conn.verified and conn.tls_version else "unverified"
+        verified = bool(conn.verified and conn.tls_version)
         for rcpt in item.rcpts:
             reply = rcpts.get(rcpt)
             if reply is not None and reply.ok and data is not None:
@@ -219,16 +220,19 @@ class Deliverer:
             detail = (
                 f"{conn.peer} said {reply.code} {reply.text.splitlines()[-1] if reply.text else ''}"
             )
-            log.info(
-                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r",
-                item.queue_id,
-                rcpt,
-                conn.peer,
-                tls_info,
-                verified,
-                time.time() - item.received if item.received else 0.0,
-                "sent" if delivered else ("bounced" if reply.code >= 500 else "deferred"),
-                str(reply)[:200],
+            outcome = "sent" if delivered else ("bounced" if reply.code >= 500 else "deferred")
+            self.events.emit(
+                DeliveryAttempt(
+                    queue_id=item.queue_id,
+                    rcpt=rcpt,
+                    relay=conn.peer,
+                    tls=tls_info,
+                    verified=verified,
+                    delay=time.time() - item.received if item.received else 0.0,
+                    result=outcome,
+                    reply=str(reply),
+                    verified_by=conn.verified_by,
+                )
             )
             permanent = reply.code >= 500
             out.append(

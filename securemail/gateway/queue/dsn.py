@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import secrets
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
+
+from securemail.core.message import HeaderLimitError, read_headers
 
 MAX_RETURNED_HEADERS = 64 * 1024
 
@@ -31,10 +32,7 @@ def build_dsn(
     ``failures`` is a list of (recipient, diagnostic); ``action`` is ``failed`` or
     ``delayed`` (for the forced-TLS delay notice).
     """
-    headers_end = original.find(b"\r\n\r\n")
-    head = original[: headers_end + 2 if headers_end >= 0 else MAX_RETURNED_HEADERS]
-    head = head[:MAX_RETURNED_HEADERS]
-    subject = BytesHeaderParser().parsebytes(head).get("Subject", "")
+    head, subject = _returned_headers(original)
     failed = action == "failed"
 
     text = EmailMessage(policy=SMTP)
@@ -47,7 +45,7 @@ def build_dsn(
             else "Your message has not yet been delivered to the recipients below; "
             "it is still being retried and nothing was sent in the clear."
         ),
-        f"Queue ID: {queue_id}. Subject: {_one_line(str(subject))[:200]}",
+        f"Queue ID: {queue_id}. Subject: {_one_line(subject)[:200]}",
         "",
     ]
     lines += [f"<{rcpt}>: {diagnostic}" for rcpt, diagnostic in failures]
@@ -87,6 +85,28 @@ def build_dsn(
     ]
     body = b"".join(f"\r\n--{boundary}\r\n".encode() + part for part in parts)
     return headers.encode() + body + f"\r\n--{boundary}--\r\n".encode()
+
+
+def _returned_headers(original: bytes) -> tuple[bytes, str]:
+    """The original's header fields that fit in ``MAX_RETURNED_HEADERS``, and its Subject.
+
+    Read by the one header reader, so the DSN returns the fields every other part of
+    the gateway judged, whole, and never a line of the body. Nothing when the header
+    section was over the reader's limits (such mail was neither signed nor verified).
+    """
+    try:
+        block = read_headers(original)
+    except HeaderLimitError:
+        return b"", ""
+    kept: list[bytes] = []
+    size = 0
+    for field in block.fields:
+        size += len(field.raw)
+        if size > MAX_RETURNED_HEADERS:
+            break
+        kept.append(field.raw)
+    subject = block.first("subject")
+    return b"".join(kept), subject.decoded if subject is not None else ""
 
 
 def _one_line(text: str) -> str:

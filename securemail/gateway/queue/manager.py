@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from securemail.core.levels import TlsLevel
+from securemail.gateway.events import Bounced, Deferred, EventSink, LogSink, TlsAlert
 from securemail.gateway.outbound.deliver import Deliverer, Item, Result
 from securemail.gateway.queue.schedule import Schedule, age_text, next_step
 from securemail.gateway.spool import Delivery, Outcome, RcptStatus, Spool
@@ -45,6 +46,7 @@ class QueueManager:
         batch_size: int = 1000,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.spool = spool
         self.deliverer = deliverer
@@ -56,6 +58,7 @@ class QueueManager:
         self.batch_size = batch_size
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - retry jitter, not secrets
+        self.events = events or LogSink()
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -184,15 +187,13 @@ class QueueManager:
             step = next_step(r, delivery, now, self.schedule, self.rng)
             if step.status is RcptStatus.BOUNCED:
                 bounces.append((delivery, step.detail, data))
-                log.warning("bounced id=%s rcpt=<%s> reason=%r", r.queue_id, r.rcpt, step.detail)
+                self.events.emit(Bounced(r.queue_id, r.rcpt, step.detail))
             notify = step.notice_due and self.delay_notice is not None
             if notify:
-                log.warning(
-                    "ALERT forced TLS failing id=%s rcpt=<%s> failure=%s for %s;"
-                    " sender <%s> notified: %s",
-                    r.queue_id, r.rcpt, r.tls_failure, age_text(now - delivery.received),
-                    delivery.sender, r.detail,
-                )  # fmt: skip
+                waited = age_text(now - delivery.received)
+                self.events.emit(
+                    TlsAlert(r.queue_id, r.rcpt, r.tls_failure, waited, delivery.sender, r.detail)
+                )
                 assert self.delay_notice is not None
                 await self.delay_notice(delivery, r.detail, data)
             outcomes.append(
@@ -201,14 +202,8 @@ class QueueManager:
                 )
             )
             if step.status is RcptStatus.DEFERRED:
-                log.info(
-                    "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r",
-                    r.queue_id,
-                    r.rcpt,
-                    "yes" if r.tls_failure else "no",
-                    r.tls_failure or "-",
-                    step.next_attempt - now,
-                    r.detail,
+                self.events.emit(
+                    Deferred(r.queue_id, r.rcpt, r.tls_failure, step.next_attempt - now, r.detail)
                 )
         for delivery, detail, data in bounces:
             if delivery.sender:
