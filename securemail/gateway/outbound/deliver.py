@@ -25,7 +25,6 @@ from securemail.gateway.outbound.policy import DeliveryPolicy, Refusal, default_
 from securemail.gateway.outbound.pool import ConnectionPool, PoolKey
 from securemail.gateway.outbound.route import Router
 
-
 MESSAGES_PER_CONNECTION = 500
 
 Report = Callable[[list["Result"]], None]
