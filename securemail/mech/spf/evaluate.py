@@ -1,8 +1,7 @@
-"""SPF (RFC 7208): a pure record parser and an async ``check_host()`` evaluator.
+"""SPF evaluation (RFC 7208 §4): an async ``check_host()`` through the one ``Resolver``.
 
 Why our own: pyspf does blocking DNS through its own resolver, but the gateway checks SPF
-on every inbound message on the event loop, through the one configured ``Resolver``. The
-domain checker needs the parser alone, to report syntax problems and count lookups.
+on every inbound message on the event loop, through the one configured ``Resolver``.
 
 The processing limits (§4.6.4) are what stop a hostile record from making us flood DNS,
 so they are exact: 10 DNS-causing terms in the whole evaluation (includes and redirects
@@ -20,392 +19,39 @@ Where the RFC leaves room, we chose:
   odd local part) makes ``a``/``mx``/``ptr``/``exists`` not match, without asking DNS;
   for ``include`` and ``redirect`` it is a permerror (§6.1).
 * ``%{p}`` is a validated PTR name (``unknown`` if none) and counts once towards the
-  lookup limit, as §4.6.4 says; ``c``, ``r``, ``t`` are refused in domain-specs (§7.1)
-  but tolerated in unknown modifiers, which are ignored anyway.
+  lookup limit, as §4.6.4 says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import time
-from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
-from urllib.parse import quote
-
-import idna
 
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 from securemail.mech.results import MethodResult, Result
+from securemail.mech.spf.macros import MacroContext, expand_domain, expand_macros
+from securemail.mech.spf.names import (
+    IPAddress,
+    _ascii_domain,
+    _within,
+    ip_in_network,
+    normalise_ip,
+    valid_domain,
+)
+from securemail.mech.spf.record import SpfRecord, SpfSyntaxError, Term, parse_spf, select_spf_record
 
 LOOKUP_LIMIT = 10
 VOID_LIMIT = 2
 MX_LIMIT = 10
 PTR_LIMIT = 10
 TIME_LIMIT = 20.0
-MAX_DOMAIN_CHARS = 253
 MAX_EXPLANATION = 1000  # characters kept of an expanded exp= text
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 QUALIFIER_RESULTS = {"+": Result.PASS, "-": Result.FAIL, "~": Result.SOFTFAIL, "?": Result.NEUTRAL}
-DNS_MECHANISMS = frozenset({"include", "a", "mx", "ptr", "exists"})
-MECHANISMS = DNS_MECHANISMS | {"all", "ip4", "ip6"}
-
-_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9_.\-]*)=(.*)", re.S)
-_MECHANISM = re.compile(r"([+\-~?]?)([A-Za-z0-9]+)(.*)", re.S)
-_DOMAIN_ARGS = re.compile(r"(?::(.*?))?(?:/([0-9]+))?(?://([0-9]+))?", re.S)
-_LDH = re.compile(r"[A-Za-z0-9-]+")
-_QNUM = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IP4_NETWORK = re.compile(rf"{_QNUM}(?:\.{_QNUM}){{3}}")
-_IP6_NETWORK = re.compile(r"[0-9A-Fa-f:.]+")
-_CIDR = re.compile(r"0|[1-9][0-9]{0,2}")
-_TOKEN = re.compile(
-    r"%\{(?P<letter>[A-Za-z])(?P<digits>[0-9]*)(?P<reverse>[rR]?)(?P<delimiters>[.\-+,/_=]*)\}"
-    r"|%(?P<escape>[%_-])|(?P<literal>[^%]+)|%"
-)
-_NOT_LITERAL = re.compile(r"[^!-~]")  # macro-literal: visible ASCII (and "%" is not literal)
-_NOT_EXPLAIN_TEXT = re.compile(r"[^ -~]")  # explain-string: the same, and spaces
-_MACRO_LETTERS = "slodiphcrtv"
-_ESCAPES = {"%": "%", "_": " ", "-": "%20"}
-
-
-class SpfSyntaxError(ValueError):
-    """The record (or a macro string) breaks RFC 7208's grammar; the message says where."""
-
-
-@dataclass(frozen=True, slots=True)
-class Term:
-    """One mechanism or modifier. Modifiers have qualifier ``""``."""
-
-    kind: str  # "mechanism" | "modifier"
-    qualifier: str  # "+" | "-" | "~" | "?"
-    name: str  # lower-case: all, include, a, mx, ptr, ip4, ip6, exists, redirect, exp, ...
-    value: str  # domain-spec or network as written (may hold macros); "" when absent
-    cidr4: int | None = None
-    cidr6: int | None = None
-
-    @property
-    def text(self) -> str:
-        """The term written out again (``-all``, ``a:example.org/24//64``)."""
-        if self.kind == "modifier":
-            return f"{self.name}={self.value}"
-        text = ("" if self.qualifier == "+" else self.qualifier) + self.name
-        text += f":{self.value}" if self.value else ""
-        text += "" if self.cidr4 is None else f"/{self.cidr4}"
-        if self.cidr6 is not None:
-            text += f"/{self.cidr6}" if self.name == "ip6" else f"//{self.cidr6}"
-        return text
-
-
-@dataclass(frozen=True, slots=True)
-class SpfRecord:
-    terms: tuple[Term, ...]
-
-    @property
-    def redirect(self) -> str | None:
-        return self._modifier("redirect")
-
-    @property
-    def exp(self) -> str | None:
-        return self._modifier("exp")
-
-    @property
-    def all_qualifier(self) -> str | None:
-        return next(
-            (t.qualifier for t in self.terms if t.kind == "mechanism" and t.name == "all"), None
-        )
-
-    def dns_lookup_terms(self) -> int:
-        """Terms of this record that would cause DNS lookups (not counting nested records).
-
-        Mechanisms after ``all`` are never reached, and ``redirect`` is ignored when there is
-        an ``all`` (§6.1), so neither is counted.
-        """
-        count = 0
-        for term in self.terms:
-            if term.kind == "mechanism":
-                if term.name == "all":
-                    return count
-                count += term.name in DNS_MECHANISMS
-        return count + (self.redirect is not None)
-
-    def _modifier(self, name: str) -> str | None:
-        return next((t.value for t in self.terms if t.kind == "modifier" and t.name == name), None)
-
-
-# --- parsing (pure) ----------------------------------------------------------------------
-
-
-def select_spf_record(txt_strings: Sequence[str]) -> str | None:
-    """The one ``v=spf1`` record among a name's TXT strings, or None (§4.5)."""
-    records = spf_records(txt_strings)
-    if len(records) > 1:
-        raise SpfSyntaxError("multiple SPF records")
-    return records[0] if records else None
-
-
-def spf_records(txt_strings: Sequence[str]) -> list[str]:
-    """Every TXT string that is an SPF record (``v=spf1`` then a space or the end, §4.5).
-
-    For callers that must see several records rather than a permerror (the checker).
-    """
-    return [text for text in txt_strings if _is_spf1(text)]
-
-
-def parse_spf(record: str) -> SpfRecord:
-    """Parse a whole record strictly by RFC 7208 §12; raises ``SpfSyntaxError``."""
-    if not _is_spf1(record):
-        raise SpfSyntaxError('not an SPF record: it must start with "v=spf1"')
-    terms: list[Term] = []
-    seen: set[str] = set()
-    for index, text in enumerate((t for t in record[6:].split(" ") if t), start=1):
-        try:
-            term = _parse_term(text)
-            if term.kind == "modifier" and term.name in ("redirect", "exp"):
-                if term.name in seen:
-                    raise SpfSyntaxError(f"duplicate {term.name} modifier")
-                seen.add(term.name)
-        except SpfSyntaxError as exc:
-            shown = text if len(text) <= 80 else text[:77] + "..."
-            raise SpfSyntaxError(f'term {index} "{shown}" : {exc}') from None
-        terms.append(term)
-    return SpfRecord(tuple(terms))
-
-
-def _is_spf1(text: str) -> bool:
-    return text[:6].lower() == "v=spf1" and text[6:7] in ("", " ")
-
-
-def _parse_term(text: str) -> Term:
-    modifier = _MODIFIER.fullmatch(text)
-    if modifier is not None:
-        name, value = modifier[1].lower(), modifier[2]
-        if name in ("redirect", "exp"):
-            _check_domain_spec(value)
-        else:
-            _tokens(value, explanation=True)
-        return Term("modifier", "", name, value)
-    match = _MECHANISM.fullmatch(text)
-    if match is None:
-        raise SpfSyntaxError("not a mechanism or modifier")
-    qualifier, name, rest = match[1] or "+", match[2].lower(), match[3]
-    if name not in MECHANISMS:
-        raise SpfSyntaxError(f'unknown mechanism "{match[2]}"')
-    if name == "all":
-        if rest:
-            raise SpfSyntaxError('"all" takes no argument')
-        return Term("mechanism", qualifier, name, "")
-    if name in ("ip4", "ip6"):
-        return _ip_term(qualifier, name, rest)
-    args = _DOMAIN_ARGS.fullmatch(rest)
-    if args is None:
-        raise SpfSyntaxError("invalid domain-spec or CIDR length")
-    spec, cidr4, cidr6 = args.groups()
-    if (cidr4 or cidr6) and name not in ("a", "mx"):
-        raise SpfSyntaxError(f'"{name}" takes no CIDR length')
-    if spec is None and name in ("include", "exists"):
-        raise SpfSyntaxError(f'"{name}" needs ":domain-spec"')
-    if spec is not None:
-        _check_domain_spec(spec)
-    return Term(
-        "mechanism", qualifier, name, spec or "", _cidr(cidr4, 32, "4"), _cidr(cidr6, 128, "6")
-    )
-
-
-def _ip_term(qualifier: str, name: str, rest: str) -> Term:
-    family = name[-1]
-    if not rest.startswith(":"):
-        raise SpfSyntaxError(f'"{name}" needs ":network"')
-    network, slash, length = rest[1:].partition("/")
-    cidr = _cidr(length if slash else None, 32 if family == "4" else 128, family)
-    if family == "4":
-        if _IP4_NETWORK.fullmatch(network) is None:
-            raise SpfSyntaxError("invalid IPv4 network")
-        return Term("mechanism", qualifier, name, network, cidr4=cidr)
-    try:
-        if _IP6_NETWORK.fullmatch(network) is None:
-            raise ValueError(network)
-        ipaddress.IPv6Address(network)
-    except ValueError:
-        raise SpfSyntaxError("invalid IPv6 network") from None
-    return Term("mechanism", qualifier, name, network, cidr6=cidr)
-
-
-def _cidr(text: str | None, limit: int, family: str) -> int | None:
-    if text is None:
-        return None
-    if _CIDR.fullmatch(text) is None or int(text) > limit:
-        raise SpfSyntaxError(f"invalid IPv{family} CIDR length /{text} (0-{limit})")
-    return int(text)
-
-
-def _check_domain_spec(spec: str) -> None:
-    if not spec:
-        raise SpfSyntaxError("empty domain-spec")
-    last = _tokens(spec, explanation=False)[-1]
-    if isinstance(last, str) and not _ends_in_toplabel(last):
-        raise SpfSyntaxError("domain-spec must end in a top-level label or a macro")
-
-
-def _ends_in_toplabel(literal: str) -> bool:
-    """``"." toplabel ["."]`` at the end; in code, as a regex would be quadratic here."""
-    _, dot, label = literal.removesuffix(".").rpartition(".")
-    if not dot or _LDH.fullmatch(label) is None:
-        return False
-    return label[0] != "-" and label[-1] != "-" if "-" in label else not label.isdigit()
-
-
-# --- macros (pure) -----------------------------------------------------------------------
-
-
-class _Macro(NamedTuple):
-    letter: str  # a macro letter as written, or "%", "_", "-" for %%, %_, %-
-    count: int = 0  # keep this many right-hand parts; 0 keeps all
-    reverse: bool = False
-    delimiters: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MacroContext:
-    """What macros expand to (§7.3); ``ip`` must be an IP address (IPv4-mapped as IPv4)."""
-
-    sender: str
-    domain: str
-    ip: str
-    helo: str = ""
-    receiver: str = "unknown"
-    ptr: str = "unknown"
-    timestamp: int = 0
-
-
-def _tokens(text: str, *, explanation: bool) -> list[str | _Macro]:
-    tokens: list[str | _Macro] = []
-    for match in _TOKEN.finditer(text):
-        literal, letter, digits = match["literal"], match["letter"], match["digits"]
-        if literal is not None:
-            bad = (_NOT_EXPLAIN_TEXT if explanation else _NOT_LITERAL).search(literal)
-            if bad is not None:
-                raise SpfSyntaxError(f"character {bad[0]!r} is not allowed")
-            tokens.append(literal)
-        elif match["escape"] is not None:
-            tokens.append(_Macro(match["escape"]))
-        elif letter is None:
-            raise SpfSyntaxError(f"invalid macro {text[match.start() : match.start() + 12]!r}")
-        elif letter.lower() not in _MACRO_LETTERS:
-            raise SpfSyntaxError(f"unknown macro letter {letter!r}")
-        elif letter.lower() in "crt" and not explanation:
-            raise SpfSyntaxError(f'macro "%{{{letter}}}" is allowed only in explanations')
-        elif digits and not digits.strip("0"):
-            raise SpfSyntaxError("a macro's digit transformer must not be zero")
-        else:
-            digits = digits.lstrip("0")
-            count = int(digits or 0) if len(digits) <= 4 else 9999  # more than any name has
-            tokens.append(_Macro(letter, count, bool(match["reverse"]), match["delimiters"]))
-    return tokens
-
-
-def expand_macros(text: str, context: MacroContext, *, explanation: bool = False) -> str:
-    """Expand a macro-string (or, with ``explanation``, an explain-string) (§7)."""
-    out: list[str] = []
-    values: dict[str, str] = {}
-    for token in _tokens(text, explanation=explanation):
-        if isinstance(token, str):
-            out.append(token)
-        elif token.letter in _ESCAPES:
-            out.append(_ESCAPES[token.letter])
-        else:
-            values = values or _macro_values(context)
-            value = values[token.letter.lower()]
-            parts = re.split(f"[{re.escape(token.delimiters or '.')}]", value)
-            parts = parts[::-1] if token.reverse else parts
-            expanded = ".".join(parts[-token.count :] if token.count else parts)
-            out.append(quote(expanded, safe="") if token.letter.isupper() else expanded)
-    return "".join(out)
-
-
-def expand_domain(spec: str, context: MacroContext) -> str:
-    """A domain-spec expanded to a lower-case name, cut from the left to 253 chars (§7.3)."""
-    name = expand_macros(spec, context).lower()
-    name = name[:-1] if name.endswith(".") else name
-    while len(name) > MAX_DOMAIN_CHARS and "." in name:
-        name = name.split(".", 1)[1]
-    return name
-
-
-def _macro_values(context: MacroContext) -> dict[str, str]:
-    local, _, domain = context.sender.rpartition("@")
-    address = ipaddress.ip_address(context.ip)
-    ipv4 = address.version == 4
-    return {
-        "s": context.sender,
-        "l": local or "postmaster",
-        "o": domain,
-        "d": context.domain,
-        "i": str(address) if ipv4 else ".".join(address.exploded.replace(":", "")),
-        "p": context.ptr,
-        "v": "in-addr" if ipv4 else "ip6",
-        "h": context.helo,
-        "c": str(address),
-        "r": context.receiver or "unknown",
-        "t": str(context.timestamp),
-    }
-
-
-# --- addresses and names (pure) ----------------------------------------------------------
-
-
-def normalise_ip(ip: str | IPAddress) -> IPAddress:
-    """``ip`` as an address object, IPv4-mapped IPv6 as plain IPv4 (§5); ValueError if bad."""
-    address = ipaddress.ip_address(ip.strip().strip("[]") if isinstance(ip, str) else ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def ip_in_network(ip: IPAddress, network: str, prefix: int | None) -> bool:
-    """Whether ``ip`` is in ``network``/``prefix`` (whole address when no prefix)."""
-    try:
-        length = ip.max_prefixlen if prefix is None else prefix
-        net = ipaddress.ip_network((network, length), strict=False)
-    except ValueError:
-        return False  # not an address, or a prefix too long for its family
-    return ip.version == net.version and ip in net
-
-
-def valid_domain(name: str) -> bool:
-    """§4.3: a multi-label name, labels of 1-63 chars, at most 253 chars, not an IP."""
-    labels = name.split(".")
-    return (
-        0 < len(name) <= MAX_DOMAIN_CHARS
-        and len(labels) >= 2
-        and all(0 < len(label) <= 63 for label in labels)
-        and name.isascii()
-        and name.isprintable()
-        and not any(char in name for char in " \\[]")
-        and not labels[-1].isdigit()
-    )
-
-
-def _ascii_domain(domain: str) -> str:
-    domain = domain.strip().lower()
-    domain = domain[:-1] if domain.endswith(".") else domain
-    if domain.isascii():
-        return domain
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except UnicodeError:  # idna.IDNAError is one
-        return domain  # and valid_domain() turns it away
-
-
-def _within(name: str, domain: str) -> bool:
-    return name == domain or name.endswith("." + domain)
-
-
-# --- evaluation (async, through the one resolver) ----------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
