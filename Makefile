@@ -51,13 +51,14 @@ demo: $(STAMP) securemail.toml
 test: $(STAMP) system-deps
 	$(BIN)/ruff check securemail tests bench
 	$(BIN)/ruff format --check securemail tests bench
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto -m 'not slow'
+	$(BIN)/pytest -m slow
 
 ## test-fast: the day-to-day lane: lint + everything but the `slow` tests (Postfix, crash trials)
 test-fast: $(STAMP) system-deps
 	$(BIN)/ruff check securemail tests bench
 	$(BIN)/ruff format --check securemail tests bench
-	$(BIN)/pytest -m 'not slow'
+	$(BIN)/pytest -n auto -m 'not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check securemail tests bench
