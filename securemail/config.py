@@ -71,6 +71,9 @@ class SpoolConfig:
 @dataclass(frozen=True, slots=True)
 class InboundConfig:
     deliver_to: str = "127.0.0.1:2526"
+    # How we know our users (refused at RCPT, never bounced): "verify" asks deliver_to,
+    # "any" accepts every local part, anything else is a file listing them.
+    recipients: str = "verify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,12 @@ def parse_nameserver(item: str) -> tuple[str, int]:
         raise ValueError(f"expected IP or IP:PORT, got {item!r}") from None
 
 
+def _recipients(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('expected "verify", "any" or the path of a recipient list')
+    return value.strip()
+
+
 def _host_ports(value: object) -> object:
     assert isinstance(value, tuple)
     for item in value:
@@ -259,6 +268,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("dns", "nameservers"): _host_ports,
     ("dns", "timeout"): _between(0.1, 120),
     ("inbound", "deliver_to"): _host_port,
+    ("inbound", "recipients"): _recipients,
     ("relay", "networks"): _networks,
     ("listen", "max_message_size"): _between(1024, 1024**3),
     ("listen", "max_recipients"): _between(1, 10000),

@@ -345,7 +345,7 @@ def parse_accredited_csv(
                 )
                 continue
             expires = _add_year(parsed) if parsed and cols.accreditation_date else parsed
-        org = " ".join(_cell(cells, cols.org).split())
+        org = _from_cell(" ".join(_cell(cells, cols.org).split()))
         for domain, wildcard in found:
             entry = AccreditedEntry(domain, org, expires, wildcard)
             if (old := entries.get(domain)) is None:
@@ -381,6 +381,22 @@ def _metadata(comments: list[str]) -> dict[str, str] | None:
     return None
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...)),
+# so anything we write as CSV is neutralised with a leading apostrophe (OWASP's advice),
+# which reading our own file takes off again.
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def to_cell(text: str) -> str:
+    """``text`` safe to open in a spreadsheet: never read as a formula."""
+    return f"'{text}" if text.startswith(_FORMULA_LEAD) else text
+
+
+def _from_cell(text: str) -> str:
+    """The inverse of ``to_cell`` for our own canonical file (and harmless on others)."""
+    return text[1:] if text[:1] == "'" and text[1:].startswith(_FORMULA_LEAD) else text
+
+
 def canonical_text(accredited: AccreditedList, today: date) -> str:
     out = io.StringIO()
     source = _META_UNSAFE.sub("_", accredited.source)
@@ -394,6 +410,6 @@ def canonical_text(accredited: AccreditedList, today: date) -> str:
     for domain, entry in sorted(accredited.entries.items()):
         expires = entry.expires.isoformat() if entry.expires else ""
         writer.writerow(
-            (f"*.{domain}" if entry.subdomains else domain, entry.organisation, expires)
+            (f"*.{domain}" if entry.subdomains else domain, to_cell(entry.organisation), expires)
         )
     return out.getvalue()

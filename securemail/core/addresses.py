@@ -70,6 +70,8 @@ def parse_address(text: str) -> Address:
     if _SURROGATE.search(text):
         raise AddressError("contains bytes that are not valid UTF-8")
     text = text.strip()
+    if "(" in text:
+        text = _without_outer_comments(text)
     if not text:
         raise AddressError("empty address")
     if _SPECIAL.search(text) is None:
@@ -77,6 +79,46 @@ def parse_address(text: str) -> Address:
         return _parse_addr_spec(text, "")
     display, addr = _split_display_name(text)
     return _parse_addr_spec(addr, display)
+
+
+def _without_outer_comments(text: str) -> str:
+    """``text`` without RFC 5322 comments before or after the mailbox (CFWS).
+
+    ``a@b (Alice)`` and ``(work) Alice <a@b>`` are valid mailboxes; the comment carries no
+    address, so it is dropped. A comment *inside* the addr-spec (``a(x)@b``) is left for
+    the strict parser to refuse, as is anything unbalanced: where a comment or a quoted
+    string ends decides which ``@`` is real, so there is no guessing.
+    """
+    spans: list[tuple[int, int]] = []  # top-level comments outside quoted strings
+    quoted = escaped = False
+    depth = start = 0
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                spans.append((start, i + 1))
+        elif quoted:
+            quoted = ch != '"'
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            depth, start = 1, i
+    if depth or quoted or escaped:
+        return text
+    lead, trail = 0, len(text)
+    for s, e in spans:
+        if text[lead:s].strip():
+            break
+        lead = e
+    for s, e in reversed(spans):
+        if s < lead or text[e:trail].strip():
+            break
+        trail = s
+    return text[lead:trail].strip()
 
 
 def split_address_list(text: str) -> list[str]:

@@ -62,6 +62,13 @@ AUTH_RATE_LIMITED = SmtpReply(
     454, "4.7.0", "Too many failed authentication attempts; try again later", check="auth-limit"
 )
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down")
+UNKNOWN_RECIPIENT = SmtpReply(
+    550, "5.1.1", "Recipient address rejected: user unknown", check="recipients"
+)
+RECIPIENT_CHECK_FAILED = SmtpReply(
+    450, "4.1.1", "Recipient address rejected: could not verify it now; try again later",
+    check="recipients",
+)  # fmt: skip
 
 
 def bad_sender(problem: str) -> SmtpReply:

@@ -24,6 +24,7 @@ from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.inbound import auth
 from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
 from securemail.gateway.inbound.listeners import ROLES, Listeners, ListenSettings
+from securemail.gateway.inbound.recipients import recipient_check
 from securemail.gateway.inbound.server import AuthLimiter, GatewayHandler
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.outbound.deliver import Deliverer
@@ -146,6 +147,12 @@ class Gateway:
         self._queue_task = asyncio.ensure_future(self.queue.run())
         limiter = AuthLimiter()
         cfg = self.config
+        recipients = recipient_check(
+            cfg.inbound.recipients,
+            base=_base(cfg),
+            deliver_to=_split(cfg.inbound.deliver_to),
+            helo=cfg.organisation.hostname,
+        )
         for role, address in zip(ROLES, (cfg.listen.inbound, cfg.listen.submission), strict=True):
             handler = GatewayHandler(
                 role,
@@ -157,6 +164,7 @@ class Gateway:
                 max_recipients=cfg.listen.max_recipients,
                 limiter=limiter,
                 events=self.events,
+                recipients=recipients,
             )
             host, port = _split(address)
             await self.listeners.listen(role, host, port, handler)

@@ -6,10 +6,9 @@ the record of what happened has one shape: the log sink below writes today's log
 metrics and TLS-RPT aggregation become further sinks reading the same events, never a
 second reading of the log. Events are plain frozen records; formatting lives in the sink.
 
-Peer-supplied values (addresses, EHLO names, user names, remote replies) reach the log
-only through ``LogSink``, which is therefore the one place that neutralises line breaks
-and control characters in them (``_safe``): nobody can write a fake log line by sending
-CR/LF in an AUTH name or a reply.
+Peer-supplied values (addresses, EHLO names, user names, remote replies) are neutralised
+in one place, ``OneLineFormatter`` (installed by ``securemail serve``): nobody can write
+a fake log line by sending CR/LF in an AUTH name or a reply, whichever code logged it.
 """
 
 from __future__ import annotations
@@ -99,6 +98,16 @@ class RelayDenied:
 
 
 @dataclass(frozen=True, slots=True)
+class RcptRefused:
+    """A recipient refused at RCPT for a reason worth a log line (unknown user, ...)."""
+
+    client: str
+    rcpt: str
+    reply: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryAttempt:
     """One recipient's reply from a remote server."""
 
@@ -157,6 +166,7 @@ Event = (
     | NoticeSkipped
     | SessionAuth
     | RelayDenied
+    | RcptRefused
     | DeliveryAttempt
     | Deferred
     | Bounced
@@ -199,9 +209,20 @@ class MemorySink:
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def _safe(value: object) -> str:
-    """A peer-supplied value for one log line: control characters become ``\\xNN``."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+def escape_controls(text: str) -> str:
+    """One log line stays one line: control characters become ``\\xNN``."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """The one place log text is made safe: every record's message (whatever wrote it:
+    the log sink, a library, an exception text quoting a peer) has its control
+    characters escaped, so a CR/LF in an AUTH name, an address or a remote reply cannot
+    forge a log line. Tracebacks, which we write, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 def _decisions(decisions: Sequence[RcptDecision]) -> str:
@@ -214,7 +235,6 @@ _GW, _SMTP, _QUEUE = "securemail.gateway", "securemail.smtp", "securemail.queue"
 
 def _line(event: Event) -> _Line:
     """The log line for an event: the one place log text is written."""
-    s = _safe
     match event:
         case Accepted():
             e = event
@@ -227,15 +247,15 @@ def _line(event: Event) -> _Line:
                 ),
                 (
                     e.queue_id,
-                    s(e.sender),
+                    e.sender,
                     e.rcpts,
                     e.held,
                     e.size,
-                    s(e.client),
+                    e.client,
                     e.tls or "none",
-                    s(e.auth_user) or "-",
+                    e.auth_user or "-",
                     "yes" if e.sensitive else "no",
-                    s(_decisions(e.decisions)),
+                    _decisions(e.decisions),
                 ),
             )
         case Refused():
@@ -244,7 +264,7 @@ def _line(event: Event) -> _Line:
                 logging.WARNING,
                 _GW,
                 "refused from=<%s> client=%s check=%s reply=%r reason=%r",
-                (s(e.sender), s(e.client), e.check or "-", s(e.reply), s(e.reason)),
+                (e.sender, e.client, e.check or "-", e.reply, e.reason),
             )
         case AuthJudged():
             e = event
@@ -255,12 +275,12 @@ def _line(event: Event) -> _Line:
                 ("auth id=%s from=<%s> header_from=%s %s action=%s trust=%s detail=%r"),
                 (
                     e.queue_id,
-                    s(e.sender),
-                    s(e.header_from),
+                    e.sender,
+                    e.header_from,
                     methods,
                     e.action,
                     "secure" if e.trusted else "external",
-                    s(e.detail),
+                    e.detail,
                 ),
             )
         case NoticeQueued():
@@ -269,7 +289,7 @@ def _line(event: Event) -> _Line:
                 logging.INFO,
                 _GW,
                 "dsn (%s) for id=%s to=<%s>: %s",
-                (e.kind, e.queue_id, s(e.to), s(e.reply)),
+                (e.kind, e.queue_id, e.to, e.reply),
             )
         case NoticeSkipped():
             e = event
@@ -277,19 +297,27 @@ def _line(event: Event) -> _Line:
                 logging.WARNING,
                 _GW,
                 "no DSN for id=%s to=<%s>: %s",
-                (e.queue_id, s(e.to), s(e.reason)),
+                (e.queue_id, e.to, e.reason),
             )
         case SessionAuth():
             e = event
             level = logging.INFO if e.outcome == "ok" else logging.WARNING
-            return level, _SMTP, "auth %s user=%s client=%s", (e.outcome, s(e.user), s(e.client))
+            return level, _SMTP, "auth %s user=%s client=%s", (e.outcome, e.user, e.client)
         case RelayDenied():
             e = event
             return (
                 logging.WARNING,
                 _SMTP,
                 "relay denied client=%s rcpt=<%s>",
-                (s(e.client), s(e.rcpt)),
+                (e.client, e.rcpt),
+            )
+        case RcptRefused():
+            e = event
+            return (
+                logging.WARNING,
+                _SMTP,
+                "rcpt refused client=%s rcpt=<%s> reply=%r reason=%r",
+                (e.client, e.rcpt, e.reply, e.reason),
             )
         case DeliveryAttempt():
             e = event
@@ -299,8 +327,8 @@ def _line(event: Event) -> _Line:
                 "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r",
                 (
                     e.queue_id,
-                    s(e.rcpt),
-                    s(e.relay),
+                    e.rcpt,
+                    e.relay,
                     e.tls,
                     f"verified by {e.verified_by}"
                     if e.verified and e.verified_by
@@ -309,7 +337,7 @@ def _line(event: Event) -> _Line:
                     else "unverified",
                     e.delay,
                     e.result,
-                    s(e.reply)[:200],
+                    e.reply[:200],
                 ),
             )
         case Deferred():
@@ -321,11 +349,11 @@ def _line(event: Event) -> _Line:
                 "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r",
                 (
                     e.queue_id,
-                    s(e.rcpt),
+                    e.rcpt,
                     "yes" if e.tls_failure else "no",
                     failure,
                     e.retry_in,
-                    s(e.reason),
+                    e.reason,
                 ),
             )
         case Bounced():
@@ -334,7 +362,7 @@ def _line(event: Event) -> _Line:
                 logging.WARNING,
                 _QUEUE,
                 "bounced id=%s rcpt=<%s> reason=%r",
-                (e.queue_id, s(e.rcpt), s(e.reason)),
+                (e.queue_id, e.rcpt, e.reason),
             )
         case TlsAlert():
             e = event
@@ -345,11 +373,11 @@ def _line(event: Event) -> _Line:
                 "sender <%s> notified: %s",
                 (
                     e.queue_id,
-                    s(e.rcpt),
+                    e.rcpt,
                     e.failure.value if e.failure else "-",
                     e.waited,
-                    s(e.sender),
-                    s(e.reason),
+                    e.sender,
+                    e.reason,
                 ),
             )
         case Lifecycle():

@@ -140,3 +140,27 @@ def test_parse_never_raises_anything_but_address_error(text):
 @given(st.text(max_size=300))
 def test_split_never_raises(text):
     assert isinstance(split_address_list(text), list)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("a@example.org (Alice)", "a@example.org"),
+        ("(work) a@example.org", "a@example.org"),
+        ("Alice <a@example.org> (via list)", "a@example.org"),
+        ("a@example.org (nested (comment) here)", "a@example.org"),
+        (r"a@example.org (escaped \) paren)", "a@example.org"),
+        ('"x (not a comment)"@example.org', '"x (not a comment)"@example.org'),
+    ],
+)
+def test_outer_comments_are_cfws(text, address):
+    """RFC 5322 allows comments around a mailbox; they carry no address."""
+    assert parse_address(text).addr_spec == address
+
+
+@pytest.mark.parametrize(
+    "text", ["a(x)@example.org", "a@example.org (unclosed", "a@(x)example.org", "a@b (c) d@e"]
+)
+def test_comments_that_could_hide_an_address_stay_refused(text):
+    with pytest.raises(AddressError):
+        parse_address(text)

@@ -198,7 +198,19 @@ class _Handler:
         self.sink._record_ehlo(server, hostname)
         return f"250 {server.hostname}"
 
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        known = self.sink.known
+        if known is not None and address.lower() not in known:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.hold is not None:  # a test holds the reply to DATA until it says go
+            await asyncio.to_thread(self.sink.hold.wait, 60)
         return self.sink._record_message(server, session, envelope)
 
 
@@ -240,6 +252,8 @@ class SinkServer(LoopbackService):
     * `tls_context`: offer STARTTLS with it; `require_tls`: refuse MAIL etc. before it.
     * `reply_code` (e.g. 450, 550): answer end-of-DATA with it (attribute, may be changed
       while running); such transactions go to `rejected`, not `messages`.
+    * `hold`: a `threading.Event`; while it is not set, the reply to DATA waits.
+    * `known`: a set of lower-cased addresses; RCPT for any other gets 550 5.1.1.
     """
 
     def __init__(
@@ -264,6 +278,8 @@ class SinkServer(LoopbackService):
         self.reply_message = reply_message
         self.smtputf8 = smtputf8
         self.timeout = timeout
+        self.hold: threading.Event | None = None
+        self.known: set[str] | None = None
         self.sessions: list[SessionRecord] = []
         self.messages: list[ReceivedMessage] = []
         self.rejected: list[ReceivedMessage] = []

@@ -96,7 +96,13 @@ class AcceptPipeline:
         # One header/body boundary for everyone downstream too: a line our reader calls
         # body (after a line that is not a header field) is made body for every other
         # parser by an explicit empty line; well-formed messages are not copied.
-        t = replace(t, data=reparse_input(t.data, block))
+        data = reparse_input(t.data, block)
+        if t.role != "dsn":
+            # Only we may write these, whoever the client is (a signed-in user included):
+            # our Authentication-Results (whatever its version or comments) and the trust
+            # and quarantine marks. The trust mark we set below replaces any removed.
+            data = auth.strip_own_headers(data, self.settings.hostname)
+        t = replace(t, data=data)
         queue_id = new_queue_id()
         now = self.clock()
         headers, body = b"", t.data
@@ -106,7 +112,10 @@ class AcceptPipeline:
                 return self._refuse(t, judged)
             headers, body, t = judged
         elif t.role != "dsn":
-            headers = self._dkim_sign(body)
+            # Submission: a signed-in user over TLS (both required there). Anything else
+            # (relay networks, inbound with verification off) is not vouched for.
+            headers = auth.trust_header(t.role == "submission" and bool(t.auth_user))
+            headers += self._dkim_sign(body)
         sensitivity = scan_message(body)
         decisions = self.decisions(t, sensitivity)
         refused = [d for d in decisions if d.action is Action.REJECT]
@@ -167,7 +176,7 @@ class AcceptPipeline:
     ) -> SmtpReply | tuple[bytes, bytes, Transaction]:
         """SPF/DKIM/DMARC/ARC; a reply to refuse, or (headers, body, transaction) to go on."""
         authserv_id = self.settings.hostname
-        body = auth.strip_own_headers(t.data, authserv_id)
+        body = t.data  # our own headers already stripped in accept()
         verdict = await auth.authenticate(
             body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver
         )

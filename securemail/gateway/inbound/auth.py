@@ -187,10 +187,14 @@ def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
     )
 
 
+def trust_header(trusted: bool) -> bytes:
+    """The one place the trust mark is written (``secure`` or ``external``)."""
+    return f"{TRUST_HEADER}: {'secure' if trusted else 'external'}\r\n".encode()
+
+
 def result_headers(auth_results: str, decision: AuthDecision) -> bytes:
     """The Authentication-Results header given, the trust mark, the quarantine mark."""
-    text = auth_results
-    text += f"{TRUST_HEADER}: {'secure' if decision.trusted else 'external'}\r\n"
+    text = auth_results.encode() + trust_header(decision.trusted)
     if decision.action is Action.QUARANTINE:
-        text += f"X-Securemail-Quarantine: yes ({decision.log})\r\n"
-    return text.encode()
+        text += f"X-Securemail-Quarantine: yes ({decision.log})\r\n".encode()
+    return text

@@ -35,7 +35,8 @@ from securemail.core import replies
 from securemail.core.addresses import AddressError, parse_address
 from securemail.core.classify import Classification
 from securemail.core.replies import SmtpReply
-from securemail.gateway.events import EventSink, LogSink, RelayDenied, SessionAuth
+from securemail.gateway.events import EventSink, LogSink, RcptRefused, RelayDenied, SessionAuth
+from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
 
 log = logging.getLogger("securemail.smtp")
 
@@ -158,6 +159,7 @@ class GatewayHandler:
         max_recipients: int = MAX_RECIPIENTS,
         limiter: AuthLimiter | None = None,
         events: EventSink | None = None,
+        recipients: RecipientCheck | None = None,
     ) -> None:
         self.role = role
         self.classify = classify
@@ -168,6 +170,7 @@ class GatewayHandler:
         self.max_recipients = max_recipients
         self.limiter = limiter or AuthLimiter()
         self.events = events or LogSink()
+        self.recipients = recipients or AnyRecipient()
 
     async def check_credentials(
         self, session: Session, login: bytes, password: bytes
@@ -219,6 +222,12 @@ class GatewayHandler:
         if self.role == "inbound" and not self._may_relay(session, classification.domain):
             self.events.emit(RelayDenied(_peer_ip(session), classification.address))
             return str(replies.RELAY_DENIED)
+        if classification.domain in self.own_domains:
+            refused = await self.recipients.check(_addr_spec(classification.address))
+            if refused is not None:
+                self.events.emit(RcptRefused(_peer_ip(session), classification.address,
+                                             str(refused), refused.log))  # fmt: skip
+                return str(refused)
         envelope.rcpt_tos.append(address)
         _classifications(envelope)[address] = classification
         return str(replies.RCPT_OK)
@@ -244,6 +253,10 @@ class GatewayHandler:
             return True
         ip = ipaddress.ip_address(_peer_ip(session))
         return any(ip in network for network in self.relay_networks)
+
+
+def _addr_spec(address: str) -> str:
+    return parse_address(address).addr_spec
 
 
 def _classifications(envelope: Envelope) -> dict[str, Classification]:

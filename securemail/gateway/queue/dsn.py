@@ -14,7 +14,7 @@ from email.utils import formatdate, make_msgid
 
 from securemail.core.message import HeaderLimitError, read_headers
 
-MAX_RETURNED_HEADERS = 64 * 1024
+MAX_RETURNED_HEADERS = 8 * 1024  # headers only, capped: a bounce must not amplify
 
 
 def build_dsn(

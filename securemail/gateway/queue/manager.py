@@ -15,21 +15,27 @@ outcome, sends the DSN or the notice, logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 
 from securemail.core.levels import TlsLevel
-from securemail.gateway.events import Bounced, Deferred, EventSink, LogSink, TlsAlert
+from securemail.gateway.events import Bounced, Deferred, EventSink, Lifecycle, LogSink, TlsAlert
 from securemail.gateway.outbound.deliver import Deliverer, Item, Result
 from securemail.gateway.queue.schedule import Schedule, age_text, next_step
 from securemail.gateway.spool import Delivery, Outcome, RcptStatus, Spool
 
 log = logging.getLogger("securemail.queue")
 
-Bounce = Callable[[Delivery, str, bytes], Awaitable[None]]
+Bounce = Callable[[Sequence[tuple[Delivery, str]], bytes], Awaitable[None]]
+Notice = Callable[[Delivery, str, bytes], Awaitable[None]]
+
+BOUNCED_MEMORY = 100_000  # message ids remembered as bounced (one DSN per message)
+SPOOL_RETRY_BASE = 0.5  # seconds; doubling to SPOOL_RETRY_MAX while the spool fails
+SPOOL_RETRY_MAX = 30.0
 
 
 class QueueManager:
@@ -39,7 +45,7 @@ class QueueManager:
         deliverer: Deliverer,
         *,
         bounce: Bounce,
-        delay_notice: Bounce | None = None,
+        delay_notice: Notice | None = None,
         schedule: Schedule | None = None,
         concurrency: int = 100,
         per_destination: int = 20,
@@ -64,28 +70,77 @@ class QueueManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._runner: asyncio.Task[object] | None = None
+        self._unrecorded: list[Outcome] = []
+        self._bounced: OrderedDict[str, None] = OrderedDict()  # messages already bounced
 
     def wake(self) -> None:
         """New mail or a state change: look at the spool now."""
         self._wake.set()
 
     async def run(self) -> None:
-        """Until ``stop``: claim, dispatch, sleep until something is due or we are woken."""
+        """Until ``stop``: claim, dispatch, sleep until something is due or we are woken.
+
+        Nothing stops this loop but ``stop``: a spool that cannot be read or written (a
+        full disk, a locked file) or a bug raises here, is reported as an ``ALERT`` and
+        retried with backoff, so mail accepted once the cause is gone is delivered.
+        Outcomes that could not be written are kept (``_unrecorded``) and written first
+        on the next pass: a claimed recipient is never left ``delivering``.
+        """
         self._runner = asyncio.current_task()
+        failures = 0
         while not self._stopping:
-            self._wake.clear()
-            claimed: list[Delivery] = []
-            if self._in_flight < self.batch_size * 2:
-                claimed = await self.spool.claim_due(self.clock(), self.batch_size)
-            if claimed:
-                self._dispatch(claimed)
-                continue
-            due = await self.spool.next_due()
-            timeout = 1.0 if due is None else min(max(due - self.clock(), 0.01), 1.0)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                await self.deliverer.expire_idle()
+                await self._pass()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(SPOOL_RETRY_BASE * 2 ** (failures - 1), SPOOL_RETRY_MAX)
+                self.events.emit(
+                    Lifecycle(
+                        f"ALERT queue manager: {type(exc).__name__}: {exc}; "
+                        f"retrying in {delay:.1f}s",
+                        warning=True,
+                    )
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _pass(self) -> None:
+        self._wake.clear()
+        if self._unrecorded:
+            pending, self._unrecorded = self._unrecorded, []
+            try:
+                await self.spool.record(pending)
+            except Exception:
+                self._unrecorded = pending + self._unrecorded
+                raise
+        claimed: list[Delivery] = []
+        if self._in_flight < self.batch_size * 2:
+            claimed = await self.spool.claim_due(self.clock(), self.batch_size)
+        if claimed:
+            self._dispatch(claimed)
+            return
+        due = await self.spool.next_due()
+        timeout = 1.0 if due is None else min(max(due - self.clock(), 0.01), 1.0)
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            await self.deliverer.expire_idle()
+
+    async def _write(self, outcomes: list[Outcome]) -> None:
+        """Record outcomes; if the spool refuses, keep them for the next pass."""
+        try:
+            await self.spool.record(outcomes)
+        except Exception as exc:
+            self._unrecorded.extend(outcomes)
+            self.events.emit(
+                Lifecycle(
+                    f"ALERT could not record {len(outcomes)} delivery outcomes "
+                    f"({type(exc).__name__}: {exc}); kept to retry",
+                    warning=True,
+                )
+            )
+            self.wake()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop claiming; let in-flight deliveries finish (bounded); close connections.
@@ -129,6 +184,7 @@ class QueueManager:
 
     async def _deliver(self, domain: str, tls: TlsLevel, messages: list[list[Delivery]]) -> None:
         count = sum(len(m) for m in messages)
+        reported: set[tuple[str, str]] = set()  # recipients whose outcome is in hand
         try:
             async with self.connections:
                 items, by_key = [], {}
@@ -147,7 +203,6 @@ class QueueManager:
                         )
                     )
                     by_key.update({(d.queue_id, d.rcpt): (d, data) for d in rcpts})
-                reported: set[tuple[str, str]] = set()
                 recording: list[asyncio.Future[None]] = []
 
                 def report(results: list[Result]) -> None:
@@ -164,12 +219,14 @@ class QueueManager:
         except Exception:  # a bug must not kill the queue manager; retry later
             log.exception("delivery task for %s failed; recipients will be retried", domain)
             now = self.clock()
-            await self.spool.record(
+            done = {(o.queue_id, o.rcpt) for o in self._unrecorded} | reported
+            await self._write(
                 [
                     Outcome(d.queue_id, d.rcpt, RcptStatus.DEFERRED, "internal error",
                             now + self.schedule.retry_base)
                     for rcpts in messages
                     for d in rcpts
+                    if (d.queue_id, d.rcpt) not in done
                 ]
             )  # fmt: skip
         finally:
@@ -205,7 +262,15 @@ class QueueManager:
                 self.events.emit(
                     Deferred(r.queue_id, r.rcpt, r.tls_failure, step.next_attempt - now, r.detail)
                 )
+        await self._write(outcomes)
+        by_message: dict[str, list[tuple[Delivery, str]]] = {}
+        originals: dict[str, bytes] = {}
         for delivery, detail, data in bounces:
-            if delivery.sender:
-                await self.bounce(delivery, detail, data)
-        await self.spool.record(outcomes)
+            if delivery.sender and delivery.queue_id not in self._bounced:
+                by_message.setdefault(delivery.queue_id, []).append((delivery, detail))
+                originals[delivery.queue_id] = data
+        for queue_id, failures in by_message.items():  # one DSN per message, ever
+            self._bounced[queue_id] = None
+            if len(self._bounced) > BOUNCED_MEMORY:
+                self._bounced.popitem(last=False)
+            await self.bounce(failures, originals[queue_id])

@@ -1,0 +1,135 @@
+"""``securemail serve`` as a real process, for tests that need one (crash trials, RSS,
+log output): start it on fixed ports, wait until both listeners greet, stop or kill it."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SECUREMAIL_")}
+
+
+def free_port() -> int:
+    """A port nobody listens on now, below the ephemeral range.
+
+    The gateway must come back on the same port after each kill; a port from the
+    ephemeral range could meanwhile become the local end of some outgoing connection.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(low - 12000, 1024), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def greets(port: int) -> bool:
+    """Does an SMTP server answer 220 on 127.0.0.1:port?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            return s.recv(512).startswith(b"220")
+    except OSError:
+        return False
+
+
+def refuses(port: int) -> bool:
+    """Is nothing listening on 127.0.0.1:port any more?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+class GatewayProcess:
+    """`securemail serve --config PATH` with its output in serve.log next to the config."""
+
+    def __init__(self, config: Path, inbound: int, submission: int) -> None:
+        self.config = config
+        self.ports = (inbound, submission)
+        self.log = config.with_name("serve.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 30.0, *, ready: bool = True) -> None:
+        """Spawn; with ``ready``, wait (bounded) until both listeners greet."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        with self.log.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*SECUREMAIL, "serve", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.config.parent,
+                env=ENV,
+            )
+        if not ready:
+            return
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while not greets(port):
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.tail()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"serve not ready in {timeout}s:\n{self.tail()}")
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"serve still running after {timeout}s:\n{self.tail()}") from None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self.terminate()
+        try:
+            self.wait(30)
+        finally:
+            if self.running:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
