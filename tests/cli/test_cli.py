@@ -1,7 +1,6 @@
 """The command line, as a user meets it: real processes, exit codes, one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -9,23 +8,15 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from harness.cli import run_cli
 
 from securemail.cli import main
 
-SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run(*args, stdin=None, cwd=None, columns=80):
-    return subprocess.run(
-        [*SECUREMAIL, *args],
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, "COLUMNS": str(columns)},
-    )
+    return run_cli(*args, stdin=stdin, cwd=cwd, columns=columns)
 
 
 @pytest.fixture

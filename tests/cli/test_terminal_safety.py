@@ -8,32 +8,18 @@ bytes on stdout: the control characters are shown as visible escapes, never sent
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
+from harness.cli import run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail.cli.common import json_line, plain_line, safe, text
 
-SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
 HOSTILE = "\x1b[31m\r"  # recolour, then return to column 0 to overwrite the line
-# Variables that make rich colour a pipe: with them our own styling would emit ESC too.
-FORCING = {"FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"}
 
 
 def run(*args, stdin=None, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k not in FORCING}
-    return subprocess.run(
-        [*SECUREMAIL, *args],
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-        cwd=cwd,
-        check=False,
-        env={**env, "COLUMNS": "200"},
-    )
+    return run_cli(*args, stdin=stdin, cwd=cwd, columns=200)
 
 
 def assert_inert(stdout: bytes) -> str:

@@ -7,6 +7,7 @@ from email.parser import BytesParser
 
 import dkim
 import pytest
+from harness.crafted import CRAFTED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,15 +23,6 @@ from securemail.core.message import (
     without_fields,
 )
 from securemail.errors import SecuremailError
-
-CRAFTED = (
-    b"From: a@good.example\r\n"
-    b"Bogus line without colon\r\n"
-    b"From: b@evil.example\r\n"
-    b"Subject: OFFICIAL-SENSITIVE\r\n"
-    b"\r\n"
-    b"body\r\n"
-)
 
 
 def names(block: HeaderBlock) -> list[bytes]:

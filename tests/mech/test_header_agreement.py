@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import CanonicalizationPolicy
+from harness.crafted import CRAFTED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,14 +84,6 @@ class Case:
         return [line.split(b":", 1)[0].rstrip(b" \t").lower() for line in self.head]
 
 
-CRAFTED = (
-    b"From: a@good.example\r\n"
-    b"Bogus line without colon\r\n"
-    b"From: b@evil.example\r\n"
-    b"Subject: OFFICIAL-SENSITIVE\r\n"
-    b"\r\n"
-    b"body\r\n"
-)
 BLOCK = [b"From: a@good.example", TRUST, OWN_AR, OTHER_AR, b"To: c@nhs.net"]
 CASES = {
     "bogus line": Case(BLOCK, b"Bogus line without colon", BODY_PROBES),
