@@ -517,7 +517,7 @@ class _Locator:
                 continue
             under_table = table and re.match(rf"{quoted}\s*=", stripped)
             written_inline = inline and re.match(
-                rf"{re.escape(key)}\s*[.=].*?[{{.,]\s*{quoted}\s*=", stripped
+                rf"{re.escape(key)}\s*(?=[.=]).*?[{{.,]\s*{quoted}\s*=", stripped
             )
             if under_table or written_inline:
                 return f"{name}:{number}"
