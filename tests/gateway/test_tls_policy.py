@@ -255,6 +255,18 @@ def deliverer(dns_server, pki, port, policies):
     )
 
 
+def test_a_pinned_map_without_the_pinned_context_fails_at_startup(dns_server, pki):
+    with pytest.raises(ValueError, match="needs the pinned TLS context"):
+        Deliverer(
+            Resolver([dns_server.nameserver], timeout=5),
+            helo="mail.example.nhs.uk",
+            port=25,
+            verified=verified_client_context(pki.ca_file),
+            opportunistic=opportunistic_client_context(),
+            tls_policy=TlsPolicyMap.parse({"nhs.net": "secure"}),
+        )
+
+
 async def test_a_connection_is_not_reused_for_another_domain(dns_server, pki):
     """The pool is keyed by domain: a spoofed MX that is fine for an unpinned domain must
     not carry the pinned domain's mail over the connection it already holds."""

@@ -95,6 +95,8 @@ class Deliverer:
         }
         if pinned is not None:
             self.contexts[Handshake.PKIX_CHAIN] = pinned
+        elif tls_policy and any(p.pinned for p in tls_policy.values()):
+            raise ValueError("a tls_policy with match= names needs the pinned TLS context")
         if policy is None:
             links = [PolicyMap(tls_policy, self.events)] if tls_policy else []
             policy = default_policy(*links)
@@ -201,6 +203,7 @@ class Deliverer:
         if not conn.is_open:  # STARTTLS or the handshake failed where TLS was not needed
             raise DeliveryError(facts.error)
         conn.verified_by = verdict.verified_by
+        # A pinned peer is authenticated by the policy's name match, not the handshake's.
         conn.verified = conn.verified or bool(verdict.verified_by)
         return await self._send_all(key, conn, items, report)
 
