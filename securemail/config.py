@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 
 from securemail.core.addresses import AddressError, normalise_domain, parse_address
 from securemail.core.rules import Audience
@@ -94,7 +93,7 @@ class DeliveryConfig:
     per_destination: int = 20
     # destination → Postfix-style policy string ("secure match=nexthop:dot-nexthop"),
     # checked at load; gateway/outbound/tls_policy.py parses and applies it.
-    tls_policy: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tls_policy: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,14 +414,14 @@ def _coerce(value: object, hint: object, base: Path) -> object:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {_tname(value)}")
         return tuple(value)
-    if typing.get_origin(hint) is Mapping:  # a table of strings, frozen
+    if typing.get_origin(hint) is Mapping:  # a table of strings (read-only by its type)
         if not isinstance(value, dict):
             raise ValueError(f"expected a table of strings, got {_tname(value)}")
         for entry, item in value.items():
             if not isinstance(item, str):
                 dots = ' (quote a key with dots: "nhs.net")' if isinstance(item, dict) else ""
                 raise _EntryError(entry, f"expected a string, got {_tname(item)}{dots}")
-        return MappingProxyType(dict(value))
+        return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {_tname(value)}")

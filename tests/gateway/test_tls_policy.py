@@ -5,6 +5,8 @@ that must be accepted AND names that must be refused (a matcher that accepts eve
 passes a permit-only table). The Deliverer cases use real STARTTLS servers.
 """
 
+import dataclasses
+
 import pytest
 from harness.gatewaykit import add_mx
 from harness.smtpsink import SinkServer
@@ -335,6 +337,7 @@ def test_the_map_loads_from_config(tmp_path):
     assert dict(cfg.delivery.tls_policy) == {
         "nhs.net": "secure match=nexthop:dot-nexthop", ".nhs.net": "verify match=.nhs.net"
     }  # fmt: skip
+    assert dataclasses.asdict(cfg.delivery)["tls_policy"] == cfg.delivery.tls_policy  # config check
     policies = TlsPolicyMap.parse(cfg.delivery.tls_policy)
     assert policies.lookup("mx.nhs.net").destination == ".nhs.net"
     assert dict(load(tmp_path, "").delivery.tls_policy) == {}
