@@ -91,6 +91,9 @@ class DeliveryConfig:
     max_lifetime: float = 5 * 86400.0
     concurrency: int = 100
     per_destination: int = 20
+    # destination → Postfix-style policy string ("secure match=nexthop:dot-nexthop"),
+    # checked at load; gateway/outbound/tls_policy.py parses and applies it.
+    tls_policy: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,14 @@ class Config:
 
 
 # --- value checks: each returns the cleaned value or raises ValueError(message) -------
+
+
+class _EntryError(ValueError):
+    """A bad entry of a table-valued key: ``entry`` (its key) goes into the location."""
+
+    def __init__(self, entry: str, message: str) -> None:
+        super().__init__(message)
+        self.entry = entry
 
 
 def _one_of(*allowed: str) -> Callable[[object], object]:
@@ -259,6 +270,19 @@ def _selectors(value: object) -> object:
     return value
 
 
+def _tls_policy(value: object) -> object:
+    """Every entry must parse as the delivery policy map will read it, at startup."""
+    # Imported here: config stays importable without the delivery stack behind it.
+    from securemail.gateway.outbound.tls_policy import PolicyError, TlsPolicyMap
+
+    assert isinstance(value, Mapping)
+    try:
+        TlsPolicyMap.parse(value)
+    except PolicyError as exc:
+        raise _EntryError(exc.key, str(exc)) from None
+    return value
+
+
 _PORT = _between(1, 65535)
 _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("organisation", "domains"): _domains,
@@ -280,6 +304,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("delivery", "concurrency"): _between(1, 10000),
     ("delivery", "per_destination"): _between(1, 1000),
     ("delivery", "tls_failure_notify_after"): _between(0, 5 * 86400),
+    ("delivery", "tls_policy"): _tls_policy,
     ("dkim", "selector"): _selectors,
     ("check", "smtp_port"): _PORT,
     ("check", "https_port"): _PORT,
@@ -364,6 +389,10 @@ def _build_section(
             value = _coerce(raw[f.name], hints[f.name], base)
             check = _CHECKS.get((section, f.name))
             values[f.name] = check(value) if check else value
+        except _EntryError as exc:
+            at = origin if origin.startswith("$") else where.entry(section, f.name, exc.entry)
+            key = f"{section}.{f.name}.{_quoted(exc.entry)}"
+            raise ConfigError(f"{at}: {key}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{origin}: {section}.{f.name}: {exc}") from None
     return cls(**values)
@@ -385,6 +414,14 @@ def _coerce(value: object, hint: object, base: Path) -> object:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"expected a list of strings, got {_tname(value)}")
         return tuple(value)
+    if typing.get_origin(hint) is Mapping:  # a table of strings (read-only by its type)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table of strings, got {_tname(value)}")
+        for entry, item in value.items():
+            if not isinstance(item, str):
+                dots = ' (quote a key with dots: "nhs.net")' if isinstance(item, dict) else ""
+                raise _EntryError(entry, f"expected a string, got {_tname(item)}{dots}")
+        return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {_tname(value)}")
@@ -423,9 +460,19 @@ def _from_env(text: str, hint: object) -> object:
 
 
 def _tname(value: object) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        dict: "a table",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _quoted(key: str) -> str:
+    """A TOML key as written in an error: always quoted, so dots read as part of it."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _close_match(key: str, names: set[str]) -> str:
@@ -454,6 +501,26 @@ class _Locator:
             elif in_section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
                 return f"{name}:{number}"
         return name
+
+    def entry(self, section: str, key: str, entry: str) -> str:
+        """``file:line`` of one entry of a table: under ``[section.key]``, or written
+        inline (``key = {...}``, ``key."x" = ...``) in ``[section]``; else the key's."""
+        name = str(self.source) if self.source else "<defaults>"
+        quoted = rf"(?:\"{re.escape(entry)}\"|'{re.escape(entry)}'|{re.escape(entry)})"
+        table = inline = False
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                header = stripped.split("]")[0].strip("[ ")
+                table, inline = header == f"{section}.{key}", header == section
+                continue
+            under_table = table and re.match(rf"{quoted}\s*=", stripped)
+            written_inline = inline and re.match(
+                rf"{re.escape(key)}\s*(?=[.=]).*?[{{.,]\s*{quoted}\s*=", stripped
+            )
+            if under_table or written_inline:
+                return f"{name}:{number}"
+        return self(section, key)
 
 
 _SECTIONS: dict[str, type] = {

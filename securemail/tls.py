@@ -4,19 +4,27 @@ NCSC guidance ("Using TLS to protect data"): TLS 1.2 or 1.3 only, forward-secret
 exchange (ECDHE) and AEAD ciphers (AES-GCM, ChaCha20-Poly1305). TLS 1.3 suites are all
 AEAD and forward secret, so only the TLS 1.2 list needs setting.
 
-Three contexts, built once and shared (so sessions and the trust store load once):
+Four contexts, built once and shared (so sessions and the trust store load once):
 
 * ``server_context``: the listeners' STARTTLS.
 * ``verified_client_context``: forced TLS to secure recipients. The certificate must
   chain to the system store (plus ``[tls] ca_file``) and match the MX host name.
+* ``pinned_client_context``: forced TLS to a destination whose ``[delivery.tls_policy]``
+  pins the certificate names (``match=``). The chain is verified in the handshake; the
+  names are not, because the MX host name is exactly what must not be trusted there: the
+  delivery policy matches the certificate's names against the pinned patterns itself.
 * ``opportunistic_client_context``: encrypt if possible, never verify. Used only where
   plain text would otherwise be sent, so any encryption is better than none.
+
+Certificate name matching (RFC 6125) lives here too, once, for the checker's
+``tls.certificate_name`` finding and for delivery's pinned policies alike.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ssl
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from securemail.errors import ConfigError
@@ -58,8 +66,21 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
 
 def verified_client_context(ca_file: Path | None = None) -> ssl.SSLContext:
     """Forced TLS: chain to a trusted root and match the host name, or fail."""
+    return _verifying_client_context(ca_file, check_hostname=True)
+
+
+def pinned_client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Forced TLS where the caller matches the names: chain to a trusted root, or fail.
+
+    Never use it without checking ``peer_dns_names`` against something the operator
+    pinned: on its own it accepts a valid certificate for any name at all.
+    """
+    return _verifying_client_context(ca_file, check_hostname=False)
+
+
+def _verifying_client_context(ca_file: Path | None, *, check_hostname: bool) -> ssl.SSLContext:
     ctx = _harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH), "1.2")
-    ctx.check_hostname = True
+    ctx.check_hostname = check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
     if ca_file is not None:
         try:
@@ -75,6 +96,60 @@ def opportunistic_client_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# --- certificate names (RFC 6125) ---------------------------------------------------------
+
+
+def peer_dns_names(peercert: Mapping[str, object] | None) -> tuple[str, ...]:
+    """The DNS subjectAltNames of ``SSLObject.getpeercert()`` (empty unless verified).
+
+    No common-name fallback: RFC 6125 §6.4.4 allows it only without DNS names, and every
+    public CA has put the name in the subjectAltName for years.
+    """
+    sans = (peercert or {}).get("subjectAltName", ())
+    if not isinstance(sans, tuple):
+        return ()
+    return tuple(value for kind, value in sans if kind == "DNS")
+
+
+def name_matches(host: str, sans: Iterable[str]) -> bool:
+    """RFC 6125: ``host`` equals a subjectAltName, or a ``*.`` one covers its first label.
+
+    A wildcard is a whole left-most label over at least two more labels (``*.nhs.net``
+    covers ``mx.nhs.net``, not ``nhs.net``, not ``a.mx.nhs.net``; ``*.net`` and
+    ``m*.nhs.net`` cover nothing).
+    """
+    host = _canonical(host)
+    first, _, rest = host.partition(".")
+    for name in map(_canonical, sans):
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in name[2:] and first and rest == name[2:]:
+            return True
+    return False
+
+
+def subdomain_matches(parent: str, sans: Iterable[str]) -> bool:
+    """A subjectAltName names some host strictly below ``parent`` (a ``.parent`` pattern).
+
+    ``mx.nhs.net`` and ``a.b.nhs.net`` are below ``nhs.net``; so is every host a valid
+    wildcard ``*.nhs.net`` or ``*.mx.nhs.net`` covers. ``nhs.net`` itself is not, nor is
+    ``evilnhs.net``; a wildcard that ``name_matches`` would refuse matches nothing here.
+    """
+    suffix = "." + _canonical(parent)
+    for name in map(_canonical, sans):
+        if name.startswith("*."):
+            base = name[2:]  # the wildcard covers exactly the hosts one label below base
+            if "." in base and "*" not in base and (base == suffix[1:] or base.endswith(suffix)):
+                return True
+        elif "*" not in name and name.endswith(suffix) and len(name) > len(suffix):
+            return True
+    return False
+
+
+def _canonical(name: str) -> str:
+    return name.rstrip(".").lower()
 
 
 def write_self_signed(cert: Path, key: Path, hostname: str, days: int = 825) -> None:

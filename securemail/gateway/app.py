@@ -28,12 +28,18 @@ from securemail.gateway.inbound.recipients import recipient_check
 from securemail.gateway.inbound.server import AuthLimiter, GatewayHandler
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.outbound.deliver import Deliverer
+from securemail.gateway.outbound.tls_policy import TlsPolicyMap
 from securemail.gateway.queue.manager import QueueManager, Schedule
 from securemail.gateway.queue.notify import Notifier
 from securemail.gateway.spool import open_spool
 from securemail.loaders import classifier_from_config, policy_from_config
 from securemail.mech.dkim import load_keys
-from securemail.tls import opportunistic_client_context, server_context, verified_client_context
+from securemail.tls import (
+    opportunistic_client_context,
+    pinned_client_context,
+    server_context,
+    verified_client_context,
+)
 
 log = logging.getLogger("securemail.gateway")
 
@@ -99,8 +105,10 @@ class Gateway:
             helo=cfg.organisation.hostname,
             port=cfg.delivery.port,
             verified=verified_client_context(cfg.tls.ca_file),
+            pinned=pinned_client_context(cfg.tls.ca_file),
             opportunistic=opportunistic_client_context(),
             internal=dict.fromkeys(self.own_domains, (host, port)),
+            tls_policy=TlsPolicyMap.parse(cfg.delivery.tls_policy),
             events=self.events,
         )
         self.queue = QueueManager(

@@ -25,10 +25,11 @@ from harness.smtpsink import SinkServer
 
 from securemail.check.model import Finding, Status
 from securemail.check.rules.dane import check_dane, evaluate_tlsa
-from securemail.check.rules.tls import TlsProbe, evaluate_tls, name_matches, probe_tls
+from securemail.check.rules.tls import TlsProbe, evaluate_tls, probe_tls
 from securemail.dns import Resolver
 from securemail.errors import ConfigError
 from securemail.mech.dane import match_tlsa
+from securemail.tls import name_matches
 
 HOST = "mx.test.nhs.net"
 LOOPBACK = "127.0.0.1"

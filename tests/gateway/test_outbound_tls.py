@@ -139,6 +139,9 @@ class Link:
         self.asked.append(("check_mx", domain, mx, level))
         return level if self.mx_to is None else self.mx_to
 
+    def handshake(self, domain, mx, level):
+        return None  # no opinion: the chain's default for the level
+
     async def check_conn(self, domain, mx, facts, level):
         self.asked.append(("check_conn", domain, mx, level))
         return self.conn

@@ -11,7 +11,8 @@ Each connection is bounded by ``timeout``: an address costs at most two timeouts
 
 The chain is verified without the clock (expiry is its own finding, from the leaf's
 notAfter) and without the name, which is matched against the subjectAltNames as RFC 6125
-reads them (no common-name fallback): each finding is about one thing.
+reads them (``securemail.tls.name_matches``, shared with delivery's pinned policies; no
+common-name fallback): each finding is about one thing.
 
 SSLv2/SSLv3 are not probed: OpenSSL 3 no longer contains them, so Python's ``ssl`` cannot
 offer them (that needs a tool with its own handshake code, such as testssl.sh). If the
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from securemail.check.model import Finding, failed, passed, warned
 from securemail.errors import ConfigError
-from securemail.tls import NCSC_TLS12_CIPHERS
+from securemail.tls import NCSC_TLS12_CIPHERS, name_matches
 
 _ALL_VERSIONS = (
     ("TLSv1", ssl.TLSVersion.TLSv1, ssl.HAS_TLSv1),
@@ -323,19 +324,6 @@ def _key_kind(key: object) -> tuple[str | None, int | None]:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return ("Ed25519", 256) if isinstance(key, ed25519.Ed25519PublicKey) else ("Ed448", 456)
     return None, None
-
-
-def name_matches(host: str, sans: tuple[str, ...]) -> bool:
-    """RFC 6125: ``host`` equals a subjectAltName, or a ``*.`` one covers its first label."""
-    host = host.rstrip(".").lower()
-    first, _, rest = host.partition(".")
-    for name in sans:
-        name = name.rstrip(".").lower()
-        if name == host:
-            return True
-        if name.startswith("*.") and "." in name[2:] and first and rest == name[2:]:
-            return True
-    return False
 
 
 # --- rules (pure) ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from enum import Enum
 from typing import TypeVar
 
 from securemail.core.levels import TlsFailure
+from securemail.tls import peer_dns_names
 
 MAX_LINE = 2048
 _T = TypeVar("_T")
@@ -92,8 +93,10 @@ class TlsFacts:
     starttls: bool  # the server offered STARTTLS (after any stripping on the way)
     version: str | None = None  # the negotiated protocol, None without TLS
     verified: bool = False  # the chain and the MX host name were verified (PKIX)
-    failure: TlsFailure | None = None  # the handshake failed, and why (connection closed)
-    error: str = ""  # the handshake failure as a person reads it
+    failure: TlsFailure | None = None  # STARTTLS or the handshake failed (connection closed)
+    error: str = ""  # that failure as a person reads it
+    chain_verified: bool = False  # the chain was verified (with or without the name)
+    names: tuple[str, ...] = ()  # the DNS names of a chain-verified certificate
 
 
 # OpenSSL's X509_V_ERR_* codes (``SSLCertVerificationError.verify_code``) → RFC 8460 §4.3.
@@ -151,13 +154,16 @@ class SmtpConnection:
     def is_open(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
-    async def open(self, context: ssl.SSLContext) -> TlsFacts:
+    async def open(self, context: ssl.SSLContext | None) -> TlsFacts:
         """Connect, EHLO, and STARTTLS with ``context`` if the server offers it.
 
-        Whether the result is good enough is not decided here: the caller asks its policy
-        before sending anything. A failed handshake closes the connection and is reported
-        in the facts, typed; only failures before TLS (connect, greeting, EHLO, a refused
-        STARTTLS) raise ``DeliveryError``.
+        ``context`` None means no STARTTLS at all (a destination the operator set to
+        plain text). Whether the result is good enough is not decided here: the caller
+        asks its policy before sending anything. A refused STARTTLS or a failed handshake
+        closes the connection and is reported in the facts, typed: it is a failure of
+        this server, for the policy to judge, never of the recipient. Only failures
+        before TLS (connect, greeting, EHLO) raise ``DeliveryError``, and one after it
+        (the second EHLO) raises a temporary one.
         """
         try:
             self._reader, self._writer = await self._timed(
@@ -168,9 +174,19 @@ class SmtpConnection:
             raise DeliveryError(f"cannot connect to {self.peer}: {exc.strerror or exc}") from None
         await self._expect(Stage.GREETING, 220)
         await self._ehlo()
-        if "STARTTLS" not in self.extensions:
-            return TlsFacts(self.peer, starttls=False)
-        await self._command(Stage.STARTTLS, b"STARTTLS\r\n", expect=220)
+        offered = "STARTTLS" in self.extensions
+        if not offered or context is None:
+            return TlsFacts(self.peer, starttls=offered)
+        reply = await self._command(Stage.STARTTLS, b"STARTTLS\r\n")
+        if reply.code != 220:
+            await self.close()
+            last = reply.text.splitlines()[-1] if reply.text else ""
+            return TlsFacts(
+                self.peer,
+                starttls=True,
+                failure=TlsFailure.STARTTLS_NOT_SUPPORTED,
+                error=f"{self.peer} answered STARTTLS with {reply.code} {last}".rstrip(),
+            )
         try:
             assert self._writer is not None
             await self._timed(
@@ -188,9 +204,21 @@ class SmtpConnection:
         ssl_object = self._writer.get_extra_info("ssl_object")
         self.tls_version = ssl_object.version() if ssl_object else None
         self.cipher = ssl_object.cipher()[0] if ssl_object else None
-        self.verified = context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-        await self._ehlo()
-        return TlsFacts(self.peer, True, self.tls_version, self.verified)
+        chain_verified = context.verify_mode == ssl.CERT_REQUIRED and ssl_object is not None
+        self.verified = chain_verified and context.check_hostname
+        names = peer_dns_names(ssl_object.getpeercert()) if chain_verified else ()
+        try:
+            await self._ehlo()
+        except DeliveryError as exc:  # refused inside TLS: this server's fault, not the rcpt's
+            raise DeliveryError(str(exc), permanent=False) from None
+        return TlsFacts(
+            self.peer,
+            True,
+            self.tls_version,
+            self.verified,
+            chain_verified=chain_verified,
+            names=names,
+        )
 
     async def send(self, sender: str, rcpts: Sequence[str], data: bytes) -> TransactionResult:
         """One mail transaction. Replies are returned, not raised: the caller decides

@@ -4,10 +4,12 @@ The queue manager hands over every due recipient for one (domain, ``TlsLevel``).
 Deliverer asks its policy chain (``policy.py``) what that destination needs, routes it
 (``route.py``), tries the MX hosts in preference order, and sends the messages over as
 few connections as it can, reusing idle ones (``pool.py``). It holds no TLS rule of its
-own: a connection is used only once the chain has accepted what ``SmtpConnection.open``
-achieved, so a refusal on one MX host moves on to the next, and if none meets the level
-the recipients are deferred with the refusal's RFC 8460 failure type, never sent in the
-clear.
+own: the chain says which handshake each MX gets, and a connection is used only once the
+chain has accepted what ``SmtpConnection.open`` achieved. A refusal at the TLS stage
+(STARTTLS refused, a failed handshake, a policy's "no" to the peer) is a failure of that
+host, never of the recipient: the next MX is tried, and if none meets the level the
+recipients are deferred with the refusal's RFC 8460 failure type, never bounced and
+never sent in the clear.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from securemail.core.levels import TlsFailure, TlsLevel
 from securemail.dns import DnsError, DnsNotFound, DnsTemporaryError, Resolver
 from securemail.gateway.events import DeliveryAttempt, EventSink, LogSink
 from securemail.gateway.outbound.client import DeliveryError, Reply, SmtpConnection
-from securemail.gateway.outbound.policy import DeliveryPolicy, Refusal, default_policy
+from securemail.gateway.outbound.policy import (
+    DeliveryPolicy,
+    Handshake,
+    PolicyChain,
+    Refusal,
+    default_policy,
+)
 from securemail.gateway.outbound.pool import ConnectionPool, PoolKey
 from securemail.gateway.outbound.route import Router
+from securemail.gateway.outbound.tls_policy import PolicyMap, TlsPolicyMap
 
 MESSAGES_PER_CONNECTION = 500
 
@@ -55,8 +64,11 @@ class Result:
 class Deliverer:
     """Asks the policy chain, routes, and sends; owns the connection pool.
 
-    ``verified`` is the handshake context for levels that are ``forced`` (it checks the
-    chain and the MX host name), ``opportunistic`` the one for the others.
+    One context per ``Handshake``: ``verified`` checks the chain and the MX host name
+    (forced levels), ``pinned`` only the chain (for a ``tls_policy`` entry with
+    ``match=``, whose link matches the names), ``opportunistic`` nothing. Without an
+    explicit ``policy`` the chain is ``ForcedTls`` plus, when ``tls_policy`` has
+    entries, the ``PolicyMap`` link over it.
     """
 
     def __init__(
@@ -67,17 +79,30 @@ class Deliverer:
         port: int,
         verified: ssl.SSLContext,
         opportunistic: ssl.SSLContext,
+        pinned: ssl.SSLContext | None = None,
         internal: dict[str, tuple[str, int]] | None = None,
         policy: DeliveryPolicy | None = None,
+        tls_policy: TlsPolicyMap | None = None,
         events: EventSink | None = None,
     ) -> None:
         self.router = Router(resolver, port=port, internal=internal)
         self.helo = helo
-        self.verified = verified
-        self.opportunistic = opportunistic
-        self.policy = policy or default_policy()
-        self.pool = ConnectionPool()
         self.events = events or LogSink()
+        self.contexts: dict[Handshake, ssl.SSLContext | None] = {
+            Handshake.PLAINTEXT: None,
+            Handshake.OPPORTUNISTIC: opportunistic,
+            Handshake.PKIX_MX_HOSTNAME: verified,
+        }
+        if pinned is not None:
+            self.contexts[Handshake.PKIX_CHAIN] = pinned
+        elif tls_policy and any(p.pinned for p in tls_policy.values()):
+            raise ValueError("a tls_policy with match= names needs the pinned TLS context")
+        if policy is None:
+            links = [PolicyMap(tls_policy, self.events)] if tls_policy else []
+            policy = default_policy(*links)
+        # The chain keeps the invariants (levels only rise, forced means verified).
+        self.policy = policy if isinstance(policy, PolicyChain) else PolicyChain([policy])
+        self.pool = ConnectionPool()
 
     async def deliver(
         self,
@@ -134,8 +159,8 @@ class Deliverer:
                 if not pending:
                     break
                 try:
-                    key = (host, ip, route.port, host_level)
-                    done = await self._deliver_via(domain, key, pending, report)
+                    key = (domain, host, ip, route.port, host_level)
+                    done = await self._deliver_via(key, pending, report)
                 except DeliveryError as exc:
                     failed(exc)
                     continue
@@ -148,7 +173,7 @@ class Deliverer:
         return results
 
     async def _deliver_via(
-        self, domain: str, key: PoolKey, items: list[Item], report: Report | None
+        self, key: PoolKey, items: list[Item], report: Report | None
     ) -> list[Result]:
         """Send as many items as possible through one connection to ``key``'s address.
 
@@ -161,9 +186,12 @@ class Deliverer:
                 return await self._send_all(key, conn, items, report)
             except DeliveryError:
                 pass  # the server closed the idle connection: start afresh
-        host, ip, port, level = key
+        domain, host, ip, port, level = key
+        handshake = self.policy.handshake(domain, host, level)
+        if handshake not in self.contexts:  # wiring: a link pins names, no context for it
+            raise DeliveryError(f"no TLS context for a {handshake.value} handshake to {host}")
         conn = SmtpConnection(host, ip, port, helo=self.helo)
-        facts = await conn.open(self.verified if level.forced else self.opportunistic)
+        facts = await conn.open(self.contexts[handshake])
         try:
             verdict = await self.policy.check_conn(domain, host, facts, level)
         except BaseException:  # a link's bug or cancellation: never leave the session open
@@ -171,10 +199,12 @@ class Deliverer:
             raise
         if isinstance(verdict, Refusal):
             await conn.close()
-            raise verdict.error()
-        if not conn.is_open:  # the handshake failed where the policy did not need TLS
+            raise verdict.host_failure()
+        if not conn.is_open:  # STARTTLS or the handshake failed where TLS was not needed
             raise DeliveryError(facts.error)
         conn.verified_by = verdict.verified_by
+        # A pinned peer is authenticated by the policy's name match, not the handshake's.
+        conn.verified = conn.verified or bool(verdict.verified_by)
         return await self._send_all(key, conn, items, report)
 
     async def _send_all(

@@ -1,8 +1,10 @@
 """Idle SMTP connections kept per destination for reuse (Postfix's connection cache).
 
-A connection parked here has already passed the delivery policy for its key's level, so
-reusing it for the same (host, address, port, level) spares a TCP and TLS handshake per
-message without a second policy check; a connection is never reused for another level.
+A connection parked here has already passed the delivery policy for its key's domain and
+level, so reusing it for the same (domain, host, address, port, level) spares a TCP and
+TLS handshake per message without a second policy check. It is never reused for another
+level, nor for another domain behind the same MX: a policy can pin names per domain, and
+a connection to a spoofed MX accepted for one domain must not carry another's mail.
 Idle ones are closed after a few seconds, so a server never sees us sit on its slots.
 """
 
@@ -19,7 +21,8 @@ from securemail.gateway.outbound.client import SmtpConnection
 IDLE_SECONDS = 5.0
 MAX_IDLE_PER_DESTINATION = 32
 
-PoolKey = tuple[str, str, int, TlsLevel]  # (MX host, address, port, level it was checked for)
+# (recipient domain, MX host, address, port, level): what the policy checked it for
+PoolKey = tuple[str, str, str, int, TlsLevel]
 
 
 class ConnectionPool:
