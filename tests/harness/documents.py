@@ -12,6 +12,7 @@ import io
 import struct
 import zipfile
 import zlib
+from email import policy
 from email.message import EmailMessage
 from xml.sax.saxutils import escape
 
@@ -224,8 +225,9 @@ def with_attachment(
     to: str = "carer@gmail.test",
     subject: str = "Notes",
 ) -> bytes:
-    """A message with a harmless text body and one attachment (base64, as clients send)."""
-    msg = EmailMessage()
+    """A message with a harmless text body and one attachment (base64, as clients send),
+    with CRLF line ends, ready for SMTP."""
+    msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
