@@ -220,7 +220,7 @@ def _file(
         if archive := _archive_format(data):
             out.append(Unscannable(where, f"{archive} archive, not opened"))
             return
-        if name.endswith(".eml") or content_type in ("message/rfc822", "message/global"):
+        if name.endswith(".eml"):  # a MIME message/rfc822 part never gets here: the walker reads it
             out.append(Embedded(where, data, depth))
             return
     text = decode_text(data, charset)
