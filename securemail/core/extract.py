@@ -208,14 +208,8 @@ def _file(
             return
         if data.startswith(_OLE2):
             encrypted = _ENCRYPTED_PACKAGE in data
-            out.append(
-                Unscannable(
-                    where,
-                    "encrypted Office document"
-                    if encrypted
-                    else "legacy Office (OLE2) file, not read",
-                )
-            )
+            kind = "encrypted Office document" if encrypted else "legacy Office (OLE2) file"
+            out.append(Unscannable(where, kind if encrypted else f"{kind}, not read"))
             return
         if archive := _archive_format(data):
             out.append(Unscannable(where, f"{archive} archive, not opened"))
@@ -328,8 +322,8 @@ def _odf_encrypted(archive: zipfile.ZipFile, budget: Budget) -> bool:
         info = archive.getinfo("META-INF/manifest.xml")
     except KeyError:
         return False
-    content = _read_member(archive, info, budget)
-    return isinstance(content, str) or b"encryption-data" in content
+    content = _read_member(archive, info, budget)  # unreadable: reported as a member
+    return not isinstance(content, str) and b"encryption-data" in content
 
 
 # Elements that end a paragraph, cell or value in WordprocessingML, SpreadsheetML,

@@ -297,7 +297,8 @@ class _Entity:
     """A message on its own (the top level, or one found in an archive): its Subject is
     read, and a body that is not multipart is called "body"."""
     message: bool = False
-    """An attached message (``message/rfc822``): its Subject is read too."""
+    """A message, not a body part (the top level, an attached ``message/rfc822``, an
+    ``.eml`` in an archive): its Subject is read."""
     default_type: str = "text/plain"
 
     @classmethod
@@ -316,10 +317,13 @@ def _walk(raw: bytes, budget: Budget) -> Iterator[_Piece | Unscannable]:
     while stack and budget.count_part():
         entity = stack.pop()
         found: list[_Entity] = []
+        pieces: list[_Piece | Unscannable] = []
         try:
-            pieces = list(_read(entity, budget, found))
+            pieces.extend(_read(entity, budget, found))
         except Exception:  # whatever went wrong, the bytes are still read as text
-            pieces = [_Piece(_leaf_label(entity, "unknown"), decode_text(entity.content(), None))]
+            pieces.append(
+                _Piece(_leaf_label(entity, "unknown"), decode_text(entity.content(), None))
+            )
             found = []
         yield from pieces
         stack.extend(reversed(found))
@@ -337,7 +341,8 @@ def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Pi
     """What one entity holds; the entities inside it are appended to ``found``."""
     try:
         # The reader stops at MAX_BYTES anyway: hand it no more than that of a large body.
-        block = read_headers(entity.source.data[entity.start : entity.start + MAX_BYTES + 2])
+        end = min(entity.end, entity.start + MAX_BYTES + 2)
+        block = read_headers(entity.source.data[entity.start : end])
     except HeaderLimitError:
         # Too many header fields to read one by one, so a subject tag could be anywhere
         # in them: look for tags and markings in the whole text (the safe direction).
@@ -354,7 +359,7 @@ def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Pi
             yield _Piece(label, subject.decoded, subject=True)
     info = _content_fields(block, entity.default_type)
     content_type = info.get_content_type()
-    body_start = min(entity.start + block.body_offset, entity.end)
+    body_start = entity.start + block.body_offset
     if reason := budget.too_deep(entity.depth):
         label = _leaf_label(entity, content_type)
         yield Unscannable(label, reason)
