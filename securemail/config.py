@@ -127,6 +127,7 @@ class PolicyConfig:
     secure_domains: tuple[str, ...] = ()
     deny_domains: tuple[str, ...] = ()
     unknown_sensitive_action: str = "hold"
+    unscannable: str = "sensitive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +316,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("policy", "secure_domains"): _domain_patterns,
     ("policy", "deny_domains"): _domain_patterns,
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
+    ("policy", "unscannable"): _one_of("sensitive", "ignore"),
 }
 
 

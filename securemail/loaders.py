@@ -52,4 +52,8 @@ def classifier_from_config(
 
 
 def policy_from_config(config: Config) -> Policy:
-    return Policy.of(config.organisation.domains, config.policy.unknown_sensitive_action)
+    return Policy.of(
+        config.organisation.domains,
+        config.policy.unknown_sensitive_action,
+        config.policy.unscannable,
+    )

@@ -38,3 +38,15 @@ CASES = [
 ]
 
 SETTINGS = ("hold", "reject", "portal")
+
+# A message whose only finding is a part that could not be read (an encrypted ZIP), with
+# unknown_sensitive_action = "hold": (recipient, [policy] unscannable) → (action, TLS level)
+UNSCANNABLE_CASES = [
+    (OWN, "sensitive", D, OPP),
+    (SECURE, "sensitive", D, V),
+    (UNKNOWN, "sensitive", H, V),
+    (UNKNOWN, "ignore", D, OPP),
+    (SECURE, "ignore", D, V),
+    (INVALID, "sensitive", R, N),
+]
+UNSCANNABLE_SETTINGS = ("sensitive", "ignore")

@@ -22,6 +22,7 @@ def test_template_loads_to_the_defaults(tmp_path):
     assert cfg.delivery == defaults.delivery
     assert cfg.check == defaults.check
     assert cfg.policy.unknown_sensitive_action == "hold"
+    assert cfg.policy.unscannable == "sensitive" == defaults.policy.unscannable
     assert cfg.tls.cert == tmp_path / "var/tls/cert.pem"  # relative to the file
     assert cfg.tls.ca_file is None
     assert cfg.policy.accredited_list == tmp_path / "var/accredited.csv"
@@ -71,6 +72,7 @@ ERRORS = [
     ("[nope]\nx = 1\n", "securemail.toml:1: unknown section [nope]"),
     ("[organisation]\naudience = \"nhs\"\n", "expected one of government, health-and-care"),
     ("[policy]\nunknown_sensitive_action = \"drop\"\n", "expected one of hold, reject, portal"),
+    ("[policy]\nunscannable = \"deliver\"\n", "expected one of sensitive, ignore"),
     ("[policy]\nsecure_domains = [\"a@b.org\"]\n", "policy.secure_domains"),
     ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", "relay.networks"),
     ("[tls]\nmin_version = \"1.1\"\n", "expected one of 1.2, 1.3"),

@@ -62,7 +62,11 @@ def policy_explain(
             }
         )
         return
-    label = ("sensitive", "bold red") if sensitivity.sensitive else ("not sensitive", "green")
+    label = ("not sensitive", "green")
+    if sensitivity.sensitive:
+        label = ("sensitive", "bold red")
+    elif sensitivity.unscannable:  # what that means is policy's call: see the decisions
+        label = ("not fully scanned", "bold yellow")
     say(message, ": ", label, ": ", sensitivity.summary())
     _print_decisions(decisions)
 

@@ -11,6 +11,11 @@ never go in the clear to a recipient who is not known to be secure: it is held f
 operator or refused, as ``[policy] unknown_sensitive_action`` says (``portal`` holds too
 until the secure portal exists, and says so).
 
+**Unscannable content.** What the scanner could not read (an encrypted ZIP, a PDF with a
+password, anything over a bound: ``Sensitivity.unscannable``) counts as sensitive by
+default (``[policy] unscannable = "sensitive"``), so a sender cannot get data past the
+check by making it unreadable; ``"ignore"`` judges the message on what could be read.
+
 **The release rule.** Every decision carries the TLS level its recipient's mail needs,
 including a held one: a sensitive message held for an ``unknown`` recipient is stored with
 at least ``TlsLevel.VERIFIED``, so an operator's release never sends it in plain text or
@@ -42,6 +47,13 @@ class Setting(StrEnum):
     HOLD = "hold"
     REJECT = "reject"
     PORTAL = "portal"  # the secure portal (not built yet: held, and the reason says so)
+
+
+class Unscannable(StrEnum):
+    """``[policy] unscannable``: what a part the scanner could not read means."""
+
+    SENSITIVE = "sensitive"  # the message counts as sensitive (the safe default)
+    IGNORE = "ignore"  # judged on what could be read
 
 
 OWN_DOMAIN_RULE = "own-domain"
@@ -83,10 +95,20 @@ class Policy:
 
     own_domains: frozenset[str] = frozenset()
     unknown_sensitive: Setting = Setting.HOLD
+    unscannable: Unscannable = Unscannable.SENSITIVE
 
     @classmethod
-    def of(cls, own_domains: Iterable[str], unknown_sensitive: str = "hold") -> Policy:
-        return cls(frozenset(d.lower() for d in own_domains), Setting(unknown_sensitive))
+    def of(
+        cls,
+        own_domains: Iterable[str],
+        unknown_sensitive: str = "hold",
+        unscannable: str = "sensitive",
+    ) -> Policy:
+        return cls(
+            frozenset(d.lower() for d in own_domains),
+            Setting(unknown_sensitive),
+            Unscannable(unscannable),
+        )
 
     def decide(self, c: Classification, sensitivity: Sensitivity) -> Decision:
         """Decide what happens to mail for one recipient."""
@@ -109,19 +131,25 @@ class Policy:
                 TlsLevel.VERIFIED,
                 "secure recipient: deliver only over verified TLS (SCCI1596 forced TLS)",
             )
-        if not sensitivity.sensitive:
+        unread = bool(sensitivity.unscannable)
+        if sensitivity.sensitive:
+            why = f"sensitive message ({sensitivity.summary()})"
+        elif unread and self.unscannable is Unscannable.SENSITIVE:
+            why = (
+                f"message with unscannable content ({sensitivity.summary()}), which counts "
+                "as sensitive ([policy] unscannable = sensitive),"
+            )
+        else:
+            ignored = " (unscannable content ignored: [policy] unscannable = ignore)"
             return decision(
                 Action.DELIVER,
                 TlsLevel.OPPORTUNISTIC,
-                "recipient not known to be secure, message not sensitive: "
+                f"recipient not known to be secure, message not sensitive{ignored * unread}: "
                 "deliver with opportunistic TLS",
             )
         setting = self.unknown_sensitive
         action = Action.REJECT if setting is Setting.REJECT else Action.HOLD
         tls = TlsLevel.NONE if action is Action.REJECT else TlsLevel.VERIFIED
         return decision(
-            action,
-            tls,
-            f"sensitive message ({sensitivity.summary()}) to a recipient not known to be "
-            f"secure: {_WHY[setting]}",
+            action, tls, f"{why} to a recipient not known to be secure: {_WHY[setting]}"
         )

@@ -6,48 +6,73 @@ protective marking (``OFFICIAL-SENSITIVE``), the ``[secure]`` subject tag (or th
 ``[encrypt]``), and valid NHS numbers. Every finding says where it was, so a person
 told "this will be encrypted" can see why.
 
+**Every part a person could read is read**: each ``text/*`` part (any subtype or
+charset, base64 and quoted-printable decoded), attached messages (their Subject and
+their parts, recursively), and attachments of any declared type through
+``core.extract``: Office and OpenDocument files, PDFs, ZIPs (recursively), and anything
+else as text. The MIME tree is walked here, iteratively, with the header fields of every
+part and attached message found by ``core.message.read_headers`` (the one header reader;
+only the values of the Content-* fields are parsed by the stdlib). What cannot be read
+(encrypted, malformed, over a bound of ``extract.Limits``) is a ``Kind.UNSCANNABLE``
+marker saying why; ``core.policy`` decides what that means.
+
 Errors lean one way on purpose. Nothing here raises on hostile or broken input, because
 a crash would let a message skip the check; what cannot be parsed as MIME is still
-scanned as text. Markings count only in the first and last few non-blank lines of a
-body, where people put them, so prose that merely mentions the phrase does not trigger.
+scanned as text, and so is a part nested too deep to open (as well as being reported).
+Markings count only in the first and last few non-blank lines of a text, where people
+put them, so prose that merely mentions the phrase does not trigger.
 
-Only text/plain and text/html parts are read, including those of attached messages.
-Other attachments (PDFs, Office documents) are not scanned yet. NHS numbers are masked
-in every marker because markers are logged, and a full NHS number is personal data.
+NHS numbers are masked in every marker because markers are logged, and a full NHS number
+is personal data. Labels name parts by number and type, never by file name, for the same
+reason.
 """
 
 from __future__ import annotations
 
-import html
+import bisect
 import itertools
 import operator
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import Message
-from email.parser import BytesParser
+from email.message import EmailMessage
 from enum import StrEnum
 
-from securemail.core.message import HeaderLimitError, read_headers, reparse_input
+from securemail.core.extract import (
+    DEFAULT_LIMITS,
+    Budget,
+    Embedded,
+    Limits,
+    Text,
+    Unscannable,
+    decode_text,
+    extract,
+)
+from securemail.core.message import MAX_BYTES, HeaderBlock, HeaderLimitError, read_headers
 
 _WEIGHTS = range(10, 1, -1)
 _HEAD_LINES = 10
 _TAIL_LINES = 5
 # The stdlib header parser is superlinear on long values; no real MIME header needs more.
 _MAX_HEADER_CHARS = 4096
+_MAX_TYPE_IN_LABEL = 80
 
 _SEP = "[ \\-\u00a0]"
 # Opens with a digit, lookbehinds after it, so the engine skips straight to digits (5x faster).
 # Written in groups (3-3-4), the number must not be part of a longer grouped run
 # ("943 476 5919 12" is a phone/account number); written solid, only adjacent digits
 # disqualify it, so two numbers in a row ("9434765919 4010232137") are both found:
-# missing one is the unsafe direction.
+# missing one is the unsafe direction. Solid ten digits inside a longer token of letters
+# and digits (a hex id "a9434765919f", a URL token "id=X9434765919") are an identifier,
+# not an NHS number, unless the token says so itself: "NHS9434765919".
 _NHS_CANDIDATE = re.compile(
     rf"([0-9](?<![0-9]{{2}})(?<![0-9]{_SEP}[0-9])[0-9]{{2}})({_SEP})([0-9]{{3}})\2([0-9]{{4}})"
     rf"(?![0-9])(?!{_SEP}[0-9])"
     rf"|([0-9](?<![0-9]{{2}})[0-9]{{2}})()([0-9]{{3}})([0-9]{{4}})(?![0-9])"
+    r"(?:(?<=[Nn][Hh][Ss][0-9]{10})|(?<![^\W_][0-9]{10})(?![^\W_]))"
 )
 _NHS_EXACT = re.compile(rf"([0-9]{{3}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})")
 _DASHES = "\\-_:\u2010\u2011\u2013\u2014"
@@ -60,19 +85,10 @@ _MARKING = re.compile(
     re.IGNORECASE,
 )
 _SUBJECT_TAG = re.compile(r"\[\s*(secure|encrypt)\s*\]", re.IGNORECASE)
-_HTML_SPACE = re.compile(r"[ \t\r\n\f]+")
-# Every tag pattern stops at the next "<", so no match can rescan text: linear time.
-_HIDDEN_START = re.compile(r"<!--|<(script|style)\b[^<>]*>", re.IGNORECASE)
-_HIDDEN_END = re.compile(r"</(?:script|style)\b[^<>]*>", re.IGNORECASE)
-_COMMENT_END = re.compile(r"-->")
-_ANY_TAG = re.compile(r"</?[a-z][^<>]*>|<[!?][^<>]*>", re.IGNORECASE)
-_BLOCK_TAG = re.compile(
-    r"</?(?:p|br|div|tr|td|th|li|ul|ol|table|hr|pre|blockquote|h[1-6]|section|article"
-    r"|header|footer)\b[^<>]*>",
-    re.IGNORECASE,
-)
 _NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)
-_TEXT_TYPES = frozenset({"text/plain", "text/html"})
+# A line that may be a MIME delimiter: "--", a token, then the end of the line.
+_DASH_LINE = re.compile(rb"^--([^\r\n]*)(?:\r\n|\n|\Z)", re.MULTILINE)
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
 class Kind(StrEnum):
@@ -81,6 +97,8 @@ class Kind(StrEnum):
     MARKING = "protective-marking"
     SUBJECT_TAG = "subject-tag"
     NHS_NUMBER = "nhs-number"
+    UNSCANNABLE = "unscannable"
+    """Not a finding but its absence: a part that could not be read; ``text`` says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,31 +112,43 @@ class Marker:
 
 @dataclass(frozen=True, slots=True)
 class Sensitivity:
-    """What made a message sensitive; no markers means nothing was found."""
+    """What made a message sensitive, and what could not be read to tell.
+
+    ``sensitive`` is about what was found; whether an unscannable part makes the message
+    count as sensitive is policy's decision (``[policy] unscannable``), not this one's.
+    """
 
     markers: tuple[Marker, ...] = ()
 
     @property
     def sensitive(self) -> bool:
-        return bool(self.markers)
+        """True when sensitive content was found (unscannable parts do not count here)."""
+        return any(m.kind is not Kind.UNSCANNABLE for m in self.markers)
+
+    @property
+    def unscannable(self) -> tuple[Marker, ...]:
+        """The parts that could not be read, each with the reason in ``text``."""
+        return tuple(m for m in self.markers if m.kind is Kind.UNSCANNABLE)
 
     def summary(self) -> str:
         """One sentence for a person; counts NHS numbers rather than listing even masked ones."""
-        if not self.markers:
-            return "no sensitive content found"
         groups: dict[tuple[Kind, str, str], int] = {}
         for marker in self.markers:
             text = "" if marker.kind is Kind.NHS_NUMBER else marker.text
             key = (marker.kind, marker.where, text)
             groups[key] = groups.get(key, 0) + 1
-        phrases = []
+        found, unread = [], []
         for (kind, where, text), count in groups.items():
             if kind is Kind.NHS_NUMBER:
-                phrases.append(f"{count} NHS number{'' if count == 1 else 's'} in {where}")
+                found.append(f"{count} NHS number{'' if count == 1 else 's'} in {where}")
+            elif kind is Kind.UNSCANNABLE:
+                unread.append(f"{where} unscannable ({text})")
             else:
                 noun = "marking" if kind is Kind.MARKING else "tag"
-                phrases.append(f"{text} {noun} in {where}")
-        return "; ".join(phrases)
+                found.append(f"{text} {noun} in {where}")
+        if not found:
+            found = ["no sensitive content found" + (" in what could be read" if unread else "")]
+        return "; ".join(found + unread)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -158,7 +188,9 @@ def find_nhs_numbers(text: str) -> list[str]:
 
     Ten digits inside a longer run (a phone or account number) do not count: no digit may
     touch either end, and a grouped number (``943 476 5919``) may not continue as a
-    grouped run either (``943 476 5919 12``).
+    grouped run either (``943 476 5919 12``). Ten digits written solid inside a longer
+    token of letters and digits (``a9434765919f``) do not count either, unless the token
+    begins the digits with ``NHS``; a space or any punctuation ends a token.
     """
     found = []
     for match in _NHS_CANDIDATE.finditer(text):
@@ -169,40 +201,250 @@ def find_nhs_numbers(text: str) -> list[str]:
     return found
 
 
-def scan_message(raw: bytes) -> Sensitivity:
+def scan_message(
+    raw: bytes,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Sensitivity:
     """Scan an RFC 5322 message for sensitive content. Never raises.
 
     The Subject fields are the ones ``read_headers`` finds, the reader every other part
     of the gateway uses, so a marking below a line that ends the header section is found
-    "in body", as DKIM and DMARC also take it for body. The stdlib walks the MIME parts,
-    fed ``reparse_input`` so that it splits header and body where the reader does.
+    "in body", as DKIM and DMARC also take it for body. ``clock`` measures the scan
+    against ``limits.max_seconds``; it is read between parts, never inside one.
     """
+    budget = Budget(limits, clock)
     markers: list[Marker] = []
-    try:
-        block = read_headers(raw)
-    except HeaderLimitError:
-        # Too many header fields to read one by one, so a subject tag could be anywhere
-        # in them: look for tags and markings in the whole text (the safe direction).
-        text = raw.decode("utf-8", errors="replace")
-        return Sensitivity(tuple(dict.fromkeys(_scan_text(text, "body", is_subject=True))))
-    for subject in block.get_all("subject"):
-        markers += _scan_text(subject.decoded, "subject", is_subject=True)
-    try:
-        msg = BytesParser(policy=_POLICY).parsebytes(reparse_input(raw, block))
-        for where, text in _bodies(msg):
-            markers += _scan_text(text, where, is_subject=False)
-    except Exception:
-        body = raw[block.body_offset :].decode("utf-8", errors="replace")
-        markers += _scan_text(body, "body", is_subject=False)
+    for piece in _walk(raw, budget):
+        if isinstance(piece, Unscannable):
+            markers.append(Marker(Kind.UNSCANNABLE, piece.where, piece.reason))
+        else:
+            markers += _scan_text(piece.text, piece.where, is_subject=piece.subject)
     return Sensitivity(tuple(dict.fromkeys(markers)))
 
 
-class _BoundedHeaders(HeaderRegistry):
+class _Headers(HeaderRegistry):
     def __call__(self, name: str, value: str) -> BaseHeader:
         return super().__call__(name, value[:_MAX_HEADER_CHARS])
 
 
-_POLICY = policy.default.clone(header_factory=_BoundedHeaders())
+_POLICY = policy.default.clone(header_factory=_Headers())
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    where: str
+    text: str
+    subject: bool = False
+
+
+@dataclass(slots=True)
+class _Names:
+    """How the parts of one message are labelled: ``part 3 (text/csv)``, in walk order.
+
+    An attached message shares its parent's numbering (its parts are parts of the
+    message a person reads); a message found inside an archive is numbered on its own,
+    after the member's label.
+    """
+
+    prefix: str = ""
+    parts: int = 0
+    messages: int = 0
+
+    def part(self, content_type: str) -> str:
+        self.parts += 1
+        return f"{self.prefix}part {self.parts} ({content_type[:_MAX_TYPE_IN_LABEL]})"
+
+    def attached_subject(self) -> str:
+        self.messages += 1
+        return f"{self.prefix}attached message {self.messages} subject"
+
+
+class _Source:
+    """One buffer being walked (the message, or a decoded attached message), and its
+    delimiter lines, found once: every line ``--TOKEN`` (optionally white space after),
+    by token. Each multipart then looks up its own boundary instead of searching its
+    body again, so nesting costs nothing extra: the walk is linear in the message."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._lines: dict[bytes, tuple[list[int], list[int]]] | None = None
+
+    def delimiters(self, token: bytes, start: int, end: int) -> list[tuple[int, int]]:
+        """(line start, next line start) of each ``--token`` line within [start, end)."""
+        if self._lines is None:
+            self._lines = {}
+            for line in _DASH_LINE.finditer(self.data):
+                at, after = self._lines.setdefault(line[1].rstrip(b" \t"), ([], []))
+                at.append(line.start())
+                after.append(line.end())
+        at, after = self._lines.get(token, ((), ()))
+        first, last = bisect.bisect_left(at, start), bisect.bisect_left(at, end)
+        return list(zip(at[first:last], after[first:last], strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _Entity:
+    """A MIME entity waiting to be read: ``source.data[start:end]``, header fields then body."""
+
+    source: _Source
+    start: int
+    end: int
+    depth: int
+    names: _Names = field(default_factory=_Names)
+    root: bool = False
+    """A message on its own (the top level, or one found in an archive): its Subject is
+    read, and a body that is not multipart is called "body"."""
+    message: bool = False
+    """A message, not a body part (the top level, an attached ``message/rfc822``, an
+    ``.eml`` in an archive): its Subject is read."""
+    default_type: str = "text/plain"
+
+    @classmethod
+    def of(cls, data: bytes, depth: int, names: _Names, *, root: bool = False) -> _Entity:
+        return cls(_Source(data), 0, len(data), depth, names, root=root, message=True)
+
+    def content(self, offset: int = 0) -> bytes:
+        """The entity's bytes from ``offset`` (its body, given the body's offset)."""
+        return self.source.data[self.start + offset : self.end]
+
+
+def _walk(raw: bytes, budget: Budget) -> Iterator[_Piece | Unscannable]:
+    """Depth first, in message order, with a stack rather than recursion, so nesting
+    depth is a bound we choose (``Limits.max_depth``) and not the interpreter's."""
+    stack = [_Entity.of(raw, 0, _Names(), root=True)]
+    while stack and budget.count_part():
+        entity = stack.pop()
+        found: list[_Entity] = []
+        pieces: list[_Piece | Unscannable] = []
+        try:
+            pieces.extend(_read(entity, budget, found))
+        except Exception:  # whatever went wrong, the bytes are still read as text
+            pieces.append(
+                _Piece(_leaf_label(entity, "unknown"), decode_text(entity.content(), None))
+            )
+            found = []
+        yield from pieces
+        stack.extend(reversed(found))
+    if budget.spent:
+        yield Unscannable("rest of message", budget.spent)
+
+
+def _leaf_label(entity: _Entity, content_type: str) -> str:
+    if entity.root:
+        return f"{entity.names.prefix}body"
+    return entity.names.part(content_type)
+
+
+def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Piece | Unscannable]:
+    """What one entity holds; the entities inside it are appended to ``found``."""
+    try:
+        # The reader stops at MAX_BYTES anyway: hand it no more than that of a large body.
+        end = min(entity.end, entity.start + MAX_BYTES + 2)
+        block = read_headers(entity.source.data[entity.start : end])
+    except HeaderLimitError:
+        # Too many header fields to read one by one, so a subject tag could be anywhere
+        # in them: look for tags and markings in the whole text (the safe direction).
+        yield _Piece(
+            _leaf_label(entity, "message/rfc822" if entity.message else "unknown"),
+            decode_text(entity.content(), None),
+            subject=entity.message,
+        )
+        return
+    names = entity.names
+    if entity.message:
+        label = f"{names.prefix}subject" if entity.root else names.attached_subject()
+        for subject in block.get_all("subject"):
+            yield _Piece(label, subject.decoded, subject=True)
+    info = _content_fields(block, entity.default_type)
+    content_type = info.get_content_type()
+    body_start = entity.start + block.body_offset
+    if reason := budget.too_deep(entity.depth):
+        label = _leaf_label(entity, content_type)
+        yield Unscannable(label, reason)
+        yield _Piece(label, decode_text(entity.content(block.body_offset), None))
+        return
+    if info.get_content_maintype() == "multipart":
+        boundary = info.get_boundary()
+        parts = _split(entity.source, body_start, entity.end, boundary) if boundary else None
+        if parts is not None:
+            child_type = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
+            depth = entity.depth + 1
+            found += [
+                _Entity(entity.source, s, e, depth, names, default_type=child_type)
+                for s, e in parts
+            ]
+            return
+        # No boundary, or none in the body: one text, as mail clients show it.
+    payload = _decoded(info, entity.content(block.body_offset))
+    if not budget.take(len(payload)):
+        return
+    if content_type in _MESSAGE_TYPES:
+        found.append(_Entity.of(payload, entity.depth + 1, names))
+        return
+    label = _leaf_label(entity, content_type)
+    if content_type == "message/partial":
+        yield Unscannable(label, "a fragment of a message (message/partial)")
+        return
+    items = extract(
+        payload,
+        label,
+        depth=entity.depth,
+        budget=budget,
+        content_type=content_type,
+        charset=info.get_content_charset(),
+        filename=info.get_filename() or "",
+    )
+    for item in items:
+        if isinstance(item, Embedded):
+            found.append(_Entity.of(item.raw, item.depth, _Names(f"{item.where}, "), root=True))
+        elif isinstance(item, Text):
+            yield _Piece(item.where, item.text)
+        else:
+            yield item
+
+
+def _content_fields(block: HeaderBlock, default_type: str) -> EmailMessage:
+    """The entity's Content-* fields (the first of each, as ``read_headers`` found them),
+    with their values parsed by the stdlib: types, parameters, RFC 2231."""
+    info = EmailMessage(policy=_POLICY)
+    info.set_default_type(default_type)
+    for name in ("content-type", "content-transfer-encoding", "content-disposition"):
+        found = block.first(name)
+        if found is not None:
+            info.set_raw(name, found.text.lstrip(" \t"))
+    return info
+
+
+def _decoded(info: EmailMessage, body: bytes) -> bytes:
+    """``body`` with its Content-Transfer-Encoding undone, as the stdlib undoes it."""
+    info.set_payload(body.decode("ascii", "surrogateescape"))
+    payload = info.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else body
+
+
+def _split(source: _Source, start: int, end: int, boundary: str) -> list[tuple[int, int]] | None:
+    """Where the body parts of a multipart body are, or None without a delimiter line.
+
+    A delimiter is ``--boundary`` at the start of a line, then optional white space and
+    the end of the line; ``--boundary--`` closes. The line break before a delimiter
+    belongs to it (RFC 2046 §5.1.1). Preamble and epilogue are not parts.
+    """
+    token = boundary.encode("utf-8", "surrogateescape")
+    closes = source.delimiters(token + b"--", start, end)
+    stop = closes[0][0] if closes else end
+    lines = source.delimiters(token, start, stop)
+    if not lines:
+        return None
+    data = source.data
+    parts = []
+    for (_, after), (next_at, _) in zip(lines, [*lines[1:], (stop, stop)], strict=True):
+        part_end = next_at
+        if next_at < end or closes:
+            part_end -= 2 if data[next_at - 2 : next_at] == b"\r\n" else 1
+        parts.append((min(after, part_end), part_end))
+    return parts
 
 
 def _scan_text(text: str, where: str, *, is_subject: bool) -> list[Marker]:
@@ -238,55 +480,3 @@ def _edge_lines(text: str) -> list[str]:
         for m in itertools.islice(_NON_BLANK_LINE.finditer(text[end:][::-1]), _TAIL_LINES)
     ]
     return head + tail[::-1]
-
-
-def _bodies(msg: Message) -> Iterator[tuple[str, str]]:
-    if not msg.is_multipart():
-        if msg.get_content_type() in _TEXT_TYPES or msg.get_content_maintype() == "multipart":
-            yield "body", _part_text(msg)
-        return
-    index = 0
-    for part in msg.walk():
-        ctype = part.get_content_type()
-        if part.is_multipart() or (
-            ctype not in _TEXT_TYPES and part.get_content_maintype() != "multipart"
-        ):
-            continue
-        index += 1
-        yield f"part {index} ({ctype})", _part_text(part)
-
-
-def _part_text(part: Message) -> str:
-    """Decode one leaf part; a multipart left unsplit (broken boundary) is read as raw text."""
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        payload = str(part.get_payload()).encode("utf-8", "surrogateescape")
-    text = _decode(payload, part.get_content_charset())
-    return _html_text(text) if part.get_content_type() == "text/html" else text
-
-
-def _decode(data: bytes, charset: str | None) -> str:
-    try:
-        return data.decode(charset or "utf-8", errors="replace")
-    except (LookupError, UnicodeError, ValueError, TypeError):
-        return data.decode("utf-8", errors="replace")
-
-
-def _html_text(markup: str) -> str:
-    """Reduce HTML to the text a reader sees, one line per block, so tags cannot split it.
-
-    Regexes rather than ``html.parser``: that is quadratic on some malformed markup in
-    the Python versions we support (three megabytes of ``<a `` take minutes), and a
-    scanner a sender can stall is a scanner that gets switched off.
-    """
-    visible = []
-    pos = 0
-    while (start := _HIDDEN_START.search(markup, pos)) is not None:
-        end = (_COMMENT_END if start[1] is None else _HIDDEN_END).search(markup, start.end())
-        if end is None:
-            break
-        visible.append(markup[pos : start.start()])
-        pos = end.end()
-    visible.append(markup[pos:])
-    text = _HTML_SPACE.sub(" ", " ".join(visible))
-    return html.unescape(_ANY_TAG.sub("", _BLOCK_TAG.sub("\n", text)))

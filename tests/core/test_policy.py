@@ -3,16 +3,18 @@
 from datetime import date
 
 import pytest
-from policy_cases import CASES, OWN
+from policy_cases import CASES, OWN, UNKNOWN, UNSCANNABLE_CASES
 
 from securemail.core.classify import Classifier
 from securemail.core.levels import TlsLevel
-from securemail.core.policy import Action, Policy
+from securemail.core.policy import Action, Policy, Unscannable
 from securemail.core.rules import Audience, Status
 from securemail.core.sensitivity import NOT_SENSITIVE, Kind, Marker, Sensitivity
 
 CLASSIFIER = Classifier(Audience.HEALTH_AND_CARE, clock=lambda: date(2026, 11, 23))
 SENSITIVE = Sensitivity((Marker(Kind.MARKING, "subject", "OFFICIAL-SENSITIVE"),))
+UNREAD = Marker(Kind.UNSCANNABLE, "part 2 (application/zip), member 1", "encrypted ZIP member")
+UNSCANNABLE = Sensitivity((UNREAD,))
 OWN_DOMAINS = [OWN.partition("@")[2]]
 
 
@@ -53,3 +55,32 @@ def test_tls_levels_are_ordered():
 def test_unknown_setting_is_refused():
     with pytest.raises(ValueError):
         Policy.of(OWN_DOMAINS, "send-anyway")
+
+
+@pytest.mark.parametrize(("rcpt", "setting", "action", "tls"), UNSCANNABLE_CASES)
+def test_unscannable_table(rcpt, setting, action, tls):
+    d = Policy.of(OWN_DOMAINS, "hold", setting).decide(CLASSIFIER.classify(rcpt), UNSCANNABLE)
+    assert (d.action, d.tls) == (action, tls)
+
+
+def test_unscannable_counts_as_sensitive_by_default_and_says_why():
+    unknown = CLASSIFIER.classify(UNKNOWN)
+    held = Policy.of(OWN_DOMAINS).decide(unknown, UNSCANNABLE)
+    assert (held.action, held.tls) == (Action.HOLD, TlsLevel.VERIFIED)
+    assert "unscannable" in held.reason and "encrypted ZIP member" in held.reason
+    assert "[policy] unscannable = sensitive" in held.reason
+    refused = Policy.of(OWN_DOMAINS, "reject").decide(unknown, UNSCANNABLE)
+    assert refused.action is Action.REJECT and "unscannable" in refused.reason
+    ignored = Policy.of(OWN_DOMAINS, "hold", "ignore").decide(unknown, UNSCANNABLE)
+    assert ignored.action is Action.DELIVER
+    assert "[policy] unscannable = ignore" in ignored.reason
+    # Found content is sensitive whatever the setting; the reason names both.
+    both = Sensitivity((*SENSITIVE.markers, UNREAD))
+    held = Policy.of(OWN_DOMAINS, "hold", "ignore").decide(unknown, both)
+    assert held.action is Action.HOLD and "encrypted ZIP member" in held.reason
+    assert Policy().unscannable is Unscannable.SENSITIVE
+
+
+def test_unknown_unscannable_setting_is_refused():
+    with pytest.raises(ValueError):
+        Policy.of(OWN_DOMAINS, "hold", "deliver")

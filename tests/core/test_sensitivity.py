@@ -1,8 +1,20 @@
 import base64
+import gzip
 import json
 from email.message import EmailMessage
 
 import pytest
+from harness.documents import (
+    CSV,
+    docx,
+    encrypted_zip,
+    odf,
+    pdf,
+    pptx,
+    with_attachment,
+    xlsx,
+    zip_of,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -184,6 +196,21 @@ def test_is_valid_nhs_number(number: str, valid: bool):
 )
 def test_find_nhs_numbers(text: str, found: list[str]):
     assert find_nhs_numbers(text) == found
+
+
+def test_ten_digits_inside_a_letters_and_digits_token_are_an_identifier():
+    cases = {
+        f"build a{VALID}f": [],  # a hex id
+        f"https://example.test/r?id=X{VALID}&s=1": [],  # a URL token
+        f"ref {VALID}f": [],
+        f"Ａ{VALID}": [],  # a letter in any script
+        # Still NHS numbers: on their own, after punctuation, or labelled as one.
+        f"https://example.test/r?id={VALID}&s=1": [VALID],
+        f"id_{VALID}": [VALID],
+        f"nhs{VALID}": [VALID],
+        f"NHS{VALID}x": [VALID],
+    }
+    assert {text: find_nhs_numbers(text) for text in cases} == cases
 
 
 # --- protective markings and subject tags ------------------------------------------
@@ -477,13 +504,233 @@ def attachment_message(maintype: str, subtype: str) -> bytes:
     return msg.as_bytes()
 
 
-def test_pdf_attachment_is_not_scanned():
-    assert scan_message(attachment_message("application", "pdf")).markers == ()
-    # Same bytes as a text part are found, so the PDF result above is not an accident.
-    assert scan_message(attachment_message("text", "plain")).markers == (
-        marking("part 2 (text/plain)"),
-        nhs("part 2 (text/plain)"),
+def test_attachment_that_is_not_really_a_pdf_is_unscannable():
+    # Until issue 15, attachments were not scanned at all. A "PDF" that is not one is
+    # neither skipped nor guessed at: a person could not open it either, so it is
+    # reported, and policy decides ([policy] unscannable).
+    assert scan_message(attachment_message("application", "pdf")).markers == (
+        Marker(Kind.UNSCANNABLE, "part 2 (application/pdf)", "malformed PDF"),
     )
+    # An attachment is read by what its bytes are, whatever its declared type.
+    assert scan_message(attachment_message("text", "plain")).markers == (
+        Marker(Kind.UNSCANNABLE, "part 2 (text/plain)", "malformed PDF"),
+    )
+    # But without a file name, mail clients show a text/* part inline, as text.
+    msg = EmailMessage()
+    msg["Subject"] = "Report"
+    msg.set_content(f"%PDF-1.4 NHS {VALID} OFFICIAL-SENSITIVE\n")
+    assert scan_message(msg.as_bytes()).markers == (marking("body"), nhs("body"))
+
+
+# --- attachments and documents (issue 15) -------------------------------------------
+
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+ODT = "application/vnd.oasis.opendocument.text"
+ODS = "application/vnd.oasis.opendocument.spreadsheet"
+ODP = "application/vnd.oasis.opendocument.presentation"
+OCTET = "application/octet-stream"
+SECURE_TAG = "[secure]"
+
+
+def eml(subject: str, body: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "gp@nhs.net"
+    msg["Subject"] = subject
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "content_type", "where"),
+    [
+        (CSV, "patients.csv", "text/csv", "part 2 (text/csv)"),
+        (CSV, "patients.csv", OCTET, f"part 2 ({OCTET})"),
+        (CSV, "patients", "application/vnd.ms-excel", "part 2 (application/vnd.ms-excel)"),
+        (CSV.decode().encode("utf-16"), "unicode.txt", "text/plain", "part 2 (text/plain)"),
+        (CSV.decode().encode("utf-16-le"), "unicode.txt", OCTET, f"part 2 ({OCTET})"),
+        (b"\x00" + CSV, "nul.csv", OCTET, f"part 2 ({OCTET})"),
+        (b"<p>943 <b>476</b> 5919</p>", "letter.html", "text/html", "part 2 (text/html)"),
+        (docx("Jane ", "943", "4765919"), "letter.docx", DOCX, f"part 2 ({DOCX}), member 2"),
+        (xlsx(("Jane", 9434765919)), "list.xlsx", XLSX, f"part 2 ({XLSX}), member 2"),
+        (pptx(f"Patient {VALID}"), "slides.pptx", PPTX, f"part 2 ({PPTX}), member 2"),
+        (odf("text", VALID), "letter.odt", ODT, f"part 2 ({ODT}), member 2"),
+        (odf("spreadsheet", VALID), "list.ods", ODS, f"part 2 ({ODS}), member 2"),
+        (odf("presentation", VALID), "slides.odp", ODP, f"part 2 ({ODP}), member 2"),
+        (pdf(f"Jane {VALID}"), "letter.pdf", "application/pdf", "part 2 (application/pdf)"),
+        (
+            pdf(f"Jane {VALID}", user_password=""),  # an owner password only: opens for all
+            "letter.pdf",
+            "application/pdf",
+            "part 2 (application/pdf)",
+        ),
+        (
+            pdf("See the attached list.", attachment=("list.csv", CSV)),
+            "letter.pdf",
+            "application/pdf",
+            "part 2 (application/pdf), embedded file 1",
+        ),
+        (
+            zip_of({"a/patients.csv": CSV}),
+            "p.zip",
+            "application/zip",
+            "part 2 (application/zip), member 1",
+        ),
+        (
+            zip_of({"readme.txt": b"hello", "inner.zip": zip_of({"letter.docx": docx(VALID)})}),
+            "p.zip",
+            "application/zip",
+            "part 2 (application/zip), member 2, member 1, member 2",
+        ),
+        (docx(VALID), "letter.txt", "text/plain", "part 2 (text/plain), member 2"),  # by magic
+    ],
+    ids=[
+        "csv",
+        "csv-as-octet-stream",
+        "csv-without-extension",
+        "utf16-with-bom",
+        "utf16-without-bom",
+        "nul-before-csv",
+        "html-attachment",
+        "docx-number-split-over-runs",
+        "xlsx-numeric-cell",
+        "pptx",
+        "odt",
+        "ods",
+        "odp",
+        "pdf",
+        "pdf-owner-password-only",
+        "pdf-embedded-csv",
+        "zip",
+        "docx-in-zip-in-zip",
+        "docx-declared-as-text",
+    ],
+)
+def test_nhs_number_in_attachment(data: bytes, filename: str, content_type: str, where: str):
+    assert scan_message(with_attachment(data, filename, content_type)).markers == (nhs(where),)
+
+
+def test_marking_in_document():
+    raw = with_attachment(odf("text", "OFFICIAL-SENSITIVE [PERSONAL]"), "letter.odt", ODT)
+    assert scan_message(raw).markers == (
+        marking(f"part 2 ({ODT}), member 2", "OFFICIAL-SENSITIVE [PERSONAL]"),
+    )
+
+
+def test_attached_message_subject_and_parts():
+    inner = EmailMessage()
+    inner["Subject"] = "[secure] OFFICIAL-SENSITIVE referral"
+    inner.set_content("Dear Dr\n")
+    inner.add_attachment(CSV, maintype="text", subtype="csv", filename="p.csv")
+    outer = EmailMessage()
+    outer["Subject"] = "FW: referral"
+    outer.set_content("See below.\n")
+    outer.add_attachment(inner)
+    assert scan_message(outer.as_bytes()).markers == (
+        Marker(Kind.SUBJECT_TAG, "attached message 1 subject", SECURE_TAG),
+        marking("attached message 1 subject"),
+        nhs("part 3 (text/csv)"),
+    )
+
+
+def test_message_inside_zip():
+    raw = with_attachment(
+        zip_of({"fwd.eml": eml("[secure] results", f"NHS {VALID}\n")}), "m.zip", "application/zip"
+    )
+    member = "part 2 (application/zip), member 1"
+    assert scan_message(raw).markers == (
+        Marker(Kind.SUBJECT_TAG, f"{member}, subject", SECURE_TAG),
+        nhs(f"{member}, body"),
+    )
+
+
+def test_spreadsheet_cells_do_not_run_together():
+    # "943476" and "5919" in two cells are not one number; "1" before a number in the
+    # next cell does not make it part of a longer one.
+    assert scan_message(with_attachment(xlsx((943476, 5919)), "a.xlsx", XLSX)).markers == ()
+    found = scan_message(with_attachment(xlsx((1, 9434765919)), "a.xlsx", XLSX)).markers
+    assert found == (nhs(f"part 2 ({XLSX}), member 2"),)
+
+
+def test_identifiers_in_attachments_are_not_nhs_numbers():
+    data = f"id,url,nhs\r\na{VALID}f,https://example.test/?id=X{VALID},{VALID_2}\r\n"
+    raw = with_attachment(data.encode(), "ids.csv", "text/csv")
+    assert scan_message(raw).markers == (nhs("part 2 (text/csv)", VALID_2),)
+
+
+OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "reason"),
+    [
+        (
+            encrypted_zip("p.csv", CSV, b"pw"),
+            "part 2 (application/zip), member 1",
+            "encrypted ZIP member",
+        ),
+        (pdf(f"Jane {VALID}", user_password="pw"), "part 2 (application/zip)", "encrypted PDF"),
+        (
+            odf("text", VALID, encrypted=True),
+            "part 2 (application/zip)",
+            "encrypted OpenDocument file",
+        ),
+        (
+            OLE2 + bytes(100) + "EncryptedPackage".encode("utf-16-le") + bytes(100),
+            "part 2 (application/zip)",
+            "encrypted Office document",
+        ),
+        (OLE2 + bytes(500), "part 2 (application/zip)", "legacy Office (OLE2) file, not read"),
+        (gzip.compress(CSV), "part 2 (application/zip)", "gzip archive, not opened"),
+        (b"7z\xbc\xaf\x27\x1c" + bytes(40), "part 2 (application/zip)", "7z archive, not opened"),
+        (b"PK\x03\x04" + b"\x00garbage" * 10, "part 2 (application/zip)", "malformed ZIP"),
+        (b"%PDF-1.7\n" + CSV, "part 2 (application/zip)", "malformed PDF"),
+    ],
+    ids=[
+        "encrypted-zip",
+        "encrypted-pdf",
+        "encrypted-opendocument",
+        "encrypted-ooxml",
+        "legacy-office",
+        "gzip",
+        "7z",
+        "malformed-zip",
+        "malformed-pdf",
+    ],
+)
+def test_unscannable_attachment(data: bytes, where: str, reason: str):
+    result = scan_message(with_attachment(data, "file", "application/zip"))
+    assert result.markers == (Marker(Kind.UNSCANNABLE, where, reason),)
+    assert result.sensitive is False  # policy decides what unscannable means
+    assert result.unscannable == result.markers
+
+
+def test_message_fragment_is_unscannable():
+    raw = raw_message(
+        "Subject: x\nContent-Type: message/partial; id=abc; number=1; total=2",
+        f"Subject: part one\r\n\r\n{VALID}\r\n".encode(),
+    )
+    assert scan_message(raw).markers == (
+        Marker(Kind.UNSCANNABLE, "body", "a fragment of a message (message/partial)"),
+    )
+
+
+def test_unscannable_in_summary_and_json():
+    raw = with_attachment(encrypted_zip("p.csv", CSV, b"pw"), "p.zip", "application/zip")
+    result = scan_message(raw)
+    where = "part 2 (application/zip), member 1"
+    assert result.summary() == (
+        f"no sensitive content found in what could be read; {where} unscannable "
+        "(encrypted ZIP member)"
+    )
+    assert result.to_json() == {
+        "sensitive": False,
+        "markers": [{"kind": "unscannable", "where": where, "text": "encrypted ZIP member"}],
+    }
+    both = Sensitivity((nhs("body"), *result.markers))
+    assert both.sensitive is True
+    assert both.summary() == (f"1 NHS number in body; {where} unscannable (encrypted ZIP member)")
 
 
 # --- results: order, dedupe, summary, JSON, masking --------------------------------
@@ -641,10 +888,21 @@ def test_nested_multipart_is_walked():
     )
 
 
-def test_too_deep_multipart_falls_back_to_raw_text():
-    # Deeper than the stdlib parser can recurse: the raw body is scanned as one text. The
-    # Subject comes from the one header reader, so it is still found "in subject".
-    assert scan_message(nested_multipart(2000)).markers == (marking("subject"), nhs("body"))
+@pytest.mark.parametrize("depth", [102, 1000, 2000])
+def test_too_deep_multipart_is_unscannable_and_read_as_raw_text(depth: int):
+    # Deeper than Limits.max_depth (100): reported, and the rest is still scanned as one
+    # raw text. The Subject comes from the one header reader, so it is found "in subject".
+    where = "part 1 (multipart/mixed)"
+    assert scan_message(nested_multipart(depth)).markers == (
+        marking("subject"),
+        Marker(Kind.UNSCANNABLE, where, "nested deeper than 100 levels"),
+        nhs(where),
+    )
+    # At the bound itself, the tree is still walked.
+    assert scan_message(nested_multipart(100)).markers == (
+        marking("subject"),
+        nhs("part 1 (text/plain)"),
+    )
 
 
 def test_subject_tag_found_when_header_section_is_over_the_reader_limit():

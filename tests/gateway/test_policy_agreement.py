@@ -7,6 +7,9 @@ RCPT or DATA, stored as queued or held, with which TLS level) is compared with w
 ``policy explain --json`` says. Remote servers answer 451 so every accepted recipient
 stays in the spool to be read.
 
+The same for a message that cannot be fully scanned (``UNSCANNABLE_CASES``: an encrypted
+ZIP) under each ``[policy] unscannable``, and the reason stored says why.
+
 Also here: a held sensitive message keeps its TLS level through an operator's release
 (never opportunistic), and an accreditation that expires while the gateway runs is
 judged against the current date (a controlled clock).
@@ -20,9 +23,10 @@ import sys
 from datetime import date, timedelta
 
 import pytest
+from harness.documents import CSV, encrypted_zip, with_attachment
 from harness.gatewaykit import ORG_DOMAIN, add_mx, client_context, eventually, submit
 from harness.smtpsink import SinkServer
-from policy_cases import CASES, SETTINGS, UNKNOWN
+from policy_cases import CASES, SETTINGS, UNKNOWN, UNSCANNABLE_CASES, UNSCANNABLE_SETTINGS
 
 from securemail.config import load_config
 from securemail.core.levels import TlsLevel
@@ -49,8 +53,12 @@ def _level(value) -> TlsLevel:
 
 
 def _explain(config, rcpt: str, sensitive: bool, tmp_path) -> dict:
-    eml = tmp_path / f"m-{abs(hash((rcpt, sensitive)))}.eml"
-    eml.write_bytes(_message(rcpt, sensitive))
+    return _explain_data(config, rcpt, _message(rcpt, sensitive), tmp_path)
+
+
+def _explain_data(config, rcpt: str, data: bytes, tmp_path) -> dict:
+    eml = tmp_path / f"m-{abs(hash((rcpt, data)))}.eml"
+    eml.write_bytes(data)
     proc = subprocess.run(
         [sys.executable, "-m", "securemail.cli", "policy", "explain", "--json",
          "--config", str(config), str(eml), "--rcpt", rcpt],
@@ -62,14 +70,18 @@ def _explain(config, rcpt: str, sensitive: bool, tmp_path) -> dict:
 
 
 async def _gateway_did(gateway, pki, rcpt: str, sensitive: bool) -> tuple[Action, TlsLevel]:
+    action, tls, _ = await _gateway_stored(gateway, pki, rcpt, _message(rcpt, sensitive))
+    return action, tls
+
+
+async def _gateway_stored(gateway, pki, rcpt: str, data: bytes) -> tuple[Action, TlsLevel, str]:
+    """What the gateway did with ``data`` for ``rcpt``, and the reason it stored."""
     try:
-        await asyncio.to_thread(
-            submit, gateway, pki, f"alice@{ORG_DOMAIN}", [rcpt], _message(rcpt, sensitive)
-        )
+        await asyncio.to_thread(submit, gateway, pki, f"alice@{ORG_DOMAIN}", [rcpt], data)
     except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError) as exc:
         code = exc.smtp_code if isinstance(exc, smtplib.SMTPDataError) else 550
         assert 500 <= code < 600, exc
-        return Action.REJECT, TlsLevel.NONE
+        return Action.REJECT, TlsLevel.NONE, ""
 
     async def stored():
         for m in await gateway.spool.list_messages():
@@ -83,7 +95,7 @@ async def _gateway_did(gateway, pki, rcpt: str, sensitive: bool) -> tuple[Action
     action = Action.HOLD if r.status is RcptStatus.HELD else Action.DELIVER
     for m in await gateway.spool.list_messages():  # clear it for the next row
         await gateway.spool.delete(m.queue_id)
-    return action, _level(r.tls)
+    return action, _level(r.tls), r.reason
 
 
 @pytest.fixture
@@ -113,6 +125,32 @@ async def test_policy_explain_agrees_with_the_gateway(
         said = (Action(explained["action"]), TlsLevel.from_label(explained["tls"]))
         assert said == (action, tls), (rcpt, sensitive, explained)
         assert did == said, (rcpt, sensitive, "policy explain", said, "gateway", did)
+
+
+@pytest.mark.parametrize("setting", UNSCANNABLE_SETTINGS)
+async def test_unscannable_attachment_explain_agrees_with_the_gateway(
+    setting, gateway_factory, refusing_mx, internal, dns_server, pki, tmp_path
+):
+    """``[policy] unscannable``: an encrypted ZIP is judged alike by both, for the same reason."""
+    for domain in ("nhs.net", "gmail.test", "dwp.gov.uk"):
+        add_mx(dns_server, domain)
+    internal.reply_code = 451
+    gateway = await gateway_factory(
+        refusing_mx.port, extra=f'[policy]\nunscannable = "{setting}"\n'
+    )
+    config = tmp_path / "securemail.toml"
+    rows = [c for c in UNSCANNABLE_CASES if c[1] == setting]
+    assert rows
+    for rcpt, _, action, tls in rows:
+        data = with_attachment(encrypted_zip("list.csv", CSV, b"pw"), "list.zip", to=rcpt)
+        explained = _explain_data(config, rcpt, data, tmp_path)
+        *did, reason = await _gateway_stored(gateway, pki, rcpt, data)
+        said = (Action(explained["action"]), TlsLevel.from_label(explained["tls"]))
+        assert said == (action, tls), (rcpt, explained)
+        assert tuple(did) == said, (rcpt, "policy explain", said, "gateway", did)
+        if action is Action.HOLD:
+            assert "unscannable" in reason and "encrypted ZIP member" in reason
+            assert reason == explained["reason"]
 
 
 async def test_released_sensitive_mail_keeps_verified_tls(gateway_factory, dns_server, pki):
