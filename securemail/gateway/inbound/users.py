@@ -172,6 +172,10 @@ class UserStore:
         self.verifications = 0
         self._mtime = -1.0
         self._users: dict[str, User] = {}
+        # An unknown name is checked against this, so it costs the same time as a real
+        # check and names cannot be probed. Made here, not at import: every CLI command
+        # would pay for one argon2 hash.
+        self._dummy_hash = _HASHER.hash("securemail-dummy-password")
 
     def _refresh(self) -> None:
         try:
@@ -185,8 +189,7 @@ class UserStore:
     async def verify(self, name: str, password: str) -> bool:
         self._refresh()
         user = self._users.get(name)
-        # An unknown name costs the same time as a real check, so names cannot be probed.
-        stored = user.password_hash if user is not None else _DUMMY_HASH
+        stored = user.password_hash if user is not None else self._dummy_hash
         self.verifications += 1
         try:
             ok = await asyncio.to_thread(_HASHER.verify, stored, password)
@@ -199,6 +202,3 @@ class UserStore:
         self._refresh()
         user = self._users.get(name)
         return OwnedAddresses.of(name, user.owned(self.domains) if user is not None else ())
-
-
-_DUMMY_HASH = _HASHER.hash("securemail-dummy-password")
