@@ -48,6 +48,17 @@ def test_success_gives_the_slot_back_and_clears_that_logins_failures():
     assert limiter.reserve("192.0.2.1", "bob") is None
 
 
+def test_a_try_with_no_verdict_gives_its_slot_back_and_keeps_the_failures():
+    limiter = AuthLimiter(AuthLimits(per_login=3), clock=Clock())
+    _fail(limiter, "192.0.2.1", "alice", 2)
+    for _ in range(10):  # e.g. clients that hang up during verification
+        ticket = limiter.reserve("192.0.2.1", "alice")
+        assert ticket is not None
+        limiter.release(ticket)
+    _fail(limiter, "192.0.2.1", "alice", 1)
+    assert limiter.reserve("192.0.2.1", "alice") is None
+
+
 def test_one_login_locked_leaves_other_logins_on_the_same_client():
     limiter = AuthLimiter(clock=Clock())
     _fail(limiter, "192.0.2.1", "alice", 5)

@@ -34,7 +34,7 @@ import ipaddress
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -160,24 +160,30 @@ class AuthLimiter:
         self._take(self._clients, ticket.client).pending += 1
         return ticket
 
+    def release(self, ticket: Ticket) -> None:
+        """Give the slot back with no verdict (the check itself failed, or was cancelled)."""
+        for count in self._counts(ticket):
+            count.pending = max(count.pending - 1, 0)
+
     def succeeded(self, ticket: Ticket) -> None:
-        per_login = self._take(self._logins, (ticket.client, ticket.login))
-        per_login.pending = max(per_login.pending - 1, 0)
-        per_login.failures.clear()
-        per_client = self._take(self._clients, ticket.client)
-        per_client.pending = max(per_client.pending - 1, 0)
+        self.release(ticket)
+        self._take(self._logins, (ticket.client, ticket.login)).failures.clear()
 
     def failed(self, ticket: Ticket) -> None:
         now = self.clock()
-        tables = (
-            (self._take(self._logins, (ticket.client, ticket.login)), self.limits.per_login),
-            (self._take(self._clients, ticket.client), self.limits.per_client),
-        )
-        for count, limit in tables:
+        limits = (self.limits.per_login, self.limits.per_client)
+        for count, limit in zip(self._counts(ticket), limits, strict=True):
             count.pending = max(count.pending - 1, 0)
             count.failures.append(now)
             if len(count.failures) >= limit:
                 self._dirty = True  # a new lockout: tell the operator (``publish``)
+
+    def _counts(self, ticket: Ticket) -> tuple[_Count, _Count]:
+        """The ticket's (client, login) and client counts (made again if evicted)."""
+        return (
+            self._take(self._logins, (ticket.client, ticket.login)),
+            self._take(self._clients, ticket.client),
+        )
 
     def _peek(self, table: OrderedDict[K, _Count], key: K, now: float) -> _Count | None:
         count = table.get(key)
@@ -201,30 +207,28 @@ class AuthLimiter:
         """Every (client, login) and client locked now, the latest to end first."""
         now = self.clock()
         found: list[Lockout] = []
-        tables: list[tuple[Iterable[tuple[str, str | None, _Count]], int]] = [
-            (((c, lg, n) for (c, lg), n in self._logins.items()), self.limits.per_login),
-            (((c, None, n) for c, n in self._clients.items()), self.limits.per_client),
-        ]
-        for rows, limit in tables:
-            for client, login, count in rows:
-                count.expire(now - self.limits.window)
-                if len(count.failures) >= limit:
-                    until = count.failures[-limit] + self.limits.window
-                    found.append(Lockout(client, login, len(count.failures), until))
+        for client, login, count, limit in self._every_count():
+            count.expire(now - self.limits.window)
+            if len(count.failures) >= limit:
+                until = count.failures[-limit] + self.limits.window
+                found.append(Lockout(client, login, len(count.failures), until))
         return sorted(found, key=lambda lock: -lock.until)
 
     def unlock(self, unlocks: Iterable[Unlock]) -> None:
         """Forget the failures each unlock covers (recorded at or before its time)."""
         for unlock in unlocks:
-            rows: list[tuple[str, str | None, _Count]] = [
-                (c, lg, n) for (c, lg), n in self._logins.items()
-            ]
-            rows += [(c, None, n) for c, n in self._clients.items()]
-            for client, login, count in rows:
+            for client, login, count, _ in self._every_count():
                 if count.failures and unlock.matches(client, login):
                     before = len(count.failures)
                     count.expire(unlock.at)
                     self._dirty |= len(count.failures) != before
+
+    def _every_count(self) -> Iterator[tuple[str, str | None, _Count, int]]:
+        """(client, login or None for the client's own count, count, its limit)."""
+        for (client, login), count in self._logins.items():
+            yield client, login, count, self.limits.per_login
+        for client, count in self._clients.items():
+            yield client, None, count, self.limits.per_client
 
     def _check_unlocks(self) -> None:
         if self.files is None:
@@ -304,8 +308,8 @@ class LockoutFiles:
     def read_unlocks(self) -> list[Unlock]:
         rows = _read_rows(self.unlocks, "unlocks")
         try:
-            return [Unlock(r.get("login"), r.get("client"), float(r["at"])) for r in rows]
-        except (KeyError, TypeError, ValueError, AttributeError):
+            return [Unlock(_text(r, "login"), _text(r, "client"), _number(r, "at")) for r in rows]
+        except ValueError:
             raise InputError(f"{self.unlocks}: not an unlocks file") from None
 
     def add_unlock(self, unlock: Unlock, window: float) -> None:
@@ -324,10 +328,15 @@ class LockoutFiles:
         rows = _read_rows(self.lockouts, "lockouts")
         try:
             found = [
-                Lockout(str(r["client"]), r.get("login"), int(r["failures"]), float(r["until"]))
+                Lockout(
+                    _text(r, "client") or "",
+                    _text(r, "login"),
+                    int(_number(r, "failures")),
+                    _number(r, "until"),
+                )
                 for r in rows
             ]
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except ValueError:
             raise InputError(f"{self.lockouts}: not a lockouts file") from None
         return [lock for lock in found if lock.until > now]
 
@@ -346,6 +355,20 @@ def _read_rows(path: Path, key: str) -> list[dict[str, object]]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InputError(f"{path}: expected {{{key!r}: [...]}}")
     return rows
+
+
+def _text(row: dict[str, object], key: str) -> str | None:
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string")
+    return value
+
+
+def _number(row: dict[str, object], key: str) -> float:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: expected a number")
+    return float(value)
 
 
 def _write_rows(path: Path, key: str, rows: list[dict[str, object]]) -> None:

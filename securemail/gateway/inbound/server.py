@@ -172,7 +172,12 @@ class GatewayHandler:
             self.events.emit(SessionAuth(user, ip, "refused (rate limit)"))
             await self.limiter.publish()
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_RATE_LIMITED))
-        if await self.authenticate(user, password.decode("utf-8", "replace")):
+        try:
+            ok = await self.authenticate(user, password.decode("utf-8", "replace"))
+        except BaseException:  # an unreadable users file, a client gone: no verdict
+            self.limiter.release(ticket)
+            raise
+        if ok:
             self.limiter.succeeded(ticket)
             self.events.emit(SessionAuth(user, ip, "ok"))
             await self.limiter.publish()
