@@ -32,7 +32,7 @@ from securemail.errors import InputError
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from securemail.gateway.inbound.limits import Lockout, LockoutFiles
+    from securemail.gateway.inbound.limits import Lockout
     from securemail.gateway.inbound.users import User
 
 app = typer.Typer(help="Submission users: passwords (argon2id), sender addresses, lockouts.")
@@ -244,18 +244,14 @@ def _password(name: str, from_stdin: bool) -> str:
     return password
 
 
-def _files(cfg: Config) -> LockoutFiles:
-    from securemail.gateway.inbound.limits import LockoutFiles
-
-    return LockoutFiles(cfg.relay.users_file)
-
-
 def _lockouts(cfg: Config) -> list[Lockout]:
     """The gateway's current lockouts (none recorded: none), with a warning if unreadable."""
     import time
 
+    from securemail.gateway.inbound.limits import LockoutFiles
+
     try:
-        return _files(cfg).read_lockouts(time.time())
+        return LockoutFiles(cfg.relay.users_file).read_lockouts(time.time())
     except InputError as exc:
         warn(f"{exc}; lockouts not shown")
         return []
