@@ -80,6 +80,11 @@ class InboundConfig:
 class RelayConfig:
     networks: tuple[str, ...] = ()
     users_file: Path = Path("var/users.toml")
+    # Failed submission AUTH per window (gateway/inbound/limits.py): per (client, login),
+    # and per client address (looser, so one user behind a NAT locks out only itself).
+    auth_failures_per_login: int = 5
+    auth_failures_per_client: int = 30
+    auth_failure_window: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +300,9 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("inbound", "deliver_to"): _host_port,
     ("inbound", "recipients"): _recipients,
     ("relay", "networks"): _networks,
+    ("relay", "auth_failures_per_login"): _between(1, 1000),
+    ("relay", "auth_failures_per_client"): _between(1, 100_000),
+    ("relay", "auth_failure_window"): _between(1, 86400),
     ("listen", "max_message_size"): _between(1024, 1024**3),
     ("listen", "max_recipients"): _between(1, 10000),
     ("listen", "timeout"): _between(1, 3600),

@@ -75,6 +75,13 @@ def bad_sender(problem: str) -> SmtpReply:
     return SmtpReply(553, "5.1.7", _one_line(f"Bad sender address syntax: {problem}"))
 
 
+def sender_not_owned(user: str) -> SmtpReply:
+    """MAIL FROM an address the signed-in user does not own (Postfix's
+    ``reject_sender_login_mismatch`` reply)."""
+    return SmtpReply(553, "5.7.1", _one_line(f"Sender address not owned by user {user}"),
+                     check="sender-login")  # fmt: skip
+
+
 def bad_recipient(problem: str) -> SmtpReply:
     return SmtpReply(550, "5.1.3", _one_line(f"Bad recipient address: {problem}"))
 
@@ -96,6 +103,12 @@ def header_too_large(reason: str) -> SmtpReply:
     cannot process; ours are in ``core.message`` (count and bytes)."""
     return SmtpReply(552, "5.3.4", _one_line(f"Message header section refused: {reason}"),
                      check="header-limit")  # fmt: skip
+
+
+def header_from_refused(user: str, problem: str) -> SmtpReply:
+    """Submitted mail whose From is not one address the signed-in user owns."""
+    return SmtpReply(553, "5.7.1", _one_line(f"From header refused for user {user}: {problem}"),
+                     check="sender-login")  # fmt: skip
 
 
 def queued(queue_id: str) -> SmtpReply:

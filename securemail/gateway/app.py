@@ -23,9 +23,10 @@ from securemail.dns import Resolver
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.inbound import auth
 from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
+from securemail.gateway.inbound.limits import AuthLimiter, AuthLimits, LockoutFiles
 from securemail.gateway.inbound.listeners import ROLES, Listeners, ListenSettings
 from securemail.gateway.inbound.recipients import recipient_check
-from securemail.gateway.inbound.server import AuthLimiter, GatewayHandler
+from securemail.gateway.inbound.server import GatewayHandler
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.outbound.deliver import Deliverer
 from securemail.gateway.outbound.tls_policy import TlsPolicyMap
@@ -68,7 +69,7 @@ class Gateway:
         self.spool = open_spool(cfg.spool.url, base=_base(cfg))
         self.resolver = Resolver.from_config(cfg.dns)
         self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
-        self.users = UserStore(cfg.relay.users_file)
+        self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)
         self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
         self.pipeline = AcceptPipeline(
             AcceptSettings(
@@ -91,6 +92,7 @@ class Gateway:
             keys=self.keys,
             events=self.events,
             clock=clock,
+            senders=self.users.owned,
             stored=lambda: self.queue.wake(),
         )
         notifier = Notifier(
@@ -153,8 +155,16 @@ class Gateway:
                 )
             )
         self._queue_task = asyncio.ensure_future(self.queue.run())
-        limiter = AuthLimiter()
         cfg = self.config
+        limiter = AuthLimiter(
+            AuthLimits(
+                per_login=cfg.relay.auth_failures_per_login,
+                per_client=cfg.relay.auth_failures_per_client,
+                window=cfg.relay.auth_failure_window,
+            ),
+            files=LockoutFiles(cfg.relay.users_file),
+            events=self.events,
+        )
         recipients = recipient_check(
             cfg.inbound.recipients,
             base=_base(cfg),
@@ -173,6 +183,7 @@ class Gateway:
                 limiter=limiter,
                 events=self.events,
                 recipients=recipients,
+                senders=self.users.owned,
             )
             host, port = _split(address)
             await self.listeners.listen(role, host, port, handler)

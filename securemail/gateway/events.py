@@ -45,7 +45,8 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A message refused at end of DATA (policy, authentication, a spool failure)."""
+    """A message refused at end of DATA (policy, authentication, a spool failure), or
+    at MAIL (a sender the signed-in user does not own)."""
 
     sender: str
     client: str

@@ -28,8 +28,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from securemail.core.addresses import AddressError, parse_address, split_address_list
 from securemail.core.message import HeaderLimitError, read_headers
+from securemail.core.senders import header_from
 from securemail.dns import DnsNotFound, DnsTemporaryError, Resolver
 from securemail.mech.psl import organizational_domain
 from securemail.mech.results import MethodResult, Result
@@ -521,7 +521,8 @@ async def check_dmarc(
 def header_from_domain(message: bytes) -> tuple[str | None, str]:
     """The RFC5322.From domain DMARC is about, or (None, the problem) — RFC 7489 §6.6.1.
 
-    The message must have exactly one From header holding exactly one address; anything
+    The message must have exactly one From header holding exactly one address
+    (``core.senders.header_from``, which submission's sender check reads too); anything
     else ("no From header", "more than one From header", "From header with several
     addresses", "From address not valid: ...") is for the caller to treat as a DMARC
     failure at least, because several From addresses are a classic way to show a person
@@ -531,20 +532,8 @@ def header_from_domain(message: bytes) -> tuple[str | None, str]:
     is a problem too ("header section not read: ...").
     """
     try:
-        fields = read_headers(message).get_all("from")
+        block = read_headers(message)
     except HeaderLimitError as exc:
         return None, f"header section not read: {exc}"
-    if not fields:
-        return None, "no From header"
-    if len(fields) > 1:
-        return None, "more than one From header"
-    pieces = split_address_list(fields[0].text)
-    if not pieces:
-        return None, "From header has no address"
-    if len(pieces) > 1:
-        return None, "From header with several addresses"
-    try:
-        address = parse_address(pieces[0])
-    except AddressError as exc:
-        return None, f"From address not valid: {exc}"
-    return address.domain, ""
+    address, problem = header_from(block)
+    return (address.domain if address is not None else None), problem

@@ -174,7 +174,7 @@ def rig(tmp_path, pki, dns_server) -> Iterator[Rig]:
         # so the crash client reaches nhs.net without paying for TLS + argon2 per message.
         text = config.read_text()
         config.write_text(text.replace("[relay]\n", '[relay]\nnetworks = ["127.0.0.1/32"]\n', 1))
-        add_user(tmp_path / "users.toml", "alice", PASSWORD)
+        add_user(tmp_path / "users.toml", "alice", PASSWORD, [SENDER])  # alice sends as it
         gateway = GatewayProcess(config, inbound, submission)
         try:
             yield Rig(config, tmp_path / "spool.db", gateway, internal, mx, inbound, submission)

@@ -4,7 +4,8 @@ Postfix's smtpd → cleanup in one object. The stages, in order:
 
 1. **authenticate** mail from other organisations (SPF, DKIM, DMARC, ARC → one
    Authentication-Results header, the trust mark, perhaps an ARC seal), or **sign** mail
-   our own users and relay clients send (DKIM, for our domains);
+   our own users and relay clients send (DKIM, for our domains), once a signed-in user's
+   header From is known to be theirs (``core.senders``);
 2. **decide** per recipient (``core.policy``: the one table ``policy explain`` reads too);
 3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise).
 
@@ -25,6 +26,7 @@ from securemail.core.classify import Classification
 from securemail.core.message import HeaderLimitError, read_headers, reparse_input
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
+from securemail.core.senders import OwnedAddresses, header_from_refusal
 from securemail.core.sensitivity import Sensitivity, scan_message
 from securemail.dns import Resolver
 from securemail.gateway import events as ev
@@ -68,6 +70,7 @@ class AcceptPipeline:
         keys: dict[str, SigningKey],
         events: EventSink,
         clock: Callable[[], float],
+        senders: Callable[[str], OwnedAddresses],
         stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
@@ -80,6 +83,7 @@ class AcceptPipeline:
         self.signer = DkimSigner(keys)
         self.events = events
         self.clock = clock
+        self.senders = senders  # submission: login -> the addresses that user may send as
         self.stored = stored  # wakes the queue manager
         self._relay = [ipaddress.ip_network(n) for n in settings.relay_networks]
 
@@ -93,6 +97,10 @@ class AcceptPipeline:
             block = read_headers(t.data)
         except HeaderLimitError as exc:
             return self._refuse(t, replies.header_too_large(str(exc)))
+        if t.role == "submission":  # never sign or relay a From the user does not own
+            not_theirs = header_from_refusal(self.senders(t.auth_user), block)
+            if not_theirs is not None:
+                return self._refuse(t, not_theirs)
         # One header/body boundary for everyone downstream too: a line our reader calls
         # body (after a line that is not a header field) is made body for every other
         # parser by an explicit empty line; well-formed messages are not copied.

@@ -7,8 +7,9 @@ policy) what to do, and maps the answer to an SMTP reply. Two roles:
   other destination is refused (``554 5.7.1``) unless the client is in
   ``[relay] networks``. STARTTLS offered.
 * ``submission``: STARTTLS required before AUTH (PLAIN/LOGIN, argon2 hashes); an
-  authenticated user may send anywhere, subject to policy. Failed AUTH is rate-limited
-  per client address.
+  authenticated user may send anywhere, subject to policy, but only as an address the
+  user owns (``core.senders``: MAIL FROM here, the header From at end of DATA). Failed
+  AUTH is limited per (client, login) and per client (``limits.AuthLimiter``).
 
 aiosmtpd ≥ 1.4.6 only ends DATA at ``CRLF.CRLF`` (CVE-2024-27305), so ``\\n.\\n`` cannot
 end a message here. Bare CR/LF inside the content are normalised to CRLF before the
@@ -22,10 +23,8 @@ import asyncio
 import ipaddress
 import logging
 import re
-import time
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
@@ -35,14 +34,21 @@ from securemail.core import replies
 from securemail.core.addresses import AddressError, parse_address
 from securemail.core.classify import Classification
 from securemail.core.replies import SmtpReply
-from securemail.gateway.events import EventSink, LogSink, RcptRefused, RelayDenied, SessionAuth
+from securemail.core.senders import OwnedAddresses, mail_from_refusal
+from securemail.gateway.events import (
+    EventSink,
+    LogSink,
+    RcptRefused,
+    Refused,
+    RelayDenied,
+    SessionAuth,
+)
+from securemail.gateway.inbound.limits import AuthLimiter
 from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
 
 log = logging.getLogger("securemail.smtp")
 
 MAX_RECIPIENTS = 100
-AUTH_FAILURE_LIMIT = 5  # failures per client address per window, then 454 until it passes
-AUTH_FAILURE_WINDOW = 300.0
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
@@ -63,29 +69,7 @@ class Transaction:
 Accept = Callable[[Transaction], Awaitable[SmtpReply]]
 Classify = Callable[[str], Classification]
 Authenticate = Callable[[str, str], Awaitable[bool]]
-
-
-@dataclass
-class AuthLimiter:
-    """Sliding-window count of failed AUTH per client address."""
-
-    limit: int = AUTH_FAILURE_LIMIT
-    window: float = AUTH_FAILURE_WINDOW
-    failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
-
-    def blocked(self, ip: str, now: float) -> bool:
-        times = self.failures.get(ip)
-        if not times:
-            return False
-        while times and times[0] < now - self.window:
-            times.popleft()
-        return len(times) >= self.limit
-
-    def fail(self, ip: str, now: float) -> None:
-        self.failures[ip].append(now)
-        if len(self.failures) > 10000:  # bounded memory under a spray of addresses
-            oldest = min(self.failures, key=lambda k: self.failures[k][-1])
-            del self.failures[oldest]
+Senders = Callable[[str], OwnedAddresses]  # login -> the addresses that user may send as
 
 
 class _PendingAuth:
@@ -160,6 +144,7 @@ class GatewayHandler:
         limiter: AuthLimiter | None = None,
         events: EventSink | None = None,
         recipients: RecipientCheck | None = None,
+        senders: Senders | None = None,
     ) -> None:
         self.role = role
         self.classify = classify
@@ -171,23 +156,35 @@ class GatewayHandler:
         self.limiter = limiter or AuthLimiter()
         self.events = events or LogSink()
         self.recipients = recipients or AnyRecipient()
+        self.senders = senders or (lambda user: OwnedAddresses(user, frozenset()))
 
     async def check_credentials(
         self, session: Session, login: bytes, password: bytes
     ) -> AuthResult:
         ip = _peer_ip(session)
-        now = time.monotonic()
         if self.authenticate is None:
             return AuthResult(success=False, handled=False)
         user = login.decode("utf-8", "replace")
-        if self.limiter.blocked(ip, now):
+        # The slot is taken before the (slow, awaited) verification: parallel tries
+        # cannot all pass a count that only a finished failure would raise.
+        ticket = self.limiter.reserve(ip, user)
+        if ticket is None:
             self.events.emit(SessionAuth(user, ip, "refused (rate limit)"))
+            await self.limiter.publish()
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_RATE_LIMITED))
-        if await self.authenticate(user, password.decode("utf-8", "replace")):
+        try:
+            ok = await self.authenticate(user, password.decode("utf-8", "replace"))
+        except BaseException:  # an unreadable users file, a client gone: no verdict
+            self.limiter.release(ticket)
+            raise
+        if ok:
+            self.limiter.succeeded(ticket)
             self.events.emit(SessionAuth(user, ip, "ok"))
+            await self.limiter.publish()
             return AuthResult(success=True, handled=False, auth_data=LoginPassword(login, b""))
-        self.limiter.fail(ip, now)
+        self.limiter.failed(ticket)
         self.events.emit(SessionAuth(user, ip, "failed"))
+        await self.limiter.publish()
         await asyncio.sleep(0.5)  # slow down guessing on this connection
         return AuthResult(success=False, handled=False)
 
@@ -202,9 +199,15 @@ class GatewayHandler:
             address = "<>"
         else:
             try:
-                parse_address(address)
+                sender = parse_address(address)
             except AddressError as exc:
                 return str(replies.bad_sender(str(exc)))
+            if self.role == "submission":
+                refused = mail_from_refusal(self.senders(_auth_user(session)), sender)
+                if refused is not None:
+                    self.events.emit(Refused(address, _peer_ip(session), str(refused),
+                                             refused.log, refused.check))  # fmt: skip
+                    return str(refused)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return str(replies.MAIL_OK)
