@@ -108,6 +108,15 @@ class RcptRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionRefused:
+    """A connection turned away before the greeting (too many, talked first)."""
+
+    client: str
+    reply: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryAttempt:
     """One recipient's reply from a remote server."""
 
@@ -167,6 +176,7 @@ Event = (
     | SessionAuth
     | RelayDenied
     | RcptRefused
+    | ConnectionRefused
     | DeliveryAttempt
     | Deferred
     | Bounced
@@ -318,6 +328,14 @@ def _line(event: Event) -> _Line:
                 _SMTP,
                 "rcpt refused client=%s rcpt=<%s> reply=%r reason=%r",
                 (e.client, e.rcpt, e.reply, e.reason),
+            )
+        case ConnectionRefused():
+            e = event
+            return (
+                logging.WARNING,
+                _SMTP,
+                "connection refused client=%s reply=%r reason=%r",
+                (e.client, e.reply, e.reason),
             )
         case DeliveryAttempt():
             e = event

@@ -33,6 +33,7 @@ def write_config(
     submission: str = "127.0.0.1:0",
     extra: str = "",
     delivery_extra: str = "",
+    listen_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
     path = tmp_path / "securemail.toml"
@@ -49,6 +50,7 @@ inbound = "{inbound}"
 submission = "{submission}"
 max_message_size = 200000
 timeout = 30
+{listen_extra}
 
 [tls]
 cert = "{cert}"
