@@ -36,6 +36,12 @@ def write_config(
     listen_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
+    listen = {"max_message_size": "200000", "timeout": "30"}
+    for line in listen_extra.splitlines():  # "key = value" lines; they win over these
+        name, _, value = line.partition("=")
+        if value.strip():
+            listen[name.strip()] = value.strip()
+    listen_keys = "\n".join(f"{name} = {value}" for name, value in listen.items())
     path = tmp_path / "securemail.toml"
     path.write_text(
         f"""
@@ -48,9 +54,7 @@ hostname = "{HOSTNAME}"
 [listen]
 inbound = "{inbound}"
 submission = "{submission}"
-max_message_size = 200000
-timeout = 30
-{listen_extra}
+{listen_keys}
 
 [tls]
 cert = "{cert}"

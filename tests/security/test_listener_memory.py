@@ -36,11 +36,9 @@ def serve(tmp_path, pki, dns_server, internal):
         path = write_config(
             tmp_path, pki=pki, dns_server=dns_server, delivery_port=25,
             internal_port=internal.port, inbound=f"127.0.0.1:{inbound}",
-            submission=f"127.0.0.1:{submission}", listen_extra=listen_extra,
+            submission=f"127.0.0.1:{submission}",
+            listen_extra=f"max_message_size = {MAX_SIZE}\n{listen_extra}",
         )  # fmt: skip
-        path.write_text(
-            path.read_text().replace("max_message_size = 200000", f"max_message_size = {MAX_SIZE}")
-        )
         process = GatewayProcess(path, inbound, submission)
         started.append(process)
         process.start()
@@ -62,8 +60,8 @@ def _status(pid: int, field: str) -> int:
 class Client:
     """A raw SMTP client that can stop in the middle of DATA."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
         self.file = self.sock.makefile("rwb")
         self.reply()
 
@@ -167,4 +165,27 @@ async def test_data_over_in_flight_cap_gets_452(serve, internal):
     assert finished.startswith(b"250"), finished
     received = await asyncio.to_thread(internal.wait, 1, 60)
     assert b"y" * 998 in received[0].data
+    assert len(internal.messages) == 1
+
+
+async def test_data_keeps_aiosmtpd_protections(gateway_factory, internal):
+    """Read in chunks, DATA still ends only at CRLF.CRLF, loses one transparency dot per
+    line, refuses a line over 1000 octets (500, after the end) and then goes on."""
+    gateway = await gateway_factory(listen_extra="greet_pause = 0")
+    body = HEADERS + b"\r\n..dot\r\n.\nnot the end\r\nbare\rcr\r\n"
+    client = await asyncio.to_thread(Client, gateway.addresses["inbound"][1])
+    try:
+        await asyncio.to_thread(client.start_data)
+        for piece in (body[:5], body[5:-9], body[-9:], b".\r", b"\n"):  # ends split up
+            await asyncio.to_thread(client.send, piece)
+        assert (await asyncio.to_thread(client.reply)).startswith(b"250 2.0.0")
+        await asyncio.to_thread(client.start_data)
+        await asyncio.to_thread(client.send, HEADERS + b"\r\n" + b"x" * 1000 + b"\r\n.\r\n")
+        assert (await asyncio.to_thread(client.reply)).startswith(b"500 5.5.2 ")
+        assert (await asyncio.to_thread(client.command, b"NOOP")).startswith(b"250")
+    finally:
+        client.close()
+    received = await asyncio.to_thread(internal.wait, 1)
+    # ".\n..." starts a line: its dot is the transparency dot, the bare LF becomes CRLF
+    assert received[0].data.endswith(b"\r\n.dot\r\n\r\nnot the end\r\nbare\r\ncr\r\n")
     assert len(internal.messages) == 1
