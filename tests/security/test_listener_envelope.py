@@ -65,7 +65,9 @@ async def test_duplicate_rcpt_is_not_a_stuck_retry(gateway, internal):
     assert received[0].rcpt_tos == [jo]
 
 
-@pytest.mark.parametrize("name", [b"\xff\xfe.sender.test", b"mx.s\xc3\xa9nder.test", b"mx\x01.test"])
+@pytest.mark.parametrize(
+    "name", [b"\xff\xfe.sender.test", b"mx.s\xc3\xa9nder.test", b"mx\x01.test"]
+)
 async def test_non_ascii_ehlo_refused_501_not_stuck(gateway, internal, name):
     address = gateway.addresses["inbound"]
     for verb in (b"EHLO ", b"HELO "):

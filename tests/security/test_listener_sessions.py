@@ -93,7 +93,7 @@ async def test_noop_keepalive_does_not_hold_a_connection(gateway_factory):
                 s.sendall(commands[len(replies) % len(commands)] + b"\r\n")
                 reply = _line(s)
                 replies.append(reply)
-                if not reply[:1] == b"2":
+                if reply[:1] != b"2":
                     break
                 time.sleep(0.2)
             return replies, time.monotonic() - start
