@@ -171,7 +171,7 @@ async def test_data_over_in_flight_cap_gets_452(serve, internal):
 async def test_data_keeps_aiosmtpd_protections(gateway_factory, internal):
     """Read in chunks, DATA still ends only at CRLF.CRLF, loses one transparency dot per
     line, refuses a line over 1000 octets (500, after the end) and then goes on."""
-    gateway = await gateway_factory(listen_extra="greet_pause = 0")
+    gateway = await gateway_factory()
     body = HEADERS + b"\r\n..dot\r\n.\nnot the end\r\nbare\rcr\r\n"
     client = await asyncio.to_thread(Client, gateway.addresses["inbound"][1])
     try:

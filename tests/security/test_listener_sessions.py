@@ -80,7 +80,7 @@ async def test_connection_exhaustion_total_limit_gets_421(gateway_factory):
 
 async def test_noop_keepalive_does_not_hold_a_connection(gateway_factory):
     """NOOP (or RSET, HELP, VRFY) every 0.2 s: cut after the 1 s idle timeout, with 421."""
-    gateway = await gateway_factory(listen_extra="greet_pause = 0\ntimeout = 1")
+    gateway = await gateway_factory(listen_extra="timeout = 1")
     host, port = gateway.addresses["inbound"]
 
     def talk() -> tuple[list[bytes], float]:
@@ -104,7 +104,7 @@ async def test_noop_keepalive_does_not_hold_a_connection(gateway_factory):
 
 
 async def test_pregreet_early_talker_refused(gateway_factory):
-    gateway = await gateway_factory(listen_extra="greet_pause = 0.2")
+    gateway = await gateway_factory()  # greet_pause: 0.3 s by default
     address = gateway.addresses["inbound"]
 
     def talk(early: bool) -> bytes:
