@@ -11,6 +11,7 @@ multiple of its line count. And DATA held by all connections together has a cap
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import time
 from pathlib import Path
@@ -189,3 +190,22 @@ async def test_data_keeps_aiosmtpd_protections(gateway_factory, internal):
     # ".\n..." starts a line: its dot is the transparency dot, the bare LF becomes CRLF
     assert received[0].data.endswith(b"\r\n.dot\r\n\r\nnot the end\r\nbare\r\ncr\r\n")
     assert len(internal.messages) == 1
+
+
+def test_serve_raises_open_files_limit(serve):
+    """Each connection is a file descriptor: ``securemail serve`` lifts its soft limit
+    (often 1,024, what ~1,020 idle connections exhausted) to the hard one, and says so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard)
+    if low == hard:
+        low = hard - 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # inherited by serve
+    try:
+        gateway = serve()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert gateway.proc is not None
+    limits = Path(f"/proc/{gateway.proc.pid}/limits").read_text()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert row.split()[3:5] == [str(hard), str(hard)], row
+    assert f"open files limit raised from {low} to {hard}" in gateway.log.read_text()
