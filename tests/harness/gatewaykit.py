@@ -36,7 +36,9 @@ def write_config(
     listen_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
-    listen = {"max_message_size": "200000", "timeout": "30"}
+    # No greeting pause: it would add 0.3 s to every connection of every test; the
+    # pregreet test (tests/security/test_listener_sessions.py) sets its own.
+    listen = {"max_message_size": "200000", "timeout": "30", "greet_pause": "0"}
     for line in listen_extra.splitlines():  # "key = value" lines; they win over these
         name, _, value = line.partition("=")
         if value.strip():

@@ -34,7 +34,7 @@ def _line(sock: socket.socket) -> bytes:
 
 
 async def test_connection_exhaustion_per_ip_limit_gets_421(gateway_factory):
-    gateway = await gateway_factory(listen_extra="max_connections_per_ip = 5\ngreet_pause = 0")
+    gateway = await gateway_factory(listen_extra="max_connections_per_ip = 5")
     address = gateway.addresses["inbound"]
 
     def talk() -> tuple[list[bytes], bytes, bytes, bytes]:
@@ -63,7 +63,7 @@ async def test_connection_exhaustion_per_ip_limit_gets_421(gateway_factory):
 
 
 async def test_connection_exhaustion_total_limit_gets_421(gateway_factory):
-    gateway = await gateway_factory(listen_extra="max_connections = 3\ngreet_pause = 0")
+    gateway = await gateway_factory(listen_extra="max_connections = 3")
 
     def talk() -> bytes:
         held = [_connect(gateway.addresses[role]) for role in ("inbound", "submission", "inbound")]
@@ -104,7 +104,7 @@ async def test_noop_keepalive_does_not_hold_a_connection(gateway_factory):
 
 
 async def test_pregreet_early_talker_refused(gateway_factory):
-    gateway = await gateway_factory()  # greet_pause: 0.3 s by default
+    gateway = await gateway_factory(listen_extra="greet_pause = 0.2")
     address = gateway.addresses["inbound"]
 
     def talk(early: bool) -> bytes:
