@@ -128,6 +128,7 @@ class Gateway:
                 max_connections_per_ip=cfg.listen.max_connections_per_ip,
                 max_data_in_flight=cfg.listen.data_in_flight,
                 greet_pause=cfg.listen.greet_pause,
+                trusted_networks=tuple(cfg.relay.networks),
             ),
             self.tls,
             self.events,

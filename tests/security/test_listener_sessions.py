@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+from harness.gatewaykit import start_gateway, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,6 +61,29 @@ async def test_connection_exhaustion_per_ip_limit_gets_421(gateway_factory):
     assert refused == b"421 4.7.0 Too many connections\r\n"
     assert after == b""
     assert again.startswith(b"220 ")
+
+
+async def test_relay_networks_have_no_per_ip_limit(tmp_path, pki, dns_server, internal):
+    """Our own servers ([relay] networks) may hold many connections; the total still holds."""
+    path = write_config(
+        tmp_path, pki=pki, dns_server=dns_server, delivery_port=25,
+        internal_port=internal.port, listen_extra="max_connections_per_ip = 2\nmax_connections = 4",
+    )  # fmt: skip
+    path.write_text(path.read_text().replace("[relay]\n", '[relay]\nnetworks = ["127.0.0.0/8"]\n'))
+    gateway = await start_gateway(path)
+
+    def talk() -> list[bytes]:
+        held = [_connect(gateway.addresses["inbound"]) for _ in range(5)]
+        try:
+            return [_line(s)[:4] for s in held]
+        finally:
+            for s in held:
+                s.close()
+
+    try:
+        assert await asyncio.to_thread(talk) == [b"220 "] * 4 + [b"421 "]
+    finally:
+        await gateway.stop(grace=1)
 
 
 async def test_connection_exhaustion_total_limit_gets_421(gateway_factory):

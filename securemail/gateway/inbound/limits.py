@@ -11,15 +11,23 @@ holds against one budget (``[listen] max_data_in_flight``).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
+from collections.abc import Sequence
 
 
 class ConnectionLimits:
-    """Open connections, in total and per client address."""
+    """Open connections, in total and per client address.
 
-    def __init__(self, total: int, per_ip: int) -> None:
+    Addresses in ``exempt`` (``[relay] networks``: our own servers, which may well open
+    many connections at once) have no per-address limit, as Postfix exempts
+    ``$mynetworks`` (``smtpd_client_event_limit_exceptions``); the total still counts them.
+    """
+
+    def __init__(self, total: int, per_ip: int, exempt: Sequence[str] = ()) -> None:
         self.total = total
         self.per_ip = per_ip
+        self.exempt = [ipaddress.ip_network(n) for n in exempt]
         self.open: Counter[str] = Counter()
         self.count = 0
 
@@ -27,11 +35,15 @@ class ConnectionLimits:
         """Count the connection and return None, or return why it is refused (uncounted)."""
         if self.count >= self.total:
             return f"{self.count} connections open (max_connections {self.total})"
-        if self.open[ip] >= self.per_ip:
+        if self.open[ip] >= self.per_ip and not self._exempt(ip):
             return f"{self.open[ip]} connections open from {ip} (max_connections_per_ip)"
         self.open[ip] += 1
         self.count += 1
         return None
+
+    def _exempt(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in network for network in self.exempt)
 
     def leave(self, ip: str) -> None:
         self.count -= 1

@@ -32,6 +32,7 @@ class ListenSettings:
     max_connections_per_ip: int = 50
     max_data_in_flight: int = 0  # 0: four times max_message_size
     greet_pause: float = 0.0
+    trusted_networks: tuple[str, ...] = ()  # no per-address connection limit
 
 
 class Listeners:
@@ -42,7 +43,9 @@ class Listeners:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
         self._sessions: set[GatewaySMTP] = set()
-        self.limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_ip)
+        self.limits = ConnectionLimits(
+            settings.max_connections, settings.max_connections_per_ip, settings.trusted_networks
+        )
         self.budget = DataBudget(settings.max_data_in_flight or 4 * settings.max_message_size)
 
     async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
