@@ -47,6 +47,15 @@ class ListenConfig:
     max_message_size: int = 10 * 1024 * 1024  # NHSmail's attachment limit
     max_recipients: int = 100
     timeout: float = 300.0  # idle seconds per SMTP command (RFC 5321 §4.5.3.2)
+    max_connections: int = 1000  # open at once, both listeners together
+    max_connections_per_ip: int = 50  # open at once from one client address
+    max_data_in_flight: int = 0  # DATA bytes held by all connections; 0: 4 × max_message_size
+    greet_pause: float = 0.3  # seconds before the 220; a client talking first is refused
+
+    @property
+    def data_in_flight(self) -> int:
+        """``max_data_in_flight`` as used: 0 means room for four maximum-size messages."""
+        return self.max_data_in_flight or 4 * self.max_message_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +192,21 @@ def _between(low: float, high: float) -> Callable[[object], object]:
     return check
 
 
+def _zero_or_between(low: float, high: float) -> Callable[[object], object]:
+    """0 (derived from another setting) or a value in range."""
+    in_range = _between(low, high)
+
+    def check(value: object) -> object:
+        if value == 0:
+            return value
+        try:
+            return in_range(value)
+        except ValueError:
+            raise ValueError(f"must be 0 or between {low:g} and {high:g}") from None
+
+    return check
+
+
 def _host_port(value: object, lowest: int = 1) -> object:
     assert isinstance(value, str)
     host, sep, port = value.rpartition(":")
@@ -306,6 +330,10 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("listen", "max_message_size"): _between(1024, 1024**3),
     ("listen", "max_recipients"): _between(1, 10000),
     ("listen", "timeout"): _between(1, 3600),
+    ("listen", "max_connections"): _between(1, 1_000_000),
+    ("listen", "max_connections_per_ip"): _between(1, 1_000_000),
+    ("listen", "max_data_in_flight"): _zero_or_between(1024, 1024**4),
+    ("listen", "greet_pause"): _between(0, 60),
     ("delivery", "port"): _PORT,
     ("delivery", "retry_base"): _between(0.01, 86400),
     ("delivery", "retry_max"): _between(0.01, 7 * 86400),

@@ -20,6 +20,7 @@ def test_template_loads_to_the_defaults(tmp_path):
     defaults = Config()
     assert cfg.organisation == defaults.organisation
     assert cfg.delivery == defaults.delivery
+    assert cfg.listen == defaults.listen
     assert cfg.check == defaults.check
     assert cfg.policy.unknown_sensitive_action == "hold"
     assert cfg.policy.unscannable == "sensitive" == defaults.policy.unscannable
@@ -79,6 +80,10 @@ ERRORS = [
     ("[listen]\ninbound = \"localhost\"\n", "expected HOST:PORT"),
     ("[dns]\nnameservers = [\"dns.example\"]\n", "expected IP or IP:PORT"),
     ("[delivery\n", "securemail.toml"),
+    ("[listen]\nmax_connections = 0\n", "listen.max_connections: must be between 1 and"),
+    ("[listen]\nmax_connections_per_ip = 0\n", "listen.max_connections_per_ip: must be between"),
+    ("[listen]\nmax_data_in_flight = 10\n", "listen.max_data_in_flight: must be 0 or between"),
+    ("[listen]\ngreet_pause = -1\n", "listen.greet_pause: must be between 0 and 60"),
 ]  # fmt: skip
 
 
@@ -88,6 +93,16 @@ def test_errors_name_file_line_and_key(tmp_path, text, message):
         load_config(write(tmp_path, text), environ={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_listen_limits_defaults_and_data_in_flight(tmp_path):
+    listen = load_config(write(tmp_path, ""), environ={}).listen
+    assert (listen.max_connections, listen.max_connections_per_ip) == (1000, 50)
+    assert listen.greet_pause == 0.3
+    assert listen.data_in_flight == 4 * listen.max_message_size  # 0: derived
+    text = "[listen]\nmax_message_size = 2048\nmax_data_in_flight = 4096\ngreet_pause = 0\n"
+    listen = load_config(write(tmp_path, text), environ={}).listen
+    assert (listen.data_in_flight, listen.greet_pause) == (4096, 0.0)
 
 
 def test_bad_environment_value_names_the_variable(tmp_path):

@@ -13,6 +13,25 @@ from securemail.config import load_config
 from securemail.errors import InputError
 
 
+def raise_open_files_limit() -> str:
+    """Raise the soft limit on open files to the hard one; say what happened.
+
+    Each SMTP connection is a file descriptor, and the usual soft limit (1,024) is what
+    ~1,020 idle connections from one host used to exhaust. ``[listen] max_connections``
+    is the bound we choose; this makes sure the operating system's is not lower.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return f"open files limit {soft}"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above nr_open
+        return f"open files limit {soft} (could not raise it to {hard}: {exc})"
+    return f"open files limit raised from {soft} to {hard}"
+
+
 def serve(
     config: ConfigOpt = None,
     log_level: Annotated[
@@ -40,6 +59,7 @@ def serve(
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("securemail.gateway").info("%s", raise_open_files_limit())
 
     async def run() -> None:
         gateway = Gateway(cfg)

@@ -81,6 +81,42 @@ def parse_address(text: str) -> Address:
     return _parse_addr_spec(addr, display)
 
 
+def qualify_postmaster(text: str, domain: str) -> str:
+    """``postmaster`` with no domain (any case) is ``postmaster@domain``; else ``text``.
+
+    RFC 5321 §4.5.1: a server must accept ``RCPT TO:<Postmaster>`` without a domain, so
+    the report of a broken sender's problem reaches someone; it means the postmaster of
+    the server's own (first) domain.
+    """
+    return f"postmaster@{domain}" if text.strip().lower() == "postmaster" else text
+
+
+def sender_routing(address: Address) -> bool:
+    """Does the local part ask the next MTA to route on (``%``, ``!``, a quoted ``@``)?
+
+    ``victim%gmail.test@us``, ``gmail.test!victim@us`` and ``"victim@gmail.test"@us``
+    are delivered to gmail.test by an internal server with default settings (Postfix's
+    percent hack, UUCP bang paths, a quoted address): accepted from anyone, they make us
+    an open relay through it. Postfix refuses them from untrusted clients
+    (``allow_untrusted_routing = no``); so do we.
+    """
+    local = address.local
+    return "%" in local or "!" in local or (local.startswith('"') and "@" in local)
+
+
+_HELO_NAME = re.compile(r"[\x20-\x7e]+")
+
+
+def valid_helo_name(name: str) -> bool:
+    """An EHLO/HELO name is accepted if it is printable ASCII, whatever it says.
+
+    RFC 5321 §4.1.4: a server must not refuse a session because the name does not match
+    the client; a name with control characters or non-ASCII bytes is not a name at all,
+    and cannot be written into a ``Received`` header or a log line as it is.
+    """
+    return _HELO_NAME.fullmatch(name) is not None
+
+
 def _without_outer_comments(text: str) -> str:
     """``text`` without RFC 5322 comments before or after the mailbox (CFWS).
 

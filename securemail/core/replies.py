@@ -51,6 +51,14 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+# --- connection and session -----------------------------------------------------------
+TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections", check="connections")
+IDLE_TIMEOUT = SmtpReply(421, "4.4.2", "Error: timeout exceeded", check="idle-timeout")
+PREGREET = SmtpReply(
+    554, "5.7.1", "Protocol error: talking before the greeting", check="pregreet"
+)  # postscreen's pregreet test: real MTAs wait for our 220
+BAD_HELO = SmtpReply(501, "5.5.2", "Invalid domain name", check="helo")
+
 # --- envelope -------------------------------------------------------------------------
 MAIL_OK = SmtpReply(250, "2.1.0", "OK")
 RCPT_OK = SmtpReply(250, "2.1.5", "OK")
@@ -65,6 +73,9 @@ SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down")
 UNKNOWN_RECIPIENT = SmtpReply(
     550, "5.1.1", "Recipient address rejected: user unknown", check="recipients"
 )
+SENDER_ROUTING = SmtpReply(
+    550, "5.7.1", "Sender-specified routing is not allowed", check="routing"
+)  # Postfix's allow_untrusted_routing = no: user%remote@us, remote!user@us, "u@remote"@us
 RECIPIENT_CHECK_FAILED = SmtpReply(
     450, "4.1.1", "Recipient address rejected: could not verify it now; try again later",
     check="recipients",
@@ -85,6 +96,16 @@ def sender_not_owned(user: str) -> SmtpReply:
 def bad_recipient(problem: str) -> SmtpReply:
     return SmtpReply(550, "5.1.3", _one_line(f"Bad recipient address: {problem}"))
 
+
+# --- DATA ---------------------------------------------------------------------------
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"  # 3xx: RFC 3463 has no enhanced code
+NEED_RCPT = SmtpReply(503, "5.5.1", "Error: need RCPT command")
+DATA_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: DATA")
+LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)", check="data")
+MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed limit", check="data")
+INSUFFICIENT_STORAGE = SmtpReply(
+    452, "4.3.1", "Insufficient system storage", check="data-in-flight"
+)  # max_data_in_flight reached: try later, when other transfers have finished
 
 # --- end of DATA ----------------------------------------------------------------------
 STORE_FAILED = SmtpReply(

@@ -134,6 +134,11 @@ class Gateway:
                 hostname=cfg.organisation.hostname,
                 max_message_size=cfg.listen.max_message_size,
                 timeout=cfg.listen.timeout,
+                max_connections=cfg.listen.max_connections,
+                max_connections_per_ip=cfg.listen.max_connections_per_ip,
+                max_data_in_flight=cfg.listen.data_in_flight,
+                greet_pause=cfg.listen.greet_pause,
+                trusted_networks=tuple(cfg.relay.networks),
             ),
             self.tls,
             self.events,
@@ -184,6 +189,7 @@ class Gateway:
                 events=self.events,
                 recipients=recipients,
                 senders=self.users.owned,
+                postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
             )
             host, port = _split(address)
             await self.listeners.listen(role, host, port, handler)

@@ -109,6 +109,15 @@ class RcptRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionRefused:
+    """A connection turned away before the greeting (too many, talked first)."""
+
+    client: str
+    reply: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryAttempt:
     """One recipient's reply from a remote server."""
 
@@ -168,6 +177,7 @@ Event = (
     | SessionAuth
     | RelayDenied
     | RcptRefused
+    | ConnectionRefused
     | DeliveryAttempt
     | Deferred
     | Bounced
@@ -319,6 +329,14 @@ def _line(event: Event) -> _Line:
                 _SMTP,
                 "rcpt refused client=%s rcpt=<%s> reply=%r reason=%r",
                 (e.client, e.rcpt, e.reply, e.reason),
+            )
+        case ConnectionRefused():
+            e = event
+            return (
+                logging.WARNING,
+                _SMTP,
+                "connection refused client=%s reply=%r reason=%r",
+                (e.client, e.reply, e.reason),
             )
         case DeliveryAttempt():
             e = event

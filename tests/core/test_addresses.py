@@ -8,8 +8,11 @@ from securemail.core.addresses import (
     AddressError,
     normalise_domain,
     parse_address,
+    qualify_postmaster,
+    sender_routing,
     skeleton,
     split_address_list,
+    valid_helo_name,
 )
 
 ACCEPTED = [
@@ -164,3 +167,32 @@ def test_outer_comments_are_cfws(text, address):
 def test_comments_that_could_hide_an_address_stay_refused(text):
     with pytest.raises(AddressError):
         parse_address(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "routed"),
+    [
+        ("victim%gmail.test@example.nhs.uk", True),
+        ("gmail.test!victim@example.nhs.uk", True),
+        ('"victim@gmail.test"@example.nhs.uk', True),
+        ('"jo bloggs"@example.nhs.uk', False),
+        ("jo.bloggs+tag@example.nhs.uk", False),
+    ],
+)
+def test_sender_routing_in_local_part(text, routed):
+    assert sender_routing(parse_address(text)) is routed
+
+
+def test_bare_postmaster_is_ours():
+    assert qualify_postmaster(" PostMaster ", "example.nhs.uk") == "postmaster@example.nhs.uk"
+    assert qualify_postmaster("postmaster@nhs.net", "example.nhs.uk") == "postmaster@nhs.net"
+    assert qualify_postmaster("postmasters", "example.nhs.uk") == "postmasters"
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("mx.example.org", True), ("[192.0.2.1]", True), ("not a name", True),
+     ("m\u00e9l.example", False), ("mx\x00.test", False), ("\udcff.test", False), ("", False)],
+)  # fmt: skip
+def test_helo_name_printable_ascii(name, valid):
+    assert valid_helo_name(name) is valid

@@ -33,8 +33,17 @@ def write_config(
     submission: str = "127.0.0.1:0",
     extra: str = "",
     delivery_extra: str = "",
+    listen_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
+    # No greeting pause: it would add 0.3 s to every connection of every test; the
+    # pregreet test (tests/security/test_listener_sessions.py) sets its own.
+    listen = {"max_message_size": "200000", "timeout": "30", "greet_pause": "0"}
+    for line in listen_extra.splitlines():  # "key = value" lines; they win over these
+        name, _, value = line.partition("=")
+        if value.strip():
+            listen[name.strip()] = value.strip()
+    listen_keys = "\n".join(f"{name} = {value}" for name, value in listen.items())
     path = tmp_path / "securemail.toml"
     path.write_text(
         f"""
@@ -47,8 +56,7 @@ hostname = "{HOSTNAME}"
 [listen]
 inbound = "{inbound}"
 submission = "{submission}"
-max_message_size = 200000
-timeout = 30
+{listen_keys}
 
 [tls]
 cert = "{cert}"

@@ -4,6 +4,9 @@ Two roles share one accept pipeline: ``inbound`` (MX; STARTTLS offered) and
 ``submission`` (STARTTLS then AUTH required). Stopping closes the sockets first, lets
 sessions in the middle of a transaction finish for ``grace`` seconds, and tells idle
 clients ``421`` (RFC 5321 §3.8), so a SIGTERM never cuts a message half received.
+
+What every connection shares is bounded here, once for both roles: connections open
+(in total and per client address) and DATA bytes in flight (``limits``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from securemail.gateway.events import EventSink, Lifecycle
+from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget
 from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
 
 ROLES = ("inbound", "submission")
@@ -24,6 +28,11 @@ class ListenSettings:
     hostname: str
     max_message_size: int
     timeout: float
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    max_data_in_flight: int = 0  # 0: four times max_message_size
+    greet_pause: float = 0.0
+    trusted_networks: tuple[str, ...] = ()  # no per-address connection limit
 
 
 class Listeners:
@@ -34,6 +43,10 @@ class Listeners:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
         self._sessions: set[GatewaySMTP] = set()
+        self.limits = ConnectionLimits(
+            settings.max_connections, settings.max_connections_per_ip, settings.trusted_networks
+        )
+        self.budget = DataBudget(settings.max_data_in_flight or 4 * settings.max_message_size)
 
     async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
         loop = asyncio.get_running_loop()
@@ -57,6 +70,9 @@ class Listeners:
             timeout=s.timeout,
             enable_SMTPUTF8=True,
             command_call_limit=1000,
+            limits=self.limits,
+            budget=self.budget,
+            greet_pause=s.greet_pause,
         )
         protocol.on_close = self._sessions.discard
         self._sessions.add(protocol)

@@ -11,10 +11,13 @@ policy) what to do, and maps the answer to an SMTP reply. Two roles:
   user owns (``core.senders``: MAIL FROM here, the header From at end of DATA). Failed
   AUTH is limited per (client, login) and per client (``limits.AuthLimiter``).
 
-aiosmtpd ≥ 1.4.6 only ends DATA at ``CRLF.CRLF`` (CVE-2024-27305), so ``\\n.\\n`` cannot
-end a message here. Bare CR/LF inside the content are normalised to CRLF before the
-message is stored, and the client dot-stuffs on the way out, so nothing we relay can
-end a message early at the next hop either.
+The protocol keeps aiosmtpd's command parsing and replaces what an attacker could abuse
+(see ``tests/security/test_listener_*``): DATA is read in one pass into one buffer
+(``data.DataReader``: only ``CRLF.CRLF`` ends it, bare CR/LF become CRLF, size and line
+limits, and a budget across connections); connections are counted per client address
+and in total (``limits.ConnectionLimits``); the greeting waits ``greet_pause`` and a
+client that talks first is refused (postscreen's pregreet test); only commands that move
+a transaction forward keep a session from its idle timeout, which ends with a ``421``.
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from securemail.core import replies
-from securemail.core.addresses import AddressError, parse_address
+from securemail.core.addresses import (
+    Address,
+    AddressError,
+    parse_address,
+    qualify_postmaster,
+    sender_routing,
+    valid_helo_name,
+)
 from securemail.core.classify import Classification
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, mail_from_refusal
 from securemail.gateway.events import (
+    ConnectionRefused,
     EventSink,
     LogSink,
     RcptRefused,
@@ -43,13 +54,15 @@ from securemail.gateway.events import (
     RelayDenied,
     SessionAuth,
 )
+from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget
+from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.limits import AuthLimiter
 from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
 
 log = logging.getLogger("securemail.smtp")
 
 MAX_RECIPIENTS = 100
-_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+DATA_CHUNK = 256 * 1024  # bytes taken from the connection at a time during DATA
 
 
 @dataclass(slots=True)
@@ -80,22 +93,91 @@ class _PendingAuth:
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with asynchronous credential checks.
+    """aiosmtpd's protocol, hardened where one client could hurt the others.
 
-    aiosmtpd calls its authenticator synchronously, which would run an argon2
-    verification (tens of milliseconds of CPU) on the event loop. Its own PLAIN/LOGIN
-    parsing is kept; only the final check is deferred to ``authenticate`` (in a thread).
+    * AUTH: aiosmtpd calls its authenticator synchronously, which would run an argon2
+      verification (tens of milliseconds of CPU) on the event loop. Its own PLAIN/LOGIN
+      parsing is kept; only the final check is deferred to ``authenticate`` (a thread).
+    * DATA: ``data.DataReader`` instead of aiosmtpd's list of lines (memory, CPU).
+    * Connections over ``limits`` get ``421`` and are closed before the greeting; the
+      greeting waits ``greet_pause`` seconds, and a client that sends anything first
+      is refused (a real MTA waits for the 220; spam engines often do not).
+    * Idle timeout: only commands that move a transaction forward re-arm it (not NOOP,
+      RSET, HELP or VRFY), and it ends the session with ``421`` (RFC 5321 §4.5.3.2).
     """
 
-    def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: GatewayHandler,
+        *,
+        limits: ConnectionLimits | None = None,
+        budget: DataBudget | None = None,
+        greet_pause: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.gateway_handler = handler
         self.on_close: Callable[[GatewaySMTP], None] | None = None
+        self.limits = limits
+        self.budget = budget or DataBudget(4 * (self.data_size_limit or 0))
+        self.greet_pause = greet_pause
+        self._client = ""
+        self._refused: str | None = None  # why the connection limits refused it
+        self._counted = False
+        self._greeted = False
+        self._talked = asyncio.Event()
+        self._previous_deadline: float | None = None
+
+    # --- connection: limits, greeting ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # not the TLS layer after STARTTLS
+        super().connection_made(transport)
+        if first:
+            assert self.session is not None
+            self._client = _peer_ip(self.session)
+            if self.limits is not None:
+                self._refused = self.limits.admit(self._client)
+                self._counted = self._refused is None
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        if self._counted and self.limits is not None:
+            self._counted = False
+            self.limits.leave(self._client)
         if self.on_close is not None:
             self.on_close(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._talked.set()
+        super().data_received(data)
+
+    async def _handle_client(self) -> None:
+        if self._refused is not None:
+            self._refuse(replies.TOO_MANY_CONNECTIONS, self._refused)
+            return
+        if self.greet_pause > 0 and await self._talks_first():
+            self._refuse(replies.PREGREET, "sent data before the greeting")
+            return
+        self._greeted = True
+        await super()._handle_client()
+
+    async def _talks_first(self) -> bool:
+        try:
+            await asyncio.wait_for(self._talked.wait(), self.greet_pause)
+        except TimeoutError:
+            return False
+        return True
+
+    def _refuse(self, reply: SmtpReply, reason: str) -> None:
+        self.gateway_handler.events.emit(ConnectionRefused(self._client, str(reply), reason))
+        self._say_and_close(reply)
+
+    def _say_and_close(self, reply: SmtpReply) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{reply}\r\n".encode())
+            self.transport.close()
 
     @property
     def in_transaction(self) -> bool:
@@ -104,9 +186,92 @@ class GatewaySMTP(SMTP):
 
     def close_idle(self) -> None:
         """Tell an idle client we are going away (RFC 5321 §3.8), then close."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
-            self.transport.close()
+        self._say_and_close(replies.SHUTTING_DOWN)
+
+    # --- idle timeout ---------------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        handle = self._timeout_handle
+        live = handle is not None and not handle.cancelled()
+        self._previous_deadline = handle.when() if live and handle is not None else None
+        super()._reset_timeout(duration)
+
+    def _keep_idle_deadline(self) -> None:
+        """aiosmtpd re-arms the idle timer before every command; for one that moves
+        nothing forward, put the previous deadline back, so NOOP every few seconds
+        cannot hold a connection (and a file descriptor) for ever."""
+        if self._previous_deadline is not None and self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._previous_deadline, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        self._say_and_close(replies.IDLE_TIMEOUT)
+        super()._timeout_cb()
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_VRFY(arg)
+
+    # --- DATA -------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA checks and replies, with the content read by ``DataReader``."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(replies.NEED_RCPT))
+            return
+        if arg:
+            await self.push(str(replies.DATA_SYNTAX))
+            return
+        await self.push(replies.START_DATA)
+        reader = DataReader(self.data_size_limit or 0, self.line_length_limit, self.budget)
+        try:
+            while not reader.done:
+                chunk = await self._reader.read(DATA_CHUNK)
+                if not chunk:
+                    return  # the client went away mid-DATA; nothing to answer
+                self._reset_timeout()  # data arriving is progress
+                after = reader.feed(chunk)
+            if after:
+                self._unread(after)
+            if reader.refusal is not None:
+                self._set_post_data_state()
+                await self.push(str(reader.refusal))
+                return
+            self.envelope.original_content = self.envelope.content = reader.content()
+            status = await self._call_handler_hook("DATA")
+        finally:
+            reader.release()
+        self._set_post_data_state()
+        await self.push(status)
+
+    def _unread(self, data: bytes) -> None:
+        """Give back what a client sent after the end of DATA without waiting for our
+        reply (a pipelined QUIT, a smuggling attempt): it is the next command.
+        asyncio's StreamReader has no public unread; aiosmtpd itself clears this buffer
+        on STARTTLS."""
+        self._reader._buffer[:0] = data  # type: ignore[attr-defined]
+
+    # --- AUTH -------------------------------------------------------------------------
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> Any:
         assert isinstance(auth_data, LoginPassword)
@@ -145,6 +310,7 @@ class GatewayHandler:
         events: EventSink | None = None,
         recipients: RecipientCheck | None = None,
         senders: Senders | None = None,
+        postmaster_domain: str = "",
     ) -> None:
         self.role = role
         self.classify = classify
@@ -157,6 +323,26 @@ class GatewayHandler:
         self.events = events or LogSink()
         self.recipients = recipients or AnyRecipient()
         self.senders = senders or (lambda user: OwnedAddresses(user, frozenset()))
+        self.postmaster_domain = postmaster_domain  # where a bare RCPT TO:<postmaster> goes
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        if not valid_helo_name(hostname):
+            session.host_name = None  # type: ignore[assignment]
+            return [str(replies.BAD_HELO)]
+        session.host_name = hostname
+        return responses
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if not valid_helo_name(hostname):
+            session.host_name = None  # type: ignore[assignment]
+            return str(replies.BAD_HELO)
+        session.host_name = hostname
+        return f"250 {server.hostname}"
 
     async def check_credentials(
         self, session: Session, login: bytes, password: bytes
@@ -219,26 +405,41 @@ class GatewayHandler:
             return str(replies.TOO_MANY_RECIPIENTS)
         if options:
             return str(replies.RCPT_PARAMETERS)
+        if self.postmaster_domain:
+            address = qualify_postmaster(address, self.postmaster_domain)
         classification = self.classify(address)
         if not classification.domain:
             return str(replies.bad_recipient(classification.reason))
-        if self.role == "inbound" and not self._may_relay(session, classification.domain):
-            self.events.emit(RelayDenied(_peer_ip(session), classification.address))
-            return str(replies.RELAY_DENIED)
-        if classification.domain in self.own_domains:
-            refused = await self.recipients.check(_addr_spec(classification.address))
-            if refused is not None:
-                self.events.emit(RcptRefused(_peer_ip(session), classification.address,
-                                             str(refused), refused.log))  # fmt: skip
-                return str(refused)
-        envelope.rcpt_tos.append(address)
-        _classifications(envelope)[address] = classification
+        parsed = parse_address(classification.address)
+        accepted = _recipients(envelope)
+        if parsed.addr_spec in accepted:
+            return str(replies.RCPT_OK)  # said twice: one recipient, not a stuck retry
+        refused = await self._refuse_rcpt(session, classification, parsed)
+        if refused is not None:
+            return str(refused)
+        envelope.rcpt_tos.append(classification.address)
+        accepted[parsed.addr_spec] = classification
         return str(replies.RCPT_OK)
 
+    async def _refuse_rcpt(
+        self, session: Session, classification: Classification, address: Address
+    ) -> SmtpReply | None:
+        ip = _peer_ip(session)
+        if self.role == "inbound" and not self._may_relay(session, classification.domain):
+            self.events.emit(RelayDenied(ip, classification.address))
+            return replies.RELAY_DENIED
+        if classification.domain not in self.own_domains:
+            return None
+        if sender_routing(address) and not self._trusted(session):
+            refused = replies.SENDER_ROUTING.logged("sender-specified routing, untrusted client")
+        else:
+            refused = await self.recipients.check(address.addr_spec)
+        if refused is not None:
+            self.events.emit(RcptRefused(ip, classification.address, str(refused), refused.log))
+        return refused
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        data = _BARE_NEWLINE.sub(b"\r\n", raw) if b"\n" in raw or b"\r" in raw else raw
-        classifications = _classifications(envelope)
+        """The content is already dot-unstuffed and CRLF-only (``GatewaySMTP.smtp_DATA``)."""
         transaction = Transaction(
             role=self.role,
             peer=f"{_peer_ip(session)}",
@@ -246,23 +447,25 @@ class GatewayHandler:
             auth_user=_auth_user(session),
             tls=_tls_summary(server),
             sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
-            recipients=[(r, classifications[r]) for r in envelope.rcpt_tos],
-            data=data,
+            recipients=[(c.address, c) for c in _recipients(envelope).values()],
+            data=envelope.original_content or b"",
         )
         return str(await self.accept(transaction))
 
     def _may_relay(self, session: Session, domain: str) -> bool:
-        if domain in self.own_domains:
-            return True
+        return domain in self.own_domains or self._trusted_network(session)
+
+    def _trusted(self, session: Session) -> bool:
+        """Authenticated, or in ``[relay] networks``: may route through our domains."""
+        return bool(session.authenticated) or self._trusted_network(session)
+
+    def _trusted_network(self, session: Session) -> bool:
         ip = ipaddress.ip_address(_peer_ip(session))
         return any(ip in network for network in self.relay_networks)
 
 
-def _addr_spec(address: str) -> str:
-    return parse_address(address).addr_spec
-
-
-def _classifications(envelope: Envelope) -> dict[str, Classification]:
+def _recipients(envelope: Envelope) -> dict[str, Classification]:
+    """The envelope's accepted recipients: normalised address → classification."""
     found: dict[str, Classification] | None = getattr(envelope, "securemail_rcpts", None)
     if found is None:
         found = {}

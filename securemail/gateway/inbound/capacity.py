@@ -1,0 +1,69 @@
+"""Capacity shared by every connection of both listeners: connections open, DATA in flight.
+
+One client must not be able to take what all clients share. ~1,020 idle connections
+from one address used to exhaust the process's file descriptors and shut everyone out,
+and each DATA could grow without regard to the others. So the listeners count open
+connections in total and per client address (``[listen] max_connections`` and
+``max_connections_per_ip``; over either, ``421 4.7.0`` and close, as Postfix's
+``smtpd_client_connection_count_limit`` does), and the DATA reader counts the bytes it
+holds against one budget (``[listen] max_data_in_flight``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Sequence
+
+
+class ConnectionLimits:
+    """Open connections, in total and per client address.
+
+    Addresses in ``exempt`` (``[relay] networks``: our own servers, which may well open
+    many connections at once) have no per-address limit, as Postfix exempts
+    ``$mynetworks`` (``smtpd_client_event_limit_exceptions``); the total still counts them.
+    """
+
+    def __init__(self, total: int, per_ip: int, exempt: Sequence[str] = ()) -> None:
+        self.total = total
+        self.per_ip = per_ip
+        self.exempt = [ipaddress.ip_network(n) for n in exempt]
+        self.open: Counter[str] = Counter()
+        self.count = 0
+
+    def admit(self, ip: str) -> str | None:
+        """Count the connection and return None, or return why it is refused (uncounted)."""
+        if self.count >= self.total:
+            return f"{self.count} connections open (max_connections {self.total})"
+        if self.open[ip] >= self.per_ip and not self._exempt(ip):
+            return f"{self.open[ip]} connections open from {ip} (max_connections_per_ip)"
+        self.open[ip] += 1
+        self.count += 1
+        return None
+
+    def _exempt(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in network for network in self.exempt)
+
+    def leave(self, ip: str) -> None:
+        self.count -= 1
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]  # bounded: only addresses with a connection open stay
+
+
+class DataBudget:
+    """DATA bytes held across all connections, against ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
