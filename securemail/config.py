@@ -47,6 +47,7 @@ class ListenConfig:
     max_message_size: int = 10 * 1024 * 1024  # NHSmail's attachment limit
     max_recipients: int = 100
     timeout: float = 300.0  # idle seconds per SMTP command (RFC 5321 §4.5.3.2)
+    cpu_budget: float = 20.0  # seconds of checking per message, off the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +274,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("listen", "max_message_size"): _between(1024, 1024**3),
     ("listen", "max_recipients"): _between(1, 10000),
     ("listen", "timeout"): _between(1, 3600),
+    ("listen", "cpu_budget"): _between(1, 3600),
     ("delivery", "port"): _PORT,
     ("delivery", "retry_base"): _between(0.01, 86400),
     ("delivery", "retry_max"): _between(0.01, 7 * 86400),

@@ -24,6 +24,7 @@ from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.inbound import auth
 from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
 from securemail.gateway.inbound.listeners import ROLES, Listeners, ListenSettings
+from securemail.gateway.inbound.offload import Offload
 from securemail.gateway.inbound.recipients import recipient_check
 from securemail.gateway.inbound.server import AuthLimiter, GatewayHandler
 from securemail.gateway.inbound.users import UserStore
@@ -64,6 +65,7 @@ class Gateway:
         self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
         self.users = UserStore(cfg.relay.users_file)
         self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
+        self.offload = Offload(cfg.listen.cpu_budget)
         self.pipeline = AcceptPipeline(
             AcceptSettings(
                 hostname=cfg.organisation.hostname,
@@ -86,6 +88,7 @@ class Gateway:
             events=self.events,
             clock=clock,
             stored=lambda: self.queue.wake(),
+            offload=self.offload,
         )
         notifier = Notifier(
             hostname=cfg.organisation.hostname,
@@ -175,6 +178,7 @@ class Gateway:
         if self._queue_task is not None:
             self._queue_task.cancel()
             await asyncio.gather(self._queue_task, return_exceptions=True)
+        await self.offload.close()
         await self.spool.close()
         self.events.emit(Lifecycle("stopped"))
 
