@@ -9,6 +9,7 @@ each call site answers 451 when its step cannot be finished.
 
 import asyncio
 import contextlib
+import logging
 import os
 import smtplib
 import time
@@ -94,6 +95,15 @@ async def test_a_step_runs_in_a_reused_worker_process(offload):
 async def test_what_a_step_raises_is_raised_to_the_caller(offload):
     with pytest.raises(ValueError, match="invalid literal"):
         await runner(offload, heavy())("int", partial(int, "x"))
+
+
+async def test_a_worker_logs_as_the_gateway_does_one_line_per_record(offload, capfd):
+    warn = logging.getLogger("securemail.mech.arc.dkimpy").warning
+    await runner(offload, heavy())("log", partial(warn, "bad b= in\r\nFAKE: line"))
+    assert (
+        "WARNING securemail.mech.arc.dkimpy: bad b= in\\x0d\\x0aFAKE: line\n"
+        in capfd.readouterr().err
+    )
 
 
 async def test_a_worker_that_dies_is_an_offload_error_and_is_replaced(offload):
