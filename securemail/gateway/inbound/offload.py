@@ -233,8 +233,10 @@ class _Worker:
             data = await stdout.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise await self._died(exc) from exc
-        # Our own child's answer to a task we sent: not input from the network.
-        return cast(tuple[bool, object], pickle.loads(data))  # noqa: S301
+        try:  # our own child's answer to a task we sent: not input from the network
+            return cast(tuple[bool, object], pickle.loads(data))  # noqa: S301
+        except Exception as exc:  # e.g. an exception class that does not rebuild
+            raise OffloadError(f"CPU worker's answer could not be read: {exc!r}") from exc
 
     async def _died(self, exc: BaseException) -> OffloadError:
         """The error for a worker that stopped answering, with its exit status if it has one."""
