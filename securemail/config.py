@@ -52,6 +52,8 @@ class ListenConfig:
     max_data_in_flight: int = 0  # DATA bytes held by all connections; 0: 4 × max_message_size
     greet_pause: float = 0.3  # seconds before the 220; a client talking first is refused
 
+    cpu_budget: float = 20.0  # seconds of checking per message, off the event loop
+
     @property
     def data_in_flight(self) -> int:
         """``max_data_in_flight`` as used: 0 means room for four maximum-size messages."""
@@ -334,6 +336,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("listen", "max_connections_per_ip"): _between(1, 1_000_000),
     ("listen", "max_data_in_flight"): _zero_or_between(1024, 1024**4),
     ("listen", "greet_pause"): _between(0, 60),
+    ("listen", "cpu_budget"): _between(1, 3600),
     ("delivery", "port"): _PORT,
     ("delivery", "retry_base"): _between(0.01, 86400),
     ("delivery", "retry_max"): _between(0.01, 7 * 86400),

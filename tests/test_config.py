@@ -78,6 +78,7 @@ ERRORS = [
     ("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", "relay.networks"),
     ("[tls]\nmin_version = \"1.1\"\n", "expected one of 1.2, 1.3"),
     ("[listen]\ninbound = \"localhost\"\n", "expected HOST:PORT"),
+    ("[listen]\ncpu_budget = 0\n", "securemail.toml:2: listen.cpu_budget: must be between 1 and 3600"),
     ("[dns]\nnameservers = [\"dns.example\"]\n", "expected IP or IP:PORT"),
     ("[delivery\n", "securemail.toml"),
     ("[listen]\nmax_connections = 0\n", "listen.max_connections: must be between 1 and"),

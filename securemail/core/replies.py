@@ -117,6 +117,15 @@ AUTH_TEMPFAIL = SmtpReply(
     "Temporary failure checking sender authentication (DNS); try again later",
     check="auth",
 )
+CPU_BUDGET = SmtpReply(
+    451,
+    "4.3.0",
+    "Message could not be checked in time; try again later",
+    check="cpu-budget",
+)
+"""A message whose checks (authentication, sealing, signing, the sensitivity scan) did
+not finish within ``[listen] cpu_budget``: unchecked mail is neither delivered nor marked
+safe, so it stays with the sender (``gateway.inbound.offload``)."""
 
 
 def header_too_large(reason: str) -> SmtpReply:

@@ -25,6 +25,7 @@ from securemail.gateway.inbound import auth
 from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
 from securemail.gateway.inbound.limits import AuthLimiter, AuthLimits, LockoutFiles
 from securemail.gateway.inbound.listeners import ROLES, Listeners, ListenSettings
+from securemail.gateway.inbound.offload import Offload
 from securemail.gateway.inbound.recipients import recipient_check
 from securemail.gateway.inbound.server import GatewayHandler
 from securemail.gateway.inbound.users import UserStore
@@ -71,6 +72,7 @@ class Gateway:
         self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
         self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)
         self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
+        self.offload = Offload(cfg.listen.cpu_budget)
         self.pipeline = AcceptPipeline(
             AcceptSettings(
                 hostname=cfg.organisation.hostname,
@@ -94,6 +96,7 @@ class Gateway:
             clock=clock,
             senders=self.users.owned,
             stored=lambda: self.queue.wake(),
+            offload=self.offload,
         )
         notifier = Notifier(
             hostname=cfg.organisation.hostname,
@@ -200,6 +203,7 @@ class Gateway:
         if self._queue_task is not None:
             self._queue_task.cancel()
             await asyncio.gather(self._queue_task, return_exceptions=True)
+        await self.offload.close()
         await self.spool.close()
         self.events.emit(Lifecycle("stopped"))
 

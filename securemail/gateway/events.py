@@ -225,6 +225,10 @@ def escape_controls(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The gateway's log line (``securemail serve``, its CPU workers)."""
+
+
 class OneLineFormatter(logging.Formatter):
     """The one place log text is made safe: every record's message (whatever wrote it:
     the log sink, a library, an exception text quoting a peer) has its control

@@ -31,6 +31,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
@@ -42,6 +43,7 @@ from securemail.core.message import (
     reparse_input,
     without_fields,
 )
+from securemail.cpu import RunCpu, run_inline
 from securemail.dns import DnsError, DnsTemporaryError, Resolver
 from securemail.mech.results import MethodResult, Result, is_own_auth_results
 
@@ -77,11 +79,14 @@ class ArcVerdict:
 # --- verification -------------------------------------------------------------------------
 
 
-async def verify_arc(message: bytes, resolver: Resolver) -> ArcVerdict:
+async def verify_arc(message: bytes, resolver: Resolver, *, run: RunCpu = run_inline) -> ArcVerdict:
     """Validate the ARC chain of ``message``; ``none`` when it has no ARC headers.
 
     dkimpy checks the chain as ``read_headers`` reads the message (``reparse_input``), so
-    an ARC header that the one reader calls body is body here too.
+    an ARC header that the one reader calls body is body here too. dkimpy's check is
+    handed to ``run`` (``securemail.cpu``), which may raise if it cannot finish it: it
+    hashes the whole body once per ARC set, so a chain of hundreds of sets over a
+    large body is minutes of CPU.
     """
     try:
         block = read_headers(message)
@@ -97,9 +102,19 @@ async def verify_arc(message: bytes, resolver: Resolver) -> ArcVerdict:
             Result.FAIL, instance, f"ARC chain names {len(names)} keys (limit {MAX_KEY_LOOKUPS})"
         )
     keys, temporary = await _fetch_keys(names, resolver)
+    prepared = reparse_input(message, block)
+    return await run(
+        "ARC verification", partial(_chain_verdict, prepared, instance, keys, temporary)
+    )
+
+
+def _chain_verdict(
+    message: bytes, instance: int, keys: dict[str, bytes], temporary: dict[str, str]
+) -> ArcVerdict:
+    """dkimpy's verdict on the chain once the keys are fetched: pure CPU."""
     try:
         cv, results, why = dkim.arc_verify(
-            reparse_input(message, block), logger=_dkimpy_log, dnsfunc=_dnsfunc(keys, temporary)
+            message, logger=_dkimpy_log, dnsfunc=_dnsfunc(keys, temporary)
         )
     except Exception as exc:  # dkimpy raises IndexError etc. on malformed headers
         _log.debug("ARC verification raised", exc_info=True)

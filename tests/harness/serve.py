@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
@@ -64,8 +65,11 @@ def refuses(port: int) -> bool:
 class GatewayProcess:
     """`securemail serve --config PATH` with its output in serve.log next to the config."""
 
-    def __init__(self, config: Path, inbound: int, submission: int) -> None:
+    def __init__(
+        self, config: Path, inbound: int, submission: int, env: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
+        self.env = {**ENV, **(env or {})}  # e.g. a SECUREMAIL_* override for one test
         self.ports = (inbound, submission)
         self.log = config.with_name("serve.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,7 +88,7 @@ class GatewayProcess:
                 stdout=log,
                 stderr=log,
                 cwd=self.config.parent,
-                env=ENV,
+                env=self.env,
             )
         if not ready:
             return

@@ -20,7 +20,7 @@ import pytest
 from harness.gatewaykit import ORG_DOMAIN, write_config
 from harness.serve import GatewayProcess, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a 10 MB attack on a serve process
 
 MAX_SIZE = 10 * 1024 * 1024
 LINES = 4_900_000  # 9.8 MB of bare CRLF: under the size limit

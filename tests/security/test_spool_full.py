@@ -19,7 +19,7 @@ from securemail.gateway.app import Gateway
 from securemail.gateway.inbound.users import add_user
 from securemail.gateway.spool import RcptStatus
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # a tmpfs filled and freed
 
 
 @pytest.fixture

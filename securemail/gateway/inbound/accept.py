@@ -9,6 +9,10 @@ Postfix's smtpd → cleanup in one object. The stages, in order:
 2. **decide** per recipient (``core.policy``: the one table ``policy explain`` reads too);
 3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise).
 
+The CPU-heavy steps (verification, sealing, signing, the sensitivity scan) of a large or
+complex message run in worker processes, within ``[listen] cpu_budget`` seconds
+(``offload``); a message that needs more gets ``CPU_BUDGET`` (451).
+
 Every outcome is reported as an event; replies are ``SmtpReply`` values from
 ``core.replies``. The pipeline is also how the queue's DSNs enter the spool (role
 ``dsn``), so a bounce goes through policy like any other message.
@@ -20,6 +24,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from securemail.core import replies
 from securemail.core.classify import Classification
@@ -28,10 +33,12 @@ from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, header_from_refusal
 from securemail.core.sensitivity import Sensitivity, scan_message
+from securemail.cpu import RunCpu, run_inline
 from securemail.dns import Resolver
 from securemail.gateway import events as ev
 from securemail.gateway.events import EventSink
 from securemail.gateway.inbound import auth
+from securemail.gateway.inbound.offload import Offload, OffloadError
 from securemail.gateway.inbound.server import Transaction, received_header
 from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, Spool, new_queue_id
 from securemail.mech.arc import arc_seal
@@ -72,6 +79,7 @@ class AcceptPipeline:
         clock: Callable[[], float],
         senders: Callable[[str], OwnedAddresses],
         stored: Callable[[], None] = lambda: None,
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
         self.classify = classify
@@ -85,6 +93,7 @@ class AcceptPipeline:
         self.clock = clock
         self.senders = senders  # submission: login -> the addresses that user may send as
         self.stored = stored  # wakes the queue manager
+        self.offload = offload  # None: every CPU step inline (no event loop to protect)
         self._relay = [ipaddress.ip_network(n) for n in settings.relay_networks]
 
     def decisions(self, t: Transaction, sensitivity: Sensitivity) -> list[Decision]:
@@ -101,6 +110,7 @@ class AcceptPipeline:
             not_theirs = header_from_refusal(self.senders(t.auth_user), block)
             if not_theirs is not None:
                 return self._refuse(t, not_theirs)
+        run = self.offload.runner(t.data, block) if self.offload else run_inline
         # One header/body boundary for everyone downstream too: a line our reader calls
         # body (after a line that is not a header field) is made body for every other
         # parser by an explicit empty line; well-formed messages are not copied.
@@ -115,7 +125,7 @@ class AcceptPipeline:
         now = self.clock()
         headers, body = b"", t.data
         if self._from_outside(t):
-            judged = await self._authenticate(t, queue_id)
+            judged = await self._authenticate(t, queue_id, run)
             if isinstance(judged, SmtpReply):
                 return self._refuse(t, judged)
             headers, body, t = judged
@@ -123,8 +133,13 @@ class AcceptPipeline:
             # Submission: a signed-in user over TLS (both required there). Anything else
             # (relay networks, inbound with verification off) is not vouched for.
             headers = auth.trust_header(t.role == "submission" and bool(t.auth_user))
-            headers += self._dkim_sign(body)
-        sensitivity = scan_message(body)
+            signature = await self._dkim_sign(body, run)
+            if isinstance(signature, SmtpReply):
+                return self._refuse(t, signature)
+            headers += signature
+        sensitivity = await self._scan(body, run)
+        if isinstance(sensitivity, SmtpReply):
+            return self._refuse(t, sensitivity)
         decisions = self.decisions(t, sensitivity)
         refused = [d for d in decisions if d.action is Action.REJECT]
         if refused:
@@ -157,7 +172,7 @@ class AcceptPipeline:
                 client=t.peer,
                 tls=t.tls,
                 auth_user=t.auth_user,
-                sensitive=sensitivity.sensitive,
+                sensitive=sensitivity.sensitive or bool(sensitivity.unscannable),
                 decisions=tuple(
                     ev.RcptDecision(d.recipient, d.action.value, d.tls.label if d.tls else "-")
                     for d in decisions
@@ -180,14 +195,17 @@ class AcceptPipeline:
         return not any(ip in network for network in self._relay)
 
     async def _authenticate(
-        self, t: Transaction, queue_id: str
+        self, t: Transaction, queue_id: str, run: RunCpu
     ) -> SmtpReply | tuple[bytes, bytes, Transaction]:
         """SPF/DKIM/DMARC/ARC; a reply to refuse, or (headers, body, transaction) to go on."""
         authserv_id = self.settings.hostname
         body = t.data  # our own headers already stripped in accept()
-        verdict = await auth.authenticate(
-            body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver
-        )
+        try:
+            verdict = await auth.authenticate(
+                body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver, run=run
+            )
+        except OffloadError as exc:
+            return replies.CPU_BUDGET.logged(str(exc))
         decision = auth.decide(
             verdict, tls=bool(t.tls), classify=self.classify, policy=self.auth_policy
         )
@@ -210,32 +228,53 @@ class AcceptPipeline:
         if decision.action is auth.Action.QUARANTINE and quarantine_to:
             t = replace(t, recipients=[(quarantine_to, self.classify(quarantine_to))])
         if self.settings.arc_seal and self.keys:
-            headers = self._arc_seal(headers + body, results) + headers
+            seal = await self._arc_seal(headers + body, results, run)
+            if isinstance(seal, SmtpReply):
+                return seal
+            headers = seal + headers
         return headers, body, t
 
-    def _arc_seal(self, message: bytes, results: str) -> bytes:
+    async def _arc_seal(self, message: bytes, results: str, run: RunCpu) -> bytes | SmtpReply:
         key = self.keys.get(self.settings.seal_domain) or next(iter(self.keys.values()))
+        seal = partial(
+            arc_seal,
+            message,
+            domain=key.domain,
+            selector=key.selector,
+            private_pem=key.private_pem,
+            authserv_id=self.settings.hostname,
+            auth_results=results,
+        )
         try:
-            return arc_seal(
-                message,
-                domain=key.domain,
-                selector=key.selector,
-                private_pem=key.private_pem,
-                authserv_id=self.settings.hostname,
-                auth_results=results,
-            )
+            return await run("ARC sealing", seal)
+        except OffloadError as exc:  # not finished in time: the message was not handled
+            return replies.CPU_BUDGET.logged(str(exc))
         except Exception:  # sealing is best effort: never lose mail over it
             log.exception("ARC sealing failed; forwarding unsealed")
             return b""
 
-    def _dkim_sign(self, data: bytes) -> bytes:
+    async def _dkim_sign(self, data: bytes, run: RunCpu) -> bytes | SmtpReply:
         """A DKIM-Signature for mail From one of our domains, when we hold its key."""
         if not self.settings.dkim_sign or not self.keys:
             return b""
         domain, _ = header_from_domain(data)
         if domain is None or domain not in self.keys:
             return b""
-        return self.signer.sign(data, domain) or b""
+        try:
+            return await run("DKIM signing", partial(self.signer.sign, data, domain)) or b""
+        except OffloadError as exc:  # the standard wants our mail signed: never send it bare
+            return replies.CPU_BUDGET.logged(str(exc))
+
+    async def _scan(self, body: bytes, run: RunCpu) -> Sensitivity | SmtpReply:
+        """The sensitivity scan; a 451 if it cannot finish in time.
+
+        "Could not scan" must never read as "not sensitive", and a message we could not
+        finish checking is not ours to store: the sender keeps it and tries later.
+        """
+        try:
+            return await run("sensitivity scan", partial(scan_message, body))
+        except OffloadError as exc:
+            return replies.CPU_BUDGET.logged(str(exc))
 
 
 def _recipients(

@@ -24,6 +24,7 @@ from securemail.core.classify import Classification
 from securemail.core.message import HeaderLimitError, read_headers, without_fields
 from securemail.core.replies import AUTH_TEMPFAIL, SmtpReply, auth_refused
 from securemail.core.rules import Status
+from securemail.cpu import RunCpu, run_inline
 from securemail.dns import Resolver
 from securemail.mech.arc import ArcVerdict, verify_arc
 from securemail.mech.dkim import DkimVerdict, verify_dkim
@@ -85,15 +86,25 @@ class AuthPolicy:
 
 
 async def authenticate(
-    data: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver
+    data: bytes,
+    *,
+    ip: str,
+    helo: str,
+    mail_from: str,
+    resolver: Resolver,
+    run: RunCpu = run_inline,
 ) -> AuthVerdict:
-    """Run SPF (MAIL FROM and HELO), DKIM, ARC concurrently, then DMARC over them."""
+    """Run SPF (MAIL FROM and HELO), DKIM, ARC concurrently, then DMARC over them.
+
+    DKIM's and ARC's hashing go to ``run`` (``securemail.cpu``); what it raises when it
+    cannot finish them is raised here.
+    """
     from_domain, problem = header_from_domain(data)
     spf, helo_spf, dkim, arc = await asyncio.gather(
         check_spf(ip, mail_from, helo, resolver),
         check_helo(ip, helo, resolver),
-        verify_dkim(data, resolver),
-        verify_arc(data, resolver),
+        verify_dkim(data, resolver, run=run),
+        verify_arc(data, resolver, run=run),
     )
     dmarc = None
     if from_domain is not None:

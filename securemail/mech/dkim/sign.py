@@ -96,9 +96,14 @@ class _Signing:
 
 
 class DkimSigner:
-    """Signs for the domains it has keys for; built once, shared, pure CPU."""
+    """Signs for the domains it has keys for; built once, shared, pure CPU.
+
+    Picklable, so that ``sign`` can run in a worker process (``securemail.cpu``): the
+    loaded keys (OpenSSL objects) cannot be pickled, so a copy is rebuilt from the PEMs.
+    """
 
     def __init__(self, keys: Mapping[str, SigningKey]) -> None:
+        self._source = dict(keys)
         self._keys: dict[str, _Signing] = {}
         for domain, key in keys.items():
             where = f"key for {key.domain} (selector {key.selector})"
@@ -113,6 +118,9 @@ class DkimSigner:
             self._keys[name] = _Signing(
                 name.encode(), key.selector.encode(), algorithm.encode(), private
             )
+
+    def __reduce__(self) -> tuple[type[DkimSigner], tuple[dict[str, SigningKey]]]:
+        return DkimSigner, (self._source,)
 
     @property
     def domains(self) -> frozenset[str]:

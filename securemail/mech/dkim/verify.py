@@ -3,15 +3,16 @@
 Inbound verdicts feed DMARC and the ``Authentication-Results`` header, so they speak the
 RFC 8601 vocabulary of ``securemail.mech.results``. Every signature (up to a limit) gets
 its own verdict, in header order. Keys are fetched through the gateway's async
-``Resolver`` (all at once, before any checking), so there is no blocking DNS on the event
-loop and no thread per message; the rest is CPU only. The errors split as they do for DNS
-elsewhere: a key lookup that could not complete is ``temperror`` (never pass, never
-fail), a missing, revoked, short (RSA < 1024 bits, RFC 8301) or unusable key is
-``permerror``, and so is a signature that cannot be checked at all (malformed,
-``rsa-sha1`` (RFC 8301), From not signed, expired). ``fail`` means the hashes were
-computed and did not match. A key published with ``t=y`` (testing) and a signature with
-an ``l=`` body length limit are noted in the verdict's reason, because DMARC and the
-people reading headers must know about both.
+``Resolver`` (all at once, before any checking), so there is no blocking DNS on the
+event loop and no thread per message; the rest is CPU only, and goes to the caller's
+``run`` (``securemail.cpu``) in one piece, so the gateway can do it off the loop. The
+errors split as they do for DNS elsewhere: a key lookup that could not complete is
+``temperror`` (never pass, never fail), a missing, revoked, short (RSA < 1024 bits, RFC
+8301) or unusable key is ``permerror``, and so is a signature that cannot be checked at
+all (malformed, ``rsa-sha1`` (RFC 8301), From not signed, expired). ``fail`` means the
+hashes were computed and did not match. A key published with ``t=y`` (testing) and a
+signature with an ``l=`` body length limit are noted in the verdict's reason, because
+DMARC and the people reading headers must know about both.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import dkim
 from cryptography.exceptions import InvalidSignature
@@ -32,6 +34,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from securemail.core.message import HeaderLimitError
+from securemail.cpu import RunCpu, run_inline
 from securemail.dns import DnsError, DnsNotFound, Resolver
 from securemail.mech.dkim.common import _FROM, _WSP, _clean, _for_dkimpy, _lower
 from securemail.mech.dkim.keys import RSA_MIN_BITS, DkimKey, KeyProblem, parse_key_record
@@ -68,12 +71,18 @@ class DkimVerdict:
 
 
 async def verify_dkim(
-    message: bytes, resolver: Resolver, *, max_signatures: int = MAX_SIGNATURES
+    message: bytes,
+    resolver: Resolver,
+    *,
+    max_signatures: int = MAX_SIGNATURES,
+    run: RunCpu = run_inline,
 ) -> list[DkimVerdict]:
     """A verdict for each DKIM-Signature of ``message`` (the first ``max_signatures``).
 
     An empty list means the message is not signed. Never raises for anything in the
-    message or in DNS: every problem is a verdict.
+    message or in DNS: every problem is a verdict. The hashing, linear in the message
+    but seconds for a large one, is handed to ``run`` (see ``securemail.cpu``), which
+    may raise if it cannot finish it.
     """
     try:
         headers, body = _for_dkimpy(message)
@@ -82,8 +91,20 @@ async def verify_dkim(
     found = [(name, value) for name, value in headers if _lower(name) == b"dkim-signature"]
     parsed = [_parse_signature(name, value) for name, value in found[: max(0, max_signatures)]]
     names = sorted({sig.key_name for sig in parsed if isinstance(sig, _Signature)})
+    if not names:  # nothing to hash: every signature already has its verdict
+        return [item for item in parsed if isinstance(item, DkimVerdict)]
     answers = await asyncio.gather(*(_key_records(resolver, name) for name in names))
     records = dict(zip(names, answers, strict=True))
+    return await run("DKIM verification", partial(_check_all, parsed, records, headers, body))
+
+
+def _check_all(
+    parsed: Sequence[_Signature | DkimVerdict],
+    records: Mapping[str, list[str] | DnsError],
+    headers: Sequence[Sequence[bytes]],
+    body: bytes,
+) -> list[DkimVerdict]:
+    """The verdict of each parsed signature, once its key lookup is done: pure CPU."""
     bodies: dict[bytes, bytes] = {}
     return [
         item
