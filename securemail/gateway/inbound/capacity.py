@@ -12,8 +12,9 @@ holds against one budget (``[listen] max_data_in_flight``).
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
-from collections.abc import Sequence
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 
 
 class ConnectionLimits:
@@ -67,3 +68,49 @@ class DataBudget:
 
     def give(self, size: int) -> None:
         self.held -= size
+
+
+class Pregreet:
+    """Postscreen's pregreet test, paid once per client: who has already waited politely.
+
+    The greeting waits ``pause`` seconds for a client it does not know; a client that
+    talked first is refused, one that waited is remembered for ``ttl`` (Postfix's
+    ``postscreen_greet_ttl``, a day) and greeted at once from then on, as are our own
+    ``[relay] networks``. Without this, every connection of a busy peer (each message
+    of a relaying server) would pay the pause. Bounded: the oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        pause: float,
+        exempt: Sequence[str] = (),
+        *,
+        ttl: float = 86400.0,
+        limit: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pause = pause
+        self.exempt = [ipaddress.ip_network(n) for n in exempt]
+        self.ttl = ttl
+        self.limit = limit
+        self.clock = clock
+        self._passed: OrderedDict[str, float] = OrderedDict()
+
+    def pause_for(self, ip: str) -> float:
+        """How long to wait before greeting ``ip`` (0: greet at once)."""
+        if self.pause <= 0:
+            return 0.0
+        until = self._passed.get(ip)
+        if until is not None and until > self.clock():
+            return 0.0
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return self.pause
+        return 0.0 if any(address in net for net in self.exempt) else self.pause
+
+    def passed(self, ip: str) -> None:
+        self._passed[ip] = self.clock() + self.ttl
+        self._passed.move_to_end(ip)
+        while len(self._passed) > self.limit:
+            self._passed.popitem(last=False)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from securemail.gateway.events import EventSink, Lifecycle
-from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget
+from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
 from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
 
 ROLES = ("inbound", "submission")
@@ -47,6 +47,7 @@ class Listeners:
             settings.max_connections, settings.max_connections_per_ip, settings.trusted_networks
         )
         self.budget = DataBudget(settings.max_data_in_flight or 4 * settings.max_message_size)
+        self.pregreet = Pregreet(settings.greet_pause, settings.trusted_networks)
 
     async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
         loop = asyncio.get_running_loop()
@@ -72,7 +73,7 @@ class Listeners:
             command_call_limit=1000,
             limits=self.limits,
             budget=self.budget,
-            greet_pause=s.greet_pause,
+            greet_pause=self.pregreet,
         )
         protocol.on_close = self._sessions.discard
         self._sessions.add(protocol)

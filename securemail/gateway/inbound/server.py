@@ -54,7 +54,7 @@ from securemail.gateway.events import (
     RelayDenied,
     SessionAuth,
 )
-from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget
+from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
 from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.limits import AuthLimiter
 from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
@@ -112,7 +112,7 @@ class GatewaySMTP(SMTP):
         *,
         limits: ConnectionLimits | None = None,
         budget: DataBudget | None = None,
-        greet_pause: float = 0.0,
+        greet_pause: float | Pregreet = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -120,7 +120,7 @@ class GatewaySMTP(SMTP):
         self.on_close: Callable[[GatewaySMTP], None] | None = None
         self.limits = limits
         self.budget = budget or DataBudget(4 * (self.data_size_limit or 0))
-        self.greet_pause = greet_pause
+        self.pregreet = greet_pause if isinstance(greet_pause, Pregreet) else Pregreet(greet_pause)
         self._client = ""
         self._refused: str | None = None  # why the connection limits refused it
         self._counted = False
@@ -157,15 +157,18 @@ class GatewaySMTP(SMTP):
         if self._refused is not None:
             self._refuse(replies.TOO_MANY_CONNECTIONS, self._refused)
             return
-        if self.greet_pause > 0 and await self._talks_first():
-            self._refuse(replies.PREGREET, "sent data before the greeting")
-            return
+        pause = self.pregreet.pause_for(self._client)
+        if pause > 0:
+            if await self._talks_first(pause):
+                self._refuse(replies.PREGREET, "sent data before the greeting")
+                return
+            self.pregreet.passed(self._client)
         self._greeted = True
         await super()._handle_client()
 
-    async def _talks_first(self) -> bool:
+    async def _talks_first(self, pause: float) -> bool:
         try:
-            await asyncio.wait_for(self._talked.wait(), self.greet_pause)
+            await asyncio.wait_for(self._talked.wait(), pause)
         except TimeoutError:
             return False
         return True
