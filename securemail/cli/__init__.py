@@ -25,6 +25,7 @@ from securemail.cli import (
 from securemail.cli.common import invoke, say
 
 app = typer.Typer(
+    rich_markup_mode=None,  # help texts name config sections: "[tls] cert", not markup
     name="securemail",
     help="Secure email gateway and assurance toolkit for the NHS secure email standard (DCB1596).",
     no_args_is_help=True,

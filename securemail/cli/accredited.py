@@ -18,7 +18,10 @@ from securemail.cli.common import ConfigOpt, JsonOpt, out, print_json, say, text
 from securemail.config import load_config
 from securemail.errors import InputError
 
-app = typer.Typer(help="The list of DCB1596-accredited organisations.")
+app = typer.Typer(
+    rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
+    help="The list of DCB1596-accredited organisations.",
+)
 
 
 @app.command("import")

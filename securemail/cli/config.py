@@ -15,7 +15,10 @@ import typer
 from securemail.cli.common import ConfigOpt, JsonOpt, print_json, say
 from securemail.config import Config, default_config_text, find_config, load_config
 
-app = typer.Typer(help="Create and check securemail.toml.")
+app = typer.Typer(
+    rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
+    help="Create and check securemail.toml.",
+)
 
 
 @app.command("init")

@@ -15,7 +15,10 @@ from securemail.cli.common import ConfigOpt, plain_line, tell
 from securemail.config import load_config
 from securemail.errors import InputError
 
-app = typer.Typer(help="DKIM signing keys for our domains.")
+app = typer.Typer(
+    rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
+    help="DKIM signing keys for our domains.",
+)
 
 
 @app.command("keygen")

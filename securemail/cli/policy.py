@@ -26,7 +26,10 @@ from securemail.loaders import policy_from_config
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-app = typer.Typer(help="Decide what happens to a message, per recipient.")
+app = typer.Typer(
+    rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
+    help="Decide what happens to a message, per recipient.",
+)
 
 
 @app.command("explain")

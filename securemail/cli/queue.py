@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Inspect and manage the spool (works while the gateway runs).")
+app = typer.Typer(
+    rich_markup_mode=None, help="Inspect and manage the spool (works while the gateway runs)."
+)
 
 
 def _with_spool(config: Path | None, action: Callable[[Spool], Awaitable[T]]) -> T:

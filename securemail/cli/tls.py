@@ -9,7 +9,10 @@ import typer
 from securemail.cli.common import ConfigOpt, say
 from securemail.config import load_config
 
-app = typer.Typer(help="The listeners' certificate.")
+app = typer.Typer(
+    rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
+    help="The listeners' certificate.",
+)
 
 
 @app.command("selfsigned")

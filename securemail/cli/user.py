@@ -35,7 +35,10 @@ if TYPE_CHECKING:
     from securemail.gateway.inbound.limits import Lockout
     from securemail.gateway.inbound.users import User
 
-app = typer.Typer(help="Submission users: passwords (argon2id), sender addresses, lockouts.")
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Submission users: passwords (argon2id), sender addresses, lockouts.",
+)
 
 NameArg = Annotated[str, typer.Argument(help="User name (the AUTH login).")]
 PasswordStdinOpt = Annotated[

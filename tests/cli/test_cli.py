@@ -251,3 +251,19 @@ def test_untrusted_text_is_not_rich_markup(tmp_path, config):
     assert "[policy] unknown_sensitive_action = hold" in out
     proc = run("classify", "-c", str(config), "[red]x@gmail.com")
     assert "[red]x@gmail.com" in proc.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "section"),
+    [
+        (("tls", "selfsigned"), "[organisation] hostname"),
+        (("classify",), "[organisation] audience"),
+        (("accredited", "import"), "[policy] accredited_list"),
+        (("dkim", "show-record"), "[dkim] selector"),
+    ],
+)
+def test_help_keeps_config_section_names(args, section):
+    """``[section]`` in a help text is a config name, not rich markup to swallow."""
+    proc = run(*args, "--help", columns=200)
+    assert proc.returncode == 0, proc.stderr
+    assert section in " ".join(proc.stdout.decode().split())
