@@ -104,6 +104,7 @@ class Gateway:
             submit=self.pipeline.accept,
             events=self.events,
         )
+        self.pipeline.on_held = notifier.held_notice
         host, port = _split(cfg.inbound.deliver_to)
         self.deliverer = Deliverer(
             self.resolver,

@@ -481,3 +481,21 @@ async def test_no_delay_notice_before_the_deadline(gateway_factory, dns_server, 
 async def _deferred_twice(gateway):
     (m,) = await gateway.spool.list_messages()
     return m.recipients[0].attempts >= 2
+
+
+async def test_sender_is_told_at_once_what_was_held_and_why(gateway, mx, pki, internal):
+    """Issue 11 item 1: a held recipient is not silent. The sender (alice, our domain, so
+    the notice reaches the internal server) gets one notice naming the held recipient, the
+    reason and what happens next; never the content."""
+    body = "Patient NHS number 943 476 5919"
+    refused = await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test", "gp@nhs.net"],
+        message(subject="OFFICIAL-SENSITIVE referral", body=body),
+    )  # fmt: skip
+    assert refused == {}
+    (notice,) = await asyncio.to_thread(internal.wait, 1)
+    assert notice.rcpt_tos == [f"alice@{ORG_DOMAIN}"] and notice.mail_from in ("", "<>")
+    text = notice.data.decode("utf-8", "replace")
+    assert "carer@gmail.test" in text and "held" in text.lower()
+    assert "operator" in text and "gp@nhs.net" not in text.split("Final-Recipient")[0]
+    assert "943 476 5919" not in text and "9434765919" not in text

@@ -20,9 +20,10 @@ Every outcome is reported as an event; replies are ``SmtpReply`` values from
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -47,6 +48,8 @@ from securemail.mech.dmarc import header_from_domain
 from securemail.mech.results import authentication_results
 
 log = logging.getLogger("securemail.gateway")
+
+HeldNotice = Callable[[str, str, list[tuple[str, str]], bytes, float], Awaitable[None]]
 
 _STATUS_FOR = {Action.DELIVER: RcptStatus.QUEUED, Action.HOLD: RcptStatus.HELD}
 
@@ -95,6 +98,8 @@ class AcceptPipeline:
         self.stored = stored  # wakes the queue manager
         self.offload = offload  # None: every CPU step inline (no event loop to protect)
         self._relay = [ipaddress.ip_network(n) for n in settings.relay_networks]
+        self.on_held: HeldNotice | None = None  # set by the app: the notifier's held_notice
+        self._notices: set[asyncio.Future[None]] = set()
 
     def decisions(self, t: Transaction, sensitivity: Sensitivity) -> list[Decision]:
         return [self.policy.decide(c, sensitivity) for _, c in t.recipients]
@@ -162,6 +167,14 @@ class AcceptPipeline:
             log.exception("could not store message from=<%s>", t.sender)
             return self._refuse(t, replies.STORE_FAILED.logged(f"spool: {exc}"))
         self.stored()
+        held = [(d.recipient, d.reason) for d in decisions if d.action is Action.HOLD]
+        if held and t.sender and t.role != "dsn" and self.on_held is not None:
+            # The client hears 250 now; the sender is told at once what was held and why.
+            task = asyncio.ensure_future(
+                self.on_held(queue_id, t.sender, held, headers + body, now)
+            )
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
         self.events.emit(
             ev.Accepted(
                 queue_id=queue_id,

@@ -17,6 +17,21 @@ from securemail.core.message import HeaderLimitError, read_headers
 MAX_RETURNED_HEADERS = 8 * 1024  # headers only, capped: a bounce must not amplify
 
 
+# kind → (RFC 3464 Action, status, Subject, what the sender is told first)
+_KINDS = {
+    "failed": ("failed", "5.0.0", "Undelivered Mail Returned to Sender",
+               "Your message could not be delivered to the recipients below."),
+    "delayed": ("delayed", "4.7.5", "Delayed Mail (still being retried)",
+                "Your message has not yet been delivered to the recipients below; "
+                "it is still being retried and nothing was sent in the clear."),
+    "held": ("delayed", "4.7.1", "Message held: not sent to some recipients",
+             "Your message was accepted but has NOT been sent to the recipients below: "
+             "our secure email policy holds it. Nothing leaves until an operator "
+             "releases it (then only over verified TLS) or deletes it; recipients not "
+             "listed here are unaffected."),
+}  # fmt: skip
+
+
 def build_dsn(
     *,
     hostname: str,
@@ -33,27 +48,21 @@ def build_dsn(
     ``delayed`` (for the forced-TLS delay notice).
     """
     head, subject = _returned_headers(original)
-    failed = action == "failed"
+    dsn_action, status, subject_line, lead = _KINDS[action]
 
     text = EmailMessage(policy=SMTP)
     lines = [
         f"This is the mail system at {hostname}.",
         "",
-        (
-            "Your message could not be delivered to the recipients below."
-            if failed
-            else "Your message has not yet been delivered to the recipients below; "
-            "it is still being retried and nothing was sent in the clear."
-        ),
+        lead,
         f"Queue ID: {queue_id}. Subject: {_one_line(subject)[:200]}",
         "",
     ]
     lines += [f"<{rcpt}>: {diagnostic}" for rcpt, diagnostic in failures]
     text.set_content("\n".join(lines) + "\n")
 
-    status = "5.0.0" if failed else "4.7.5"
     per_rcpt = "".join(
-        f"\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: {action}\r\nStatus: {status}\r\n"
+        f"\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: {dsn_action}\r\nStatus: {status}\r\n"
         f"Diagnostic-Code: smtp; {_one_line(diagnostic)}\r\n"
         for rcpt, diagnostic in failures
     )
@@ -63,9 +72,6 @@ def build_dsn(
     )
     returned = head.decode("ascii", "replace").replace("\ufffd", "?")
     boundary = f"=_securemail_{queue_id}_{secrets.token_hex(8)}"
-    subject_line = (
-        "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
-    )
     headers = (
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
         f"To: <{sender}>\r\n"

@@ -17,6 +17,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 
 from securemail.core.classify import Classification
+from securemail.core.levels import TlsLevel
 from securemail.core.message import HeaderLimitError, read_headers
 from securemail.core.replies import SmtpReply
 from securemail.core.rules import Status
@@ -49,6 +50,20 @@ class Notifier:
     async def delay_notice(self, delivery: Delivery, detail: str, original: bytes) -> None:
         """Forced TLS keeps failing: tell the sender the message has NOT arrived yet."""
         await self._notify([(delivery, detail)], original, "delayed")
+
+    async def held_notice(
+        self, queue_id: str, sender: str, held: Sequence[tuple[str, str]], original: bytes,
+        received: float,
+    ) -> None:  # fmt: skip
+        """Recipients held by policy at acceptance: tell the sender at once, and why."""
+        size = len(original)
+        failures = [
+            (Delivery(queue_id, sender, rcpt, _domain(rcpt), TlsLevel.VERIFIED, 0, received, size),
+             why)
+            for rcpt, why in held
+        ]  # fmt: skip
+        if failures and sender:
+            await self._notify(failures, original, "held")
 
     async def _notify(
         self, failures: Sequence[tuple[Delivery, str]], original: bytes, kind: str
@@ -91,6 +106,10 @@ class Notifier:
                 if failed:
                     return "the sender failed " + " and ".join(sorted(set(failed)))
         return ""
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
 
 
 _FAILED = re.compile(r"\b(spf|dmarc)=(?:fail|softfail)\b")
