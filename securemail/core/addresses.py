@@ -32,6 +32,7 @@ _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _SPECIAL = re.compile(r'["<>(),;:\\\[\]\s]')
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 class AddressError(ValueError):
@@ -229,7 +230,12 @@ def _split_display_name(text: str) -> tuple[str, str]:
     display = text[:start].strip()
     if len(display) >= 2 and display[0] == '"' and display[-1] == '"':
         display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return display, text[start + 1 : end].strip()
+    inner = text[start + 1 : end]
+    if inner != inner.strip():
+        # RFC 5321's path is "<" mailbox ">": repairing "< jo@x >" would accept what the
+        # MTA after us may read differently
+        raise AddressError("space inside '<...>' around the address")
+    return display, inner
 
 
 def _parse_addr_spec(addr: str, display: str) -> Address:
@@ -257,6 +263,10 @@ def _parse_addr_spec(addr: str, display: str) -> Address:
         )
     at = ats[0]
     local, domain_text = addr[:at], addr[at + 1 :]
+    if domain_text.endswith("."):
+        # a mailbox's domain is never written fully qualified (RFC 5321 §4.1.2);
+        # "jo@nhs.net." is refused, not quietly made into jo@nhs.net
+        raise AddressError("domain ends with '.' (not allowed in an address)")
     _check_local(local)
     domain = normalise_domain(domain_text)
     if len(local.encode()) + 1 + len(domain) > MAX_ADDRESS_OCTETS:
@@ -270,8 +280,9 @@ def _check_local(local: str) -> None:
     if len(local.encode()) > MAX_LOCAL_OCTETS:
         raise AddressError(f"local part is longer than {MAX_LOCAL_OCTETS} octets (RFC 5321)")
     if local.startswith('"'):
-        if len(local) < 2 or not local.endswith('"') or _unquoted(local):
-            raise AddressError("malformed quoted local part")
+        if _QUOTED_STRING.fullmatch(local) is None:
+            # exactly one quoted-string: '"a""b"' is two, which readers join differently
+            raise AddressError("malformed quoted local part (one quoted string only)")
         return
     for atom in local.split("."):
         if not atom:

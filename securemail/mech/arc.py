@@ -48,6 +48,8 @@ from securemail.dns import DnsError, DnsTemporaryError, Resolver
 from securemail.mech.results import MethodResult, Result, is_own_auth_results
 
 MAX_KEY_LOOKUPS = 32
+MAX_ARC_SETS = 50
+"""RFC 8617 §4.2.1: instances run 1-50; a chain already at 50 cannot take another set."""
 """Distinct key names fetched for one message; RFC 8617 allows 50 sets, real chains use few."""
 
 _ARC_HEADERS = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
@@ -243,7 +245,9 @@ def arc_seal(
         raise ArcError(f"ARC sealing failed: header section not read: {exc}") from exc
     if block.malformed:
         raise ArcError(f"ARC sealing failed: malformed header section: {block.malformed}")
-    value = _with_chain_status(value, bool(_arc_fields(block)))
+    arc_fields = _arc_fields(block)
+    _check_chain_can_grow(arc_fields)
+    value = _with_chain_status(value, bool(arc_fields))
     header = b"Authentication-Results: " + value.encode("utf-8") + linesep
     # dkimpy merges every Authentication-Results with our authserv-id into the seal; any
     # already on an inbound message were put there by someone else (RFC 8601 §5), so
@@ -268,6 +272,31 @@ def arc_seal(
     if not arc_set:
         raise ArcError("ARC sealing failed: dkimpy found no usable Authentication-Results")
     return b"".join(arc_set)
+
+
+def _check_chain_can_grow(arc_fields: list[tuple[bytes, bytes]]) -> None:
+    """Refuse to add a set where RFC 8617 says the chain has ended.
+
+    §5.1: once the last ARC-Seal says ``cv=fail`` the chain is over, and a set added after
+    it would vouch for nothing; §4.2.1: a chain holds at most 50 sets. Refused here, with a
+    reason, rather than left to dkimpy (which stays silent on the first and reports the
+    second as a bare parameter error).
+    """
+    seals = [(_instance(value), value) for name, value in arc_fields if name == b"arc-seal"]
+    highest = max((_instance(value) for _, value in arc_fields), default=0)
+    if highest >= MAX_ARC_SETS:
+        raise ArcError(
+            f"ARC sealing refused: the chain already has {highest} sets (RFC 8617 limit)"
+        )
+    if not seals:
+        return
+    _, last = max(seals, key=lambda seal: seal[0])
+    try:
+        cv = parse_tag_value(last).get(b"cv", b"")
+    except (InvalidTagValueList, ValueError):
+        return  # unreadable: verify_arc reported the chain as failed, sealed as cv=fail
+    if cv.strip().lower() == b"fail":
+        raise ArcError("ARC sealing refused: the last ARC-Seal has cv=fail (RFC 8617 §5.1)")
 
 
 def _auth_results_value(auth_results: str, authserv_id: str) -> str:

@@ -18,7 +18,6 @@ from securemail.core.addresses import (
 ACCEPTED = [
     ("plain", "jo@nhs.net", "jo", "nhs.net", ""),
     ("mixed case domain lowered", "Jo.Bloggs@NHS.Net", "Jo.Bloggs", "nhs.net", ""),
-    ("trailing dot", "jo@nhs.net.", "jo", "nhs.net", ""),
     ("display name", "Jo Bloggs <jo@nhs.net>", "jo", "nhs.net", "Jo Bloggs"),
     ("quoted display name", '"Bloggs, Jo" <jo@nhs.net>', "jo", "nhs.net", "Bloggs, Jo"),
     ("angle only", "<jo@nhs.net>", "jo", "nhs.net", ""),
@@ -47,6 +46,13 @@ def test_accepted(text, local, domain, display):
 
 REFUSED = [
     ("empty", "", "empty"),
+    # these three were silently repaired before (the trailing dot was an accepted case)
+    ("trailing dot", "jo@nhs.net.", "ends with '.'"),
+    ("trailing dot in angles", "Jo <jo@nhs.net.>", "ends with '.'"),
+    ("adjacent quoted strings", '"a""b"@nhs.net', "one quoted string only"),
+    ("quoted then atom", '"a"b@nhs.net', "one quoted string only"),
+    ("spaces inside angles", "Jo < jo@nhs.net >", "space inside '<...>'"),
+    ("space before close angle", "<jo@nhs.net >", "space inside '<...>'"),
     ("blank", "   ", "empty"),
     ("no at", "jo.nhs.net", "no '@'"),
     ("two mailboxes", "a@nhs.net@evil.com", "more than one '@'"),

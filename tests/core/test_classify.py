@@ -55,11 +55,11 @@ TABLE = [
     ("a@met.police.uk", U, U, "other"),
     ("a@fakegov.uk", U, U, "other"),
     ("a@gov.uk.evil.com", U, U, "other"),
-    ("a@nhs.net.", S, S, "nhs-net"),
     ("a@NHS.NET", S, S, "nhs-net"),
     ("Jo <a@nhs.net>", S, S, "nhs-net"),
     # invalid: never secure
     ("a@nhs.net@evil.com", INV, INV, "invalid-address"),
+    ("a@nhs.net.", INV, INV, "invalid-address"),  # a trailing dot is refused, not repaired
     ("a@[192.0.2.1]", INV, INV, "invalid-address"),
     ("", INV, INV, "invalid-address"),
     ("a@ｎｈｓ.ｎｅｔ", INV, INV, "invalid-address"),

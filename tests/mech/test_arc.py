@@ -161,6 +161,32 @@ async def test_broken_chain_is_sealed_as_cv_fail(resolver, gateway_key, relay_ke
     assert "reported failure" in verdict.reason
 
 
+async def test_no_set_is_added_after_a_cv_fail_seal(resolver, gateway_key, relay_key):
+    """RFC 8617 §5.1: a chain whose last seal says cv=fail has ended."""
+    hop1 = seal(MESSAGE, relay_key[0], [SPF_PASS], authserv_id=RELAY, domain=RELAY, selector="hop")
+    broken = hop1.replace(b"attached referral", b"changed body")
+    failed = MethodResult("arc", Result.FAIL, "body changed")
+    hop2 = seal(broken, gateway_key[0], [failed])
+    verdict = await verify_arc(hop2, resolver)
+    assert verdict.result is Result.FAIL
+    with pytest.raises(ArcError, match=r"last ARC-Seal has cv=fail \(RFC 8617 §5.1\)"):
+        seal(hop2, gateway_key[0], [verdict.to_method_result()])
+
+
+@pytest.mark.parametrize(("instance", "refused"), [(49, False), (50, True)])
+def test_no_set_is_added_to_a_chain_of_fifty(gateway_key, instance, refused):
+    """RFC 8617: instances run 1-50. The existing sets are not verified here, only counted."""
+    chain = (
+        f"ARC-Seal: i={instance}; a=rsa-sha256; cv=pass; d={RELAY}; s=hop; t={NOW}; b=AAAA\r\n"
+    ).encode()
+    verdict = [MethodResult("arc", Result.PASS)]
+    if refused:
+        with pytest.raises(ArcError, match="already has 50 sets"):
+            seal(chain + MESSAGE, gateway_key[0], verdict)
+    else:
+        assert b"ARC-Seal: i=50; cv=pass;" in seal(chain + MESSAGE, gateway_key[0], verdict)
+
+
 async def test_temperror_verdict_is_sealed_as_cv_fail(resolver, gateway_key, relay_key):
     hop1 = seal(MESSAGE, relay_key[0], [SPF_PASS], authserv_id=RELAY, domain=RELAY, selector="hop")
     unsure = MethodResult("arc", Result.TEMPERROR, "key lookup failed")

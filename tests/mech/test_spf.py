@@ -780,15 +780,59 @@ async def test_mx_address_failure_is_temperror(dns_server, resolver):
 
 
 @pytest.mark.parametrize(("names", "result"), [(10, Result.PASS), (11, Result.PERMERROR)])
-async def test_mx_name_limit(dns_server, resolver, names, result):
+async def test_mx_record_limit(dns_server, resolver, names, result):
     dns_server.add("example.test", "TXT", "v=spf1 mx -all")
     dns_server.add("example.test", "MX", *(f"{n} mx{n}.example.test." for n in range(names)))
     dns_server.add(f"mx{names - 1}.example.test", "A", "192.0.2.1")
     spf = await check(resolver, "192.0.2.1")
     assert spf.result is result
     if result is Result.PERMERROR:
-        assert spf.reason == "mx:example.test: too many MX names (11 > 10)"
+        assert spf.reason == "mx:example.test: too many MX records (11 > 10)"
         assert not any(rdtype == "A" for _, rdtype in dns_server.queries)
+
+
+async def test_mx_limit_counts_records_not_hosts(dns_server, resolver):
+    """§4.6.4: 11 MX records are too many even when they name only two hosts."""
+    dns_server.add("example.test", "TXT", "v=spf1 mx -all")
+    hosts = [f"{n} mail{n % 2}.example.test." for n in range(11)]
+    dns_server.add("example.test", "MX", *hosts)
+    dns_server.add("mail0.example.test", "A", "192.0.2.1")
+    spf = await check(resolver, "192.0.2.1")
+    assert (spf.result, spf.reason) == (
+        Result.PERMERROR,
+        "mx:example.test: too many MX records (11 > 10)",
+    )
+
+
+async def test_macro_spaces_in_a_target_are_looked_up(dns_server, resolver):
+    """§7.1: %_ is a space and %- is %20; the expanded target is asked for as it is."""
+    record = "v=spf1 a:macro%%percent%_%_space%-url-space.example.test -all"
+    dns_server.add("example.test", "TXT", record)
+    dns_server.add("macro%percent  space%20url-space.example.test", "A", "192.0.2.1")
+    spf = await check(resolver, "192.0.2.1")
+    assert spf.result is Result.PASS
+    # the harness logs names in presentation form, where a space is \\032
+    assert ("macro%percent\\032\\032space%20url-space.example.test", "A") in dns_server.queries
+
+
+async def test_a_sender_domain_with_a_space_is_still_none(dns_server, resolver):
+    spf = await check_host("192.0.2.1", "bad name.example.test", "", resolver)
+    assert spf.result is Result.NONE
+    assert dns_server.queries == []
+
+
+@pytest.mark.parametrize(
+    ("ip", "nibbles"),
+    [
+        ("2001:db8::cb01", "1.0.b.c" + ".0" * 20 + ".8.b.d.0.1.0.0.2"),  # RFC 7208 §7.4
+        ("CAFE:BABE::1", "1" + ".0" * 23 + ".E.B.A.B.E.F.A.C"),  # the suite's v-macro-ip6
+    ],
+)
+async def test_i_macro_nibbles_keep_the_case_of_the_address(dns_server, resolver, ip, nibbles):
+    dns_server.add("example.test", "TXT", "v=spf1 -all exp=why.example.test")
+    dns_server.add("why.example.test", "TXT", "%{c} is queried as %{ir}.%{v}.arpa")
+    spf = await check(resolver, ip)
+    assert spf.explanation == f"{ip.lower()} is queried as {nibbles}.ip6.arpa"
 
 
 async def test_exists_with_macros(dns_server, resolver):

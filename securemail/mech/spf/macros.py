@@ -60,6 +60,17 @@ def expand_domain(spec: str, context: MacroContext) -> str:
     return name
 
 
+def _nibbles(address: ipaddress.IPv6Address, spelled: str) -> str:
+    """The 32 hex digits of ``%{i}`` (§7.3), in the case the address was written in.
+
+    DNS does not care, but the text of an explanation shows them: the suite's
+    ``v-macro-ip6`` checks ``CAFE:BABE::1`` as ``...E.B.A.B.E.F.A.C``, while RFC 7208's own
+    examples write lower case and get lower case.
+    """
+    digits = address.exploded.replace(":", "")
+    return digits.upper() if spelled.isupper() else digits
+
+
 def _macro_values(context: MacroContext) -> dict[str, str]:
     local, _, domain = context.sender.rpartition("@")
     address = ipaddress.ip_address(context.ip)
@@ -69,7 +80,7 @@ def _macro_values(context: MacroContext) -> dict[str, str]:
         "l": local or "postmaster",
         "o": domain,
         "d": context.domain,
-        "i": str(address) if ipv4 else ".".join(address.exploded.replace(":", "")),
+        "i": str(address) if ipv4 else ".".join(_nibbles(address, context.ip)),
         "p": context.ptr,
         "v": "in-addr" if ipv4 else "ip6",
         "h": context.helo,
