@@ -681,7 +681,9 @@ async def test_dane_missing_on_one_mx_warns(dns_server: DnsServer, resolver: Res
     assert "other MX hosts publish TLSA" in findings[1].message
 
 
-async def test_dane_dns_failure_warns(dns_server: DnsServer, resolver: Resolver) -> None:
+async def test_dane_dns_failure_is_could_not_check(
+    dns_server: DnsServer, resolver: Resolver
+) -> None:
     dns_server.behave("_25._tcp.mx1.test", "servfail")
     findings, facts = await check_dane(["mx1.test", "mx2.test"], resolver)
     found = [(f.check, f.status, f.subject) for f in findings]
