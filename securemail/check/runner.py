@@ -60,9 +60,8 @@ class Checker:
             return DomainReport(domain.strip(), (), error=f"not a domain name: {exc}")
         budget = self.options.timeout * 4
         mx_findings, mx_facts = await self._guard("mx", check_mx(domain, self.resolver), budget)
-        if mx_facts.get("exists") is False:
-            mx_facts.pop("mx_hosts", None)
-            return DomainReport(domain, tuple(mx_findings), mx_facts)
+        if not mx_facts.pop("exists", True):
+            return DomainReport(domain, tuple(mx_findings))  # no facts: there is no domain
         hosts = [str(h) for h in mx_facts.get("mx_hosts", [])][: self.options.max_mx]
         o = self.options
         jobs: dict[str, Awaitable[Result]] = {

@@ -145,6 +145,7 @@ def test_idna_forms_are_one_domain_and_nxdomain_is_one_finding(world):
     assert [(f["check"], f["status"]) for f in report["findings"]] == [("domain.exists", "fail")]
     assert "does not exist" in report["findings"][0]["message"]
     assert report["findings"][0]["fix"]
+    assert "facts" not in report  # nothing else was looked up
 
 
 @pytest.fixture

@@ -245,6 +245,7 @@ def mx_facts(info: MxInfo) -> Facts:
 
 async def check_mx(domain: str, resolver: Resolver) -> tuple[list[Finding], Facts]:
     """Findings ``mx.*`` (or the one ``domain.exists``); facts ``mx``, ``implicit``,
-    ``mx_null``, ``mx_dnssec``, ``mx_hosts``, ``exists``."""
+    ``mx_null``, ``mx_dnssec``, ``mx_hosts`` and ``exists`` (the last two for the runner,
+    which removes them from the report)."""
     info = await lookup_mx(domain.strip().rstrip(".").lower(), resolver)
     return evaluate_mx(info), mx_facts(info)
