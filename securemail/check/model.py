@@ -6,6 +6,10 @@ the mechanism (``mx.``, ``tls.``, ``spf.``, ``dmarc.``, ``dkim.``, ``mta_sts.``,
 fix. Codes are documented in the README and never reused for a different meaning, so
 reports can be compared over time and machine-read. Rules never format output; the
 renderers (terminal, JSON, HTML) do.
+
+``error`` is not a grade: it means "could not check" (a DNS server or a probe did not
+answer, a check timed out). It sorts between warn and fail, so a definite failure still
+decides the verdict, but an unknown is never reported as a pass or a warning.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from enum import IntEnum
 
 
 class Status(IntEnum):
-    """Ordered, so the worst finding decides the verdict."""
+    """Ordered, so the worst finding decides the verdict. ``ERROR`` (could not check)
+    outranks every grade but ``FAIL``: with part of the answer unknown, "pass" or "warn"
+    would be a guess, while a failure already found stays a failure whatever the rest."""
 
     PASS = 0
     WARN = 1
-    FAIL = 2
+    ERROR = 2
+    FAIL = 3
 
     @property
     def label(self) -> str:
@@ -59,6 +66,11 @@ def failed(check: str, message: str, fix: str, subject: str = "") -> Finding:
     return Finding(check, Status.FAIL, message, fix, subject)
 
 
+def unknown(check: str, message: str, fix: str, subject: str = "") -> Finding:
+    """Could not check: the answer is unknown, which is neither good nor bad news."""
+    return Finding(check, Status.ERROR, message, fix, subject)
+
+
 @dataclass(frozen=True, slots=True)
 class DomainReport:
     domain: str
@@ -68,7 +80,7 @@ class DomainReport:
 
     @property
     def verdict(self) -> Status:
-        return verdict(self.findings) if not self.error else Status.FAIL
+        return verdict(self.findings) if not self.error else Status.ERROR
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -88,9 +100,9 @@ def verdict(findings: Iterable[Finding]) -> Status:
 
 
 def dns_error(mechanism: str, what: str, error: str, subject: str = "") -> Finding:
-    """``<mechanism>.dns_error``: a lookup failed temporarily. Always a warning, never a
-    pass and never "absent": the answer is unknown, not negative."""
-    return warned(
+    """``<mechanism>.dns_error``: a lookup failed temporarily. Always ``error`` (could not
+    check), never a pass, a warning or "absent": the answer is unknown, not negative."""
+    return unknown(
         f"{mechanism}.dns_error",
         f"could not look up {what}: {error}; result unknown",
         "Make sure the authoritative nameservers answer these queries, then check again.",

@@ -18,8 +18,10 @@ from datetime import datetime
 
 from securemail import __version__
 from securemail.check.model import DomainReport, Finding, Status
+from securemail.core.accredited import to_cell
 
 MECHANISMS: dict[str, str] = {
+    "domain": "The domain itself",
     "mx": "Mail servers (MX)",
     "tls": "Encryption in transit (STARTTLS and TLS)",
     "spf": "SPF: which servers may send the domain's email",
@@ -32,13 +34,50 @@ MECHANISMS: dict[str, str] = {
 _MEANING = {
     Status.PASS: "Meets the standard or guidance. Nothing to do.",
     Status.WARN: "Works, but falls short of guidance or good practice. Fix when you can.",
+    Status.ERROR: "Could not be checked (a DNS server or mail server did not answer). Not "
+    "a grade: check again later.",
     Status.FAIL: "Does not meet the standard, or puts secure delivery at risk. Fix this first.",
 }
 
 
 def to_json_line(report: DomainReport) -> str:
-    """One JSON object on one line (non-ASCII and control characters escaped)."""
+    """One JSON object on one line (non-ASCII and control characters escaped), without
+    the newline: the writer ends each line, so JSON Lines output counts with ``wc -l``."""
     return json.dumps(report.to_json(), ensure_ascii=True, default=str)
+
+
+CSV_HEADER = ("domain", "verdict", "fail", "warn", "error", "pass", "first_failing_check")
+
+
+def to_csv_row(report: DomainReport) -> list[str]:
+    """One ``CSV_HEADER`` row. Every cell goes through ``to_cell``: a domain, a subject or
+    an error message starting ``=`` or ``+`` must not run as a spreadsheet formula."""
+    n = counts(report)
+    return [
+        to_cell(clean(cell))
+        for cell in (
+            report.domain,
+            report.verdict.label,
+            *(str(n[s]) for s in (Status.FAIL, Status.WARN, Status.ERROR, Status.PASS)),
+            headline(report),
+        )
+    ]
+
+
+def totals(reports: Iterable[DomainReport]) -> dict[Status, int]:
+    """Domains per verdict."""
+    out = dict.fromkeys(Status, 0)
+    for report in reports:
+        out[report.verdict] += 1
+    return out
+
+
+def totals_line(total: dict[Status, int]) -> str:
+    """``4 domains: 1 pass, 1 warn, 1 fail, 1 error``: the last line of a bulk run."""
+    order = (Status.PASS, Status.WARN, Status.FAIL, Status.ERROR)
+    count = sum(total.values())
+    parts = ", ".join(f"{total[s]} {s.label}" for s in order)
+    return f"{count} domain{'s' * (count != 1)}: {parts}"
 
 
 def grouped(findings: Iterable[Finding]) -> list[tuple[str, list[Finding]]]:
@@ -65,6 +104,15 @@ def first_failure(report: DomainReport) -> Finding | None:
             if finding.status == Status.FAIL:
                 return finding
     return None
+
+
+def headline(report: DomainReport) -> str:
+    """What a summary row says after the counts: why the check could not run, else the
+    first failing check (and its subject), else ""."""
+    if report.error:
+        return f"error: {report.error}"
+    first = first_failure(report)
+    return f"{first.check} {first.subject}".strip() if first else ""
 
 
 def clean(text: object) -> str:
@@ -106,8 +154,9 @@ code { font: 13px/1.3 ui-monospace, Consolas, monospace; }
   font-weight: 700; font-size: 13px; padding: 2px 6px; border-radius: 4px; color: #fff; }
 .badge.pass { background: var(--pass); } .badge.fail { background: var(--fail); }
 .badge.warn { background: var(--warn); color: var(--ink); }
+.badge.error { background: var(--grey); }
 .verdict { font-size: 18px; margin: 8px 0; }
-.error { border-left: 6px solid var(--fail); background: #fbe9e7; padding: 8px 12px; }
+p.error { border-left: 6px solid var(--fail); background: #fbe9e7; padding: 8px 12px; }
 .legend td:first-child { width: 6em; } .muted { color: var(--grey); }
 details { margin: 8px 0 24px; } summary { cursor: pointer; color: var(--blue); }
 pre { background: var(--pale); padding: 12px; overflow-x: auto; font-size: 12px;
@@ -158,7 +207,8 @@ def _html_domain(index: int, report: DomainReport) -> str:
         f'<section class="domain" id="domain-{index}">',
         f"<h2>{e(clean(report.domain))}</h2>",
         f'<p class="verdict">Verdict: {_badge(report.verdict)} &nbsp; '
-        f"{n[Status.FAIL]} to fix, {n[Status.WARN]} to improve, {n[Status.PASS]} passed</p>",
+        f"{n[Status.FAIL]} to fix, {n[Status.WARN]} to improve, "
+        f"{n[Status.ERROR]} could not be checked, {n[Status.PASS]} passed</p>",
     ]
     if report.error:
         out.append(f'<p class="error">The check could not run: {e(clean(report.error))}</p>')
@@ -200,13 +250,12 @@ def render_html(
     rows = []
     for index, report in enumerate(reports, 1):
         n = counts(report)
-        first = first_failure(report)
-        what = report.error or (f"{first.check} {first.subject}".strip() if first else "")
         rows.append(
             f'<tr><td><a href="#domain-{index}">{e(clean(report.domain))}</a></td>'
             f"<td>{_badge(report.verdict)}</td><td class=num>{n[Status.FAIL]}</td>"
-            f"<td class=num>{n[Status.WARN]}</td><td class=num>{n[Status.PASS]}</td>"
-            f"<td>{e(clean(what)) or '-'}</td></tr>"
+            f"<td class=num>{n[Status.WARN]}</td><td class=num>{n[Status.ERROR]}</td>"
+            f"<td class=num>{n[Status.PASS]}</td>"
+            f"<td>{e(clean(headline(report))) or '-'}</td></tr>"
         )
     return "\n".join(
         [
@@ -219,7 +268,8 @@ def render_html(
             "<h3>What the statuses mean</h3>",
             f'<table class="legend"><tbody>{legend}</tbody></table>',
             "<h2>Summary</h2>\n<table><thead><tr><th>Domain</th><th>Verdict</th>"
-            '<th class="num">Fail</th><th class="num">Warn</th><th class="num">Pass</th>'
+            '<th class="num">Fail</th><th class="num">Warn</th><th class="num">Error</th>'
+            '<th class="num">Pass</th>'
             "<th>First thing to fix</th></tr></thead>",
             f"<tbody>{''.join(rows)}</tbody></table>",
             *(_html_domain(index, report) for index, report in enumerate(reports, 1)),

@@ -4,7 +4,9 @@ MX comes first (the TLS, MTA-STS and DANE checks need the hosts); everything els
 at once. In bulk, many domains share a provider's MX hosts, so TLS probes are cached per
 (host, address) for the run: each provider's servers are probed once, not once per
 customer. Each mechanism is bounded by a timeout and isolated: a bug or hang in one
-becomes a ``<mech>.error`` warning for that domain, never a crashed run.
+becomes a ``<mech>.error`` (could not check) for that domain, never a crashed run. A
+domain that does not exist stops after the MX lookup with its one ``domain.exists``
+finding: every other check would only restate it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from securemail.check.model import DomainReport, Finding, warned
+from securemail.check.model import DomainReport, Finding, unknown
 from securemail.check.rules.dane import check_dane
 from securemail.check.rules.dkim import check_dkim_keys
 from securemail.check.rules.dmarc import check_dmarc_record
@@ -53,11 +55,13 @@ class Checker:
     async def check(self, domain: str, *, now: dt.datetime | None = None) -> DomainReport:
         now = now or dt.datetime.now(dt.UTC)
         try:
-            domain = normalise_domain(domain.strip())
+            domain = normalise_domain(domain.strip())  # as in domain_key
         except AddressError as exc:
             return DomainReport(domain.strip(), (), error=f"not a domain name: {exc}")
         budget = self.options.timeout * 4
         mx_findings, mx_facts = await self._guard("mx", check_mx(domain, self.resolver), budget)
+        if not mx_facts.pop("exists", True):
+            return DomainReport(domain, tuple(mx_findings))  # no facts: there is no domain
         hosts = [str(h) for h in mx_facts.get("mx_hosts", [])][: self.options.max_mx]
         o = self.options
         jobs: dict[str, Awaitable[Result]] = {
@@ -94,11 +98,19 @@ class Checker:
         self, domains: Iterable[str], *, concurrency: int = 50
     ) -> AsyncIterator[DomainReport]:
         """Reports as they complete, at most ``concurrency`` domains in flight, streaming
-        the input so a million-line list never sits in memory."""
+        the input so a million-line list never sits in memory (only the names seen).
+
+        Each domain is checked once however it is written (``NHS.NET``, ``nhs.net.``, an
+        IDNA form): the first spelling in input order is the one checked."""
         pending: set[asyncio.Task[DomainReport]] = set()
+        seen: set[str] = set()
         for domain in domains:
             if not domain.strip() or domain.lstrip().startswith("#"):
                 continue
+            key = domain_key(domain)
+            if key in seen:
+                continue
+            seen.add(key)
             if len(pending) >= concurrency:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -140,7 +152,16 @@ class Checker:
         except TimeoutError:
             message = f"{name} check timed out after {budget:.0f}s"
             fix = "Retry later; if it persists, check the domain's DNS and servers."
-            return [warned(f"{name}.error", message, fix)], {}
+            return [unknown(f"{name}.error", message, fix)], {}
         except Exception as exc:  # a bug in one check must not sink the run
             message = f"{name} check failed: {exc!r}"
-            return [warned(f"{name}.error", message, "A securemail bug: please report it.")], {}
+            return [unknown(f"{name}.error", message, "A securemail bug: please report it.")], {}
+
+
+def domain_key(text: str) -> str:
+    """The name ``text`` is checked under (``normalise_domain``), or the trimmed text
+    itself when it is not a domain name, so that repeated junk is reported once too."""
+    try:
+        return normalise_domain(text.strip())
+    except AddressError:
+        return text.strip()

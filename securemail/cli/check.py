@@ -2,11 +2,16 @@
 
 The checking is ``securemail.check``; the rendering of a report is
 ``securemail.check.report``. This module turns options into ``CheckOptions``, feeds the
-domains in and the reports out, and shows progress for bulk runs.
+domains in and the reports out, and shows progress and the totals for bulk runs.
+
+``--json`` and ``--csv`` stream one line per domain as each completes (a million-domain
+run never holds its reports), so the totals line goes to stderr with them, keeping
+stdout machine-readable; the terminal table is sorted and the totals follow it.
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +35,13 @@ def check(
         ),
     ],
     json_out: JsonOpt = False,
+    csv_out: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="One CSV row per domain: domain, verdict, counts, first failing check.",
+        ),
+    ] = False,
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
     ] = None,
@@ -67,11 +79,14 @@ def check(
     """
     import datetime as dt
 
-    from securemail.check.report import render_html, to_json_line
+    from securemail.check.model import Status
+    from securemail.check.report import CSV_HEADER, render_html, to_csv_row, to_json_line
     from securemail.check.runner import ORDER, Checker, CheckOptions
-    from securemail.cli.check_report import render_terminal
+    from securemail.cli.check_report import render_terminal, render_totals
     from securemail.dns import Resolver
 
+    if json_out and csv_out:
+        raise InputError("--json and --csv cannot be combined: choose one output format")
     cfg = load_config(config)
     wanted = frozenset(ORDER)
     if only is not None:
@@ -91,18 +106,27 @@ def check(
         raise InputError("'-' (read stdin) cannot be combined with domain names")
     source: Iterable[str] = stdin_lines() if domains == ["-"] else domains
     bulk = domains == ["-"] or len(domains) > 1
+    streamed = json_out or csv_out
     reports: list[DomainReport] = []
+    total = dict.fromkeys(Status, 0)
+    rows = csv.writer(sys.stdout)
+    if csv_out:
+        rows.writerow(CSV_HEADER)
 
     async def run() -> None:
         checker = Checker(Resolver.from_config(cfg.dns), options)
-        progress = _CheckProgress() if bulk and err.is_terminal and not json_out else None
+        progress = _CheckProgress() if bulk and err.is_terminal and not streamed else None
         async for report in checker.check_many(
             source, concurrency=concurrency or cfg.check.concurrency
         ):
+            total[report.verdict] += 1
             if json_out:
-                sys.stdout.write(to_json_line(report))
+                sys.stdout.write(to_json_line(report) + "\n")
+            elif csv_out:
+                rows.writerow(to_csv_row(report))
+            if streamed:
                 sys.stdout.flush()
-            if html is not None or not json_out:
+            if html is not None or not streamed:
                 reports.append(report)
             if progress:
                 progress.advance(report.domain)
@@ -111,8 +135,10 @@ def check(
 
     run_async(run())
     reports.sort(key=lambda r: r.domain)
-    if not json_out:
+    if not streamed:
         render_terminal(reports, out, detail=False)  # raw facts: --json or --html
+    if bulk:
+        render_totals(total, err if streamed else out)
     if html is not None:
         try:
             html.write_text(render_html(reports, generated=dt.datetime.now(dt.UTC)), "utf-8")

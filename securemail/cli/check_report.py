@@ -16,10 +16,15 @@ from rich.table import Table
 from rich.text import Text
 
 from securemail.check.model import DomainReport, Status
-from securemail.check.report import counts, first_failure, grouped
+from securemail.check.report import counts, grouped, headline, totals_line
 from securemail.cli.common import safe
 
-_STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
+_STYLE = {
+    Status.PASS: "green",
+    Status.WARN: "yellow",
+    Status.ERROR: "bold magenta",  # could not check: unlike any grade
+    Status.FAIL: "bold red",
+}
 
 
 def _text(value: object, style: str = "") -> Text:
@@ -36,7 +41,9 @@ def _verdict_line(report: DomainReport) -> Text:
         _text(report.domain, "bold"),
         ": ",
         _status(report.verdict),
-        f" ({n[Status.FAIL]} fail, {n[Status.WARN]} warn, {n[Status.PASS]} pass)",
+        f" ({n[Status.FAIL]} fail, {n[Status.WARN]} warn, ",
+        *((f"{n[Status.ERROR]} could not check, ",) if n[Status.ERROR] else ()),
+        f"{n[Status.PASS]} pass)",
     )
 
 
@@ -62,6 +69,11 @@ def _terminal_domain(report: DomainReport, console: Console, *, detail: bool) ->
         console.print(Text(json.dumps(report.facts, indent=2, ensure_ascii=True, default=str)))
 
 
+def render_totals(total: dict[Status, int], console: Console) -> None:
+    """The last line of a bulk run: domains per verdict (``report.totals_line``)."""
+    console.print(Text(totals_line(total), style="bold"))
+
+
 def render_terminal(reports: Sequence[DomainReport], console: Console, *, detail: bool) -> None:
     """One domain: its findings and verdict. Several: a summary table (and with ``detail``,
     each domain's findings after it). ``detail`` also prints the raw facts."""
@@ -69,21 +81,18 @@ def render_terminal(reports: Sequence[DomainReport], console: Console, *, detail
         _terminal_domain(reports[0], console, detail=detail)
         return
     table = Table(title="Secure email assurance")
-    for name in ("Domain", "Verdict", "Fails", "Warns", "First failing check"):
+    for name in ("Domain", "Verdict", "Fails", "Warns", "Errors", "First failing check"):
         table.add_column(name, overflow="fold")
     for report in reports:
         n = counts(report)
-        first = first_failure(report)
-        if report.error:
-            why = _text(f"error: {report.error}", "red")
-        else:
-            why = _text(f"{first.check} {first.subject}".strip()) if first else Text("-")
+        why = headline(report)
         table.add_row(
             _text(report.domain),
             _status(report.verdict),
             str(n[Status.FAIL]),
             str(n[Status.WARN]),
-            why,
+            str(n[Status.ERROR]),
+            _text(why, "red" if report.error else "") if why else Text("-"),
         )
     console.print(table)
     if detail:

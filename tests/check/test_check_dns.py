@@ -3,7 +3,7 @@
 Each case is a zone (name → type → records), optional per-name faults, and the findings it
 must produce as (code, status) pairs, plus codes that must not appear. Every case also
 checks the invariants every finding obeys: a warn/fail always says how to fix it, and a
-``*.dns_error`` is only ever a warning.
+``*.dns_error`` is only ever ``error`` (could not check), never a grade.
 """
 
 import base64
@@ -22,7 +22,7 @@ from securemail.check.rules.tlsrpt import check_tlsrpt
 from securemail.dns import Resolver
 from securemail.mech.dkim import KeyProblem, generate_key
 
-PASS, WARN, FAIL = Status.PASS, Status.WARN, Status.FAIL
+PASS, WARN, ERROR, FAIL = Status.PASS, Status.WARN, Status.ERROR, Status.FAIL
 D = "example.org"
 
 
@@ -44,7 +44,7 @@ def check_invariants(findings: list[Finding]) -> None:
         if finding.status is not PASS:
             assert finding.fix.strip(), f"{finding.check} has no fix: {finding}"
         if finding.check.endswith(".dns_error"):
-            assert finding.status is WARN
+            assert finding.status is ERROR
             assert "result unknown" in finding.message
 
 
@@ -77,8 +77,18 @@ MX_CASES = [
         {D: {"A": ["127.0.0.11"]}, "11.0.0.127.in-addr.arpa": {"PTR": [f"{D}."]}},
         [("mx.records", WARN), ("mx.addresses", PASS), ("mx.ptr", PASS)],
     ),
-    case("no MX and no address", {D: {"TXT": ["hello"]}}, [("mx.records", FAIL)]),
-    case("domain does not exist", {}, [("mx.records", FAIL)], absent=["mx.dns_error"]),
+    case(
+        "no MX and no address",
+        {D: {"TXT": ["hello"]}},
+        [("mx.records", FAIL)],
+        absent=["domain.exists"],
+    ),
+    case(
+        "domain does not exist",
+        {},
+        [("domain.exists", FAIL)],
+        absent=["mx.records", "mx.dns_error"],
+    ),
     case("null MX", {D: {"MX": ["0 ."]}}, [("mx.null", FAIL)], absent=["mx.records"]),
     case(
         "MX host without an address",
@@ -103,21 +113,21 @@ MX_CASES = [
     case(
         "SERVFAIL for the MX",
         {D: {"MX": [f"10 mx1.{D}."]}, **MX1},
-        [("mx.dns_error", WARN)],
+        [("mx.dns_error", ERROR)],
         absent=["mx.records", "mx.addresses"],
         faults=[D],
     ),
     case(
         "SERVFAIL for a host's addresses",
         {D: {"MX": [f"10 mx1.{D}."]}, **MX1},
-        [("mx.records", PASS), ("mx.dns_error", WARN)],
+        [("mx.records", PASS), ("mx.dns_error", ERROR)],
         absent=["mx.addresses", "mx.ptr"],
         faults=[f"mx1.{D}"],
     ),
     case(
         "SERVFAIL for the PTR",
         {D: {"MX": [f"10 mx1.{D}."]}, **MX1},
-        [("mx.addresses", PASS), ("mx.dns_error", WARN)],
+        [("mx.addresses", PASS), ("mx.dns_error", ERROR)],
         absent=["mx.ptr"],
         faults=["10.0.0.127.in-addr.arpa"],
     ),
@@ -219,12 +229,12 @@ SPF_CASES = [
         spf(f"v=spf1 include:_x.{D} -all", **{f"_x.{D}": {"TXT": ["v=spf1 bogus -all"]}}),
         [("spf.include", FAIL), ("spf.syntax", PASS)],
     ),
-    case("SERVFAIL at the domain", spf("v=spf1 -all"), [("spf.dns_error", WARN)],
+    case("SERVFAIL at the domain", spf("v=spf1 -all"), [("spf.dns_error", ERROR)],
          absent=["spf.present", "spf.lookups", "spf.all"], faults=[D]),
     case(
         "SERVFAIL in an include",
         spf_chain(0),
-        [("spf.dns_error", WARN), ("spf.present", PASS)],
+        [("spf.dns_error", ERROR), ("spf.present", PASS)],
         absent=["spf.lookups"],
         faults=[f"_spf2.{D}"],
     ),
@@ -328,13 +338,13 @@ DMARC_CASES = [
         dmarc(f"v=DMARC1; p=reject; rua=mailto:d@{D}; ruf=mailto:f@reports.example.net"),
         [("dmarc.rua_authorised", FAIL)],
     ),
-    case("SERVFAIL for the record", dmarc("v=DMARC1; p=reject"), [("dmarc.dns_error", WARN)],
+    case("SERVFAIL for the record", dmarc("v=DMARC1; p=reject"), [("dmarc.dns_error", ERROR)],
          absent=["dmarc.present", "dmarc.policy"], faults=[f"_dmarc.{D}"]),
     case(
         "SERVFAIL for the authorisation record",
         dmarc("v=DMARC1; p=reject; rua=mailto:d@reports.example.net",
               **{AUTH: {"TXT": ["v=DMARC1"]}}),
-        [("dmarc.dns_error", WARN), ("dmarc.policy", PASS)],
+        [("dmarc.dns_error", ERROR), ("dmarc.policy", PASS)],
         absent=["dmarc.rua_authorised"],
         faults=[AUTH],
     ),
@@ -428,7 +438,7 @@ DKIM_CASES = [
     case(
         "SERVFAIL at one selector, key at another",
         dkim("s2", key_record("ed25519")),
-        [("dkim.dns_error", WARN), ("dkim.key", PASS), ("dkim.selectors", PASS)],
+        [("dkim.dns_error", ERROR), ("dkim.key", PASS), ("dkim.selectors", PASS)],
         faults=[f"selector1._domainkey.{D}"],
     ),
 ]  # fmt: skip
@@ -459,7 +469,7 @@ async def test_dkim_all_selectors_failing_is_never_absence(dns_server):
     for selector in ("custom1", *COMMON_SELECTORS):
         dns_server.behave(f"{selector}._domainkey.{D}", "servfail")
     findings, _ = await check_dkim_keys(D, resolver_for(dns_server), ["custom1"])
-    assert [(f.check, f.status) for f in findings] == [("dkim.dns_error", WARN)]
+    assert [(f.check, f.status) for f in findings] == [("dkim.dns_error", ERROR)]
 
 
 async def test_dkim_facts(dns_server):
@@ -508,7 +518,7 @@ TLSRPT_CASES = [
         [("tlsrpt.present", PASS), ("tlsrpt.single", FAIL)],
         absent=["tlsrpt.syntax"],
     ),
-    case("SERVFAIL", tlsrpt(f"v=TLSRPTv1; rua=mailto:t@{D}"), [("tlsrpt.dns_error", WARN)],
+    case("SERVFAIL", tlsrpt(f"v=TLSRPTv1; rua=mailto:t@{D}"), [("tlsrpt.dns_error", ERROR)],
          absent=["tlsrpt.present", "tlsrpt.syntax"], faults=[TLSRPT]),
 ]  # fmt: skip
 

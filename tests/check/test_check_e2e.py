@@ -6,7 +6,10 @@ runs it (a subprocess with a config file), and its JSON, terminal and HTML outpu
 checked.
 """
 
+import csv
+import io
 import json
+import socket
 import subprocess
 import sys
 
@@ -115,3 +118,82 @@ def test_only_selected_mechanisms(world):
     assert mechanisms == {"mx", "spf", "dmarc"}
     bad = run(world, "--only", "spf,nope", GOOD)
     assert bad.returncode == 2 and "unknown nope" in bad.stderr
+
+
+# --- output: JSON lines, de-duplication, totals, CSV, "could not check", NXDOMAIN --------
+
+
+def test_json_is_one_line_per_domain_each_checked_once(world):
+    """``--json a b c | wc -l`` counts domains: every object ends in a newline, and a
+    domain written several ways (case, trailing dot) is checked once, first spelling."""
+    proc = run(world, "--json", "--no-tls", GOOD, BAD, GOOD.upper(), f"{GOOD}.", f"{BAD}.")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and proc.stdout.count("\n") == 2
+    domains = sorted(json.loads(line)["domain"] for line in proc.stdout.splitlines())
+    assert domains == sorted([GOOD, BAD])
+    # the totals go to stderr, so stdout stays JSON Lines
+    assert "2 domains: " in proc.stderr and ", 1 fail, 0 error" in proc.stderr
+
+
+def test_idna_forms_are_one_domain_and_nxdomain_is_one_finding(world):
+    proc = run(world, "--json", "bücher.example", "XN--BCHER-KVA.EXAMPLE.")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    report = json.loads(line)
+    assert report["domain"] == "xn--bcher-kva.example"
+    assert report["verdict"] == "fail"
+    assert [(f["check"], f["status"]) for f in report["findings"]] == [("domain.exists", "fail")]
+    assert "does not exist" in report["findings"][0]["message"]
+    assert report["findings"][0]["fix"]
+    assert "facts" not in report  # nothing else was looked up
+
+
+@pytest.fixture
+def unreachable(tmp_path):
+    """A config whose only nameserver is a loopback port nobody answers on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "unreachable.toml"
+    config.write_text(
+        f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ntimeout = 1.0\n[check]\ntimeout = 2.0\n'
+    )
+    return config
+
+
+def test_dns_unreachable_is_error_not_a_grade(unreachable, tmp_path):
+    proc = run(unreachable, "--json", GOOD)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "error"
+    assert report["findings"] and {f["status"] for f in report["findings"]} == {"error"}
+    assert all("result unknown" in f["message"] for f in report["findings"])
+    html = tmp_path / "unreachable.html"
+    terminal = run(unreachable, "--html", str(html), GOOD)
+    assert f"{GOOD}: ERROR (0 fail, 0 warn, " in terminal.stdout
+    assert "could not check" in terminal.stdout
+    assert '<span class="badge error">ERROR</span>' in html.read_text()
+
+
+def test_csv_rows_never_formulas_and_totals_on_stderr(world):
+    proc = run(world, "--csv", "--no-tls", "-", stdin=f"{GOOD}\n{BAD}\n=HYPERLINK(1)\n")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = list(csv.reader(io.StringIO(proc.stdout)))
+    assert header == ["domain", "verdict", "fail", "warn", "error", "pass", "first_failing_check"]
+    by_domain = {row[0]: row for row in rows}
+    assert len(rows) == 3 and set(by_domain) == {GOOD, BAD, "'=HYPERLINK(1)"}
+    bad = by_domain[BAD]
+    assert bad[1] == "fail" and int(bad[2]) >= 1 and bad[6].startswith("spf.all")
+    junk = by_domain["'=HYPERLINK(1)"]
+    assert junk[1] == "error" and junk[6].startswith("error: not a domain name")
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+    assert "3 domains: " in proc.stderr and ", 1 fail, 1 error" in proc.stderr
+    assert run(world, "--csv", "--json", GOOD).returncode == 2
+
+
+def test_bulk_terminal_ends_with_totals(world):
+    proc = run(world, "--no-tls", GOOD, BAD, "nope.invalid")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("3 domains: ") and last.endswith(", 2 fail, 0 error"), last
+    assert "domain.exists" in proc.stdout  # the first failing check of nope.invalid

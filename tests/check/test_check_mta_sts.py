@@ -169,5 +169,5 @@ async def test_check_dns_failure_warns(dns_server, resolver):
     dns_server.add(f"_mta-sts.{DOMAIN}", "TXT", "v=STSv1; id=1")
     dns_server.behave(f"_mta-sts.{DOMAIN}", "servfail")
     findings, _facts = await check_mta_sts(DOMAIN, resolver, [])
-    assert [(f.check, f.status) for f in findings] == [("mta_sts.dns_error", Status.WARN)]
+    assert [(f.check, f.status) for f in findings] == [("mta_sts.dns_error", Status.ERROR)]
     assert f"_mta-sts.{DOMAIN}" in findings[0].message

@@ -81,7 +81,7 @@ def test_json_line_error_and_no_facts():
     data = json.loads(to_json_line(broken()))
     assert data == {
         "domain": "bad domain",
-        "verdict": "fail",
+        "verdict": "error",  # could not check: not a grade
         "findings": [],
         "error": "not a domain name: spaces",
     }
@@ -138,7 +138,7 @@ def test_terminal_many_domains_summary():
         rows["failing.nhs.uk"],
     )
     assert re.search(r"good\.nhs\.uk\s.*PASS\s.*0\s.*0\s", rows["good.nhs.uk"])
-    assert re.search(r"bad domain\s.*FAIL\s.*error: not a domain name: spaces", text)
+    assert re.search(r"bad domain\s.*ERROR\s.*error: not a domain name: spaces", text)
     assert "spf.record" not in text  # no per-domain tables without detail
 
 
@@ -191,7 +191,8 @@ def test_html_is_self_contained_and_complete():
     summary = page[page.index("<h2>Summary</h2>") : page.index('<section class="domain"')]
     assert re.search(
         r'failing\.nhs\.uk</a></td><td><span class="badge fail">FAIL</span></td>'
-        r"<td class=num>2</td><td class=num>2</td><td class=num>2</td><td>tls\.version mx1\.failing\.nhs\.uk</td>",
+        r"<td class=num>2</td><td class=num>2</td><td class=num>0</td><td class=num>2</td>"
+        r"<td>tls\.version mx1\.failing\.nhs\.uk</td>",
         summary,
     )
     assert 'good.nhs.uk</a></td><td><span class="badge pass">PASS</span>' in summary

@@ -681,16 +681,18 @@ async def test_dane_missing_on_one_mx_warns(dns_server: DnsServer, resolver: Res
     assert "other MX hosts publish TLSA" in findings[1].message
 
 
-async def test_dane_dns_failure_warns(dns_server: DnsServer, resolver: Resolver) -> None:
+async def test_dane_dns_failure_is_could_not_check(
+    dns_server: DnsServer, resolver: Resolver
+) -> None:
     dns_server.behave("_25._tcp.mx1.test", "servfail")
     findings, facts = await check_dane(["mx1.test", "mx2.test"], resolver)
     found = [(f.check, f.status, f.subject) for f in findings]
-    assert found == [("dane.tlsa", Status.PASS, ""), ("dane.dns_error", Status.WARN, "mx1.test")]
+    assert found == [("dane.tlsa", Status.PASS, ""), ("dane.dns_error", Status.ERROR, "mx1.test")]
     assert "SERVFAIL" in findings[1].message or "no nameserver answered" in findings[1].message
     assert facts["dane"]["mx1.test"]["error"]  # type: ignore[index]
     # Every lookup failed: no pass on absence we could not see.
     findings, _ = await check_dane(["mx1.test"], resolver)
-    assert [(f.check, f.status) for f in findings] == [("dane.dns_error", Status.WARN)]
+    assert [(f.check, f.status) for f in findings] == [("dane.dns_error", Status.ERROR)]
 
 
 async def test_dane_uses_the_port(dns_server: DnsServer, resolver: Resolver) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from securemail.check.model import Finding, passed, warned
+from securemail.check.model import Finding, dns_error, passed, warned
 from securemail.dns import Resolver
 from securemail.mech.dane import TlsaRecord, lookup_tlsa, record_text, tlsa_name, tlsa_problem
 
@@ -23,7 +23,8 @@ from securemail.mech.dane import TlsaRecord, lookup_tlsa, record_text, tlsa_name
 async def check_dane(
     mx_hosts: Sequence[str], resolver: Resolver, *, port: int = 25
 ) -> tuple[list[Finding], dict[str, object]]:
-    """``dane.tlsa`` per MX host (or one pass when none publish), ``dane.dns_error`` warnings.
+    """``dane.tlsa`` per MX host (or one pass when none publish); ``dane.dns_error`` (could
+    not check) where the TLSA lookup failed.
 
     Facts: ``{"dane": {host: {"name", "records": ["3 1 1 <hex>"], "dnssec", "error"}}}``.
     """
@@ -40,8 +41,7 @@ async def check_dane(
             "error": error,
         }
         if error:
-            fix = "Check the DNS servers for the MX host's zone answer TLSA queries."
-            findings.append(warned("dane.dns_error", f"{name}: {error}", fix, host))
+            findings.append(dns_error("dane", f"TLSA {name}", error, host))
         elif records:
             findings.append(evaluate_tlsa(host, name, records, dnssec))
         elif published:

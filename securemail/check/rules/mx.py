@@ -2,8 +2,9 @@
 
 Lookup (``lookup_mx``: the MX set, every host's A/AAAA, every address's PTR and the
 forward lookup of each PTR name) is kept apart from the rules (``evaluate_mx``), which are
-pure. A DNS failure is recorded where it happened and becomes an ``mx.dns_error`` warning:
-never a pass, and never taken to mean the record is absent.
+pure. A DNS failure is recorded where it happened and becomes an ``mx.dns_error`` (could
+not check): never a pass, and never taken to mean the record is absent. A domain that
+does not exist at all (NXDOMAIN) gets the one finding ``domain.exists``.
 
 Forward-confirmed reverse DNS (a PTR name whose own addresses include the address) is a
 warning only: the standard does not demand it, but many receivers score mail from hosts
@@ -47,6 +48,7 @@ class MxInfo:
     result: MxResult | None = None
     hosts: list[HostInfo] = field(default_factory=list)
     missing: str = ""  # why the domain receives no mail ("" when it has MX or A/AAAA)
+    exists: bool = True  # False: the domain name itself is NXDOMAIN
     error: str = ""  # the MX lookup itself could not be completed
 
 
@@ -62,10 +64,26 @@ async def lookup_mx(domain: str, resolver: Resolver) -> MxInfo:
         return info
     except DnsNotFound as exc:
         info.missing = str(exc)
+        info.exists = await _exists(domain, resolver)
         return info
     info.hosts = [HostInfo(mx.host, mx.preference) for mx in info.result.hosts]
     await asyncio.gather(*(_lookup_host(host, resolver) for host in info.hosts))
     return info
+
+
+async def _exists(domain: str, resolver: Resolver) -> bool:
+    """False only when the name itself is NXDOMAIN. ``Resolver.mx`` says "not found" for
+    NXDOMAIN and for a name with no MX and no address alike; asking for the MX record
+    alone tells them apart (only NXDOMAIN raises). Asked on this rare path only, and
+    answered from the resolver's cache. A failed lookup here counts as existing: the MX
+    findings already say what was (not) found."""
+    try:
+        await resolver.query(domain, "MX")
+    except DnsNotFound:
+        return False
+    except DnsTemporaryError:
+        return True
+    return True
 
 
 async def _lookup_host(host: HostInfo, resolver: Resolver) -> None:
@@ -108,6 +126,8 @@ async def _lookup_reverse(address: AddressInfo, resolver: Resolver) -> None:
 def evaluate_mx(info: MxInfo) -> list[Finding]:
     if info.error:
         return [_dns_error(f"the MX records of {info.domain}", info.error)]
+    if not info.exists:
+        return [_no_such_domain(info.domain)]
     if info.missing or info.result is None:
         return [_no_mail(info.domain, info.missing)]
     if info.result.null:
@@ -128,6 +148,16 @@ def _records(info: MxInfo) -> Finding:
     names = ", ".join(f"{h.host} ({h.preference})" for h in info.hosts)
     count = len(info.hosts)
     return passed("mx.records", f"{count} MX host{'s' * (count != 1)}: {names}")
+
+
+def _no_such_domain(domain: str) -> Finding:
+    """One finding, not a page: with no domain there is nothing else to fix."""
+    return failed(
+        "domain.exists",
+        f"{domain} does not exist: DNS has no such name (NXDOMAIN)",
+        f"Check the spelling of {domain}. If it is right, its registration or DNS "
+        "delegation has lapsed: renew it or restore its nameservers.",
+    )
 
 
 def _no_mail(domain: str, why: str) -> Finding:
@@ -206,6 +236,7 @@ def mx_facts(info: MxInfo) -> Facts:
         "mx_null": bool(result and result.null),
         "mx_dnssec": bool(result and result.dnssec),
         "mx_hosts": [h.host for h in info.hosts],
+        "exists": info.exists,
     }
 
 
@@ -213,6 +244,8 @@ def mx_facts(info: MxInfo) -> Facts:
 
 
 async def check_mx(domain: str, resolver: Resolver) -> tuple[list[Finding], Facts]:
-    """Findings ``mx.*``; facts ``mx``, ``implicit``, ``mx_null``, ``mx_dnssec``, ``mx_hosts``."""
+    """Findings ``mx.*`` (or the one ``domain.exists``); facts ``mx``, ``implicit``,
+    ``mx_null``, ``mx_dnssec``, ``mx_hosts`` and ``exists`` (the last two for the runner,
+    which removes them from the report)."""
     info = await lookup_mx(domain.strip().rstrip(".").lower(), resolver)
     return evaluate_mx(info), mx_facts(info)
