@@ -57,7 +57,7 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
             "problems": [dataclasses.asdict(f) for f in findings],
         })  # fmt: skip
     else:
-        status = f"{errors} errors" if errors else "OK"
+        status = f"{errors} error{'s' * (errors > 1)}" if errors else "OK"
         say(f"{source or 'built-in defaults'}: {status}")
         for section, values in _config_dict(cfg).items():
             for key, value in typing.cast(dict[str, object], values).items():
