@@ -7,7 +7,10 @@ the file, line and key before anything starts: ``securemail.toml:14: delivery.po
 must be between 1 and 65535``. Nothing else in securemail reads TOML or the environment.
 
 Environment variables ``SECUREMAIL_<SECTION>_<KEY>`` override the file (lists are
-comma-separated), so a container or a test can move one port without a new file.
+comma-separated), so a container or a test can move one port without a new file; one
+that overrides nothing (a misspelling) is kept in ``Config.warnings``. Values that load
+but are dangerous (an open relay, a public suffix as a secure domain) are refused here
+too, by checks in ``config_checks``, which also checks the files the values name.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _tls_files(cfg: Config) -> list[Finding]:
     hint = " (create a pair: securemail tls selfsigned)"
     cert_pem, key_pem = _read("tls.cert", cfg.tls.cert), _read("tls.key", cfg.tls.key)
     found = [
-        Finding(f.severity, f.key, f.message + hint)
+        Finding(f.severity, f.key, f.message + hint * f.message.endswith("no such file"))
         for f in (cert_pem, key_pem)
         if isinstance(f, Finding)
     ]
