@@ -106,6 +106,7 @@ def check_files(cfg: Config) -> list[Finding]:
     """
     return [
         *_tls_files(cfg),
+        *_recipient_list(cfg),
         *_users_file(cfg),
         *_dkim_keys(cfg),
         *_accredited_list(cfg),
@@ -183,6 +184,22 @@ def _tls_files(cfg: Config) -> list[Finding]:
                 f"{cfg.tls.key}: does not match the certificate in tls.cert ({cfg.tls.cert})",
             )
         ]
+    return []
+
+
+def _recipient_list(cfg: Config) -> list[Finding]:
+    """``[inbound] recipients`` naming a file: unreadable, every inbound recipient would
+    be deferred (the gateway cannot tell ours from unknown ones), so an error."""
+    setting = cfg.inbound.recipients
+    if setting in ("any", "verify"):
+        return []
+    path = Path(setting)  # relative to the config file, as recipient_check reads it
+    if not path.is_absolute() and cfg.source is not None:
+        path = cfg.source.resolve().parent / path
+    found = _read("inbound.recipients", path)
+    if isinstance(found, Finding):
+        why = "; every inbound recipient would be deferred"
+        return [Finding(found.severity, found.key, found.message + why)]
     return []
 
 

@@ -78,6 +78,15 @@ def test_unreadable_users_file_and_bad_dkim_key_are_errors(conf, tmp_path):
     assert "error: dkim.key_dir:" in err and "not a usable PEM private key" in err
 
 
+def test_missing_recipient_list_is_an_error(conf):
+    conf.write_text(conf.read_text() + '[inbound]\nrecipients = "ours.txt"\n')
+    status, _out, err = check(conf)
+    assert status == 2
+    assert "error: inbound.recipients:" in err and "ours.txt: no such file" in err
+    (conf.parent / "ours.txt").write_text("@example.nhs.uk\n")
+    assert check(conf)[0] == 0
+
+
 def test_json_has_values_and_problems(conf, tmp_path):
     (tmp_path / "key.pem").unlink()
     status, out, _err = check(conf, "--json")
