@@ -7,7 +7,10 @@ the file, line and key before anything starts: ``securemail.toml:14: delivery.po
 must be between 1 and 65535``. Nothing else in securemail reads TOML or the environment.
 
 Environment variables ``SECUREMAIL_<SECTION>_<KEY>`` override the file (lists are
-comma-separated), so a container or a test can move one port without a new file.
+comma-separated), so a container or a test can move one port without a new file; one
+that overrides nothing (a misspelling) is kept in ``Config.warnings``. Values that load
+but are dangerous (an open relay, a public suffix as a secure domain) are refused here
+too, by checks in ``config_checks``, which also checks the files the values name.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from securemail.config_checks import (
+    data_fits_a_message,
+    no_public_suffix,
+    no_shared_domain,
+    spool_url,
+)
 from securemail.core.addresses import AddressError, normalise_domain, parse_address
 from securemail.core.rules import Audience
 from securemail.errors import ConfigError
@@ -162,6 +171,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: Path | None = None
     """The file this was loaded from (None: built-in defaults)."""
+    warnings: tuple[str, ...] = ()
+    """Loadable but probably not meant (a misspelt variable): shown, never fatal."""
 
 
 # --- value checks: each returns the cleaned value or raises ValueError(message) -------
@@ -252,11 +263,17 @@ def _host_ports(value: object) -> object:
 
 
 def _networks(value: object) -> object:
+    """Networks allowed to relay without AUTH; one covering every address is refused:
+    it would make the gateway an open relay for the whole internet."""
     assert isinstance(value, tuple)
     try:
-        return tuple(str(ipaddress.ip_network(item, strict=False)) for item in value)
+        networks = tuple(ipaddress.ip_network(item, strict=False) for item in value)
     except ValueError as exc:
         raise ValueError(str(exc)) from None
+    for network in networks:
+        if network.prefixlen == 0:
+            raise ValueError(f"{network} is every address: an open relay (refused)")
+    return tuple(str(network) for network in networks)
 
 
 def _domain_patterns(value: object) -> object:
@@ -315,14 +332,36 @@ def _tls_policy(value: object) -> object:
     return value
 
 
+# Checks across the keys of one section, run once it is built; each raises
+# ValueError(message) about the key it is listed under.
+_RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
+    ("listen", "max_data_in_flight"): data_fits_a_message,
+}
+
+# Read by the CLI itself, not settings: never reported as misspelt.
+_OTHER_VARIABLES = ("SECUREMAIL_DEBUG", "SECUREMAIL_KEEP_TMP")
+
+
+def _then(*checks: Callable[[object], object]) -> Callable[[object], object]:
+    """Checks in turn, each given the value the one before cleaned."""
+
+    def check(value: object) -> object:
+        for one in checks:
+            value = one(value)
+        return value
+
+    return check
+
+
 _PORT = _between(1, 65535)
 _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
-    ("organisation", "domains"): _domains,
+    ("organisation", "domains"): _then(_domains, no_shared_domain),
     ("listen", "inbound"): _listen_address,
     ("listen", "submission"): _listen_address,
     ("tls", "min_version"): _one_of("1.2", "1.3"),
     ("dns", "nameservers"): _host_ports,
     ("dns", "timeout"): _between(0.1, 120),
+    ("spool", "url"): spool_url,
     ("inbound", "deliver_to"): _host_port,
     ("inbound", "recipients"): _recipients,
     ("relay", "networks"): _networks,
@@ -352,7 +391,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("check", "concurrency"): _between(1, 10000),
     ("check", "timeout"): _between(0.1, 300),
     ("auth", "quarantine_to"): _optional_address,
-    ("policy", "secure_domains"): _domain_patterns,
+    ("policy", "secure_domains"): _then(_domain_patterns, no_public_suffix),
     ("policy", "deny_domains"): _domain_patterns,
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
     ("policy", "unscannable"): _one_of("sensitive", "ignore"),
@@ -400,7 +439,26 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     for name, cls in _SECTIONS.items():
         raw = dict(typing.cast(dict[str, object], data.get(name, {})))
         sections[name] = _build_section(name, cls, raw, environ, base, where)
-    return Config(**sections, source=source)  # type: ignore[arg-type]
+    for (name, key), relation in _RELATIONS.items():
+        try:
+            relation(sections[name])
+        except ValueError as exc:
+            raise ConfigError(f"{where(name, key)}: {name}.{key}: {exc}") from None
+    warnings = tuple(_unknown_variables(environ))
+    return Config(**sections, source=source, warnings=warnings)  # type: ignore[arg-type]
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``SECUREMAIL_*`` variables that override nothing: a misspelling would otherwise
+    leave the file's value in force without a word."""
+    known = {ENV_CONFIG, *_OTHER_VARIABLES}
+    for section, cls in _SECTIONS.items():
+        known |= {f"{ENV_PREFIX}{section}_{f.name}".upper() for f in dataclasses.fields(cls)}
+    return [
+        f"${name}: not a securemail setting, ignored{_close_match(name, known)}"
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name not in known
+    ]
 
 
 def _build_section(
@@ -567,7 +625,7 @@ class _Locator:
 _SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
-    if f.name != "source"
+    if f.name not in ("source", "warnings")
 }
 
 

@@ -121,3 +121,30 @@ def test_no_file_means_defaults(tmp_path, monkeypatch):
     cfg = load_config(environ={})
     assert cfg.source is None
     assert cfg.delivery.port == 25
+
+
+def test_misspelt_variables_are_warnings_not_errors(tmp_path):
+    environ = {
+        "SECUREMAIL_DELIVERY_PROT": "26",
+        "SECUREMAIL_DELIVERY_PORT": "2525",
+        "SECUREMAIL_DEBUG": "1",  # read by the CLI, not a setting
+    }
+    cfg = load_config(write(tmp_path, ""), environ=environ)
+    assert cfg.delivery.port == 2525
+    assert cfg.warnings == (
+        "$SECUREMAIL_DELIVERY_PROT: not a securemail setting, ignored "
+        "(did you mean SECUREMAIL_DELIVERY_PORT?)",
+    )
+
+
+def test_narrow_values_next_to_dangerous_ones_still_load(tmp_path):
+    text = (
+        '[organisation]\ndomains = ["trust.nhs.uk", "trust.nhs.net"]\n'
+        '[relay]\nnetworks = ["10.0.0.0/8", "::1/128"]\n'
+        '[policy]\nsecure_domains = ["*.partner.nhs.uk", "partner.co.uk"]\n'
+        "[listen]\nmax_message_size = 4096\nmax_data_in_flight = 4096\n"
+    )
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert cfg.relay.networks == ("10.0.0.0/8", "::1/128")
+    assert cfg.policy.secure_domains == ("*.partner.nhs.uk", "partner.co.uk")
+    assert cfg.listen.data_in_flight == 4096

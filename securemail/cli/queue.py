@@ -29,13 +29,21 @@ app = typer.Typer(
 
 
 def _with_spool(config: Path | None, action: Callable[[Spool], Awaitable[T]]) -> T:
-    """Open the configured spool, do one thing, close it: each command is one short visit."""
+    """Open the configured spool, do one thing, close it: each command is one short visit.
+
+    A spool that does not exist is an error (``InputError``, exit 2), never created."""
     import asyncio
 
-    from securemail.gateway.spool import open_spool
+    from securemail.gateway.spool import open_spool, spool_path
 
     cfg = load_config(config)
     base = cfg.source.resolve().parent if cfg.source else None
+    # Opening would create an empty spool: a wrong --config or directory would then
+    # show "0 messages" as if the gateway's queue were empty.
+    path = spool_path(cfg.spool.url, base=base)
+    if not path.exists():
+        raise InputError(f"{path}: no spool here (spool.url = {cfg.spool.url}); is this the "
+                         "gateway's configuration and directory?")  # fmt: skip
 
     async def run() -> T:
         spool = open_spool(cfg.spool.url, base=base)

@@ -10,6 +10,7 @@ import typer
 from securemail import __version__
 from securemail.cli.common import ConfigOpt, run_async, tell
 from securemail.config import load_config
+from securemail.config_checks import require_files
 from securemail.errors import InputError
 
 
@@ -50,6 +51,7 @@ def serve(
     from securemail.gateway.app import Gateway
 
     cfg = load_config(config)
+    warnings = [*cfg.warnings, *map(str, require_files(cfg))]  # errors stop here
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
@@ -59,7 +61,10 @@ def serve(
     handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-    logging.getLogger("securemail.gateway").info("%s", raise_open_files_limit())
+    log = logging.getLogger("securemail.gateway")
+    log.info("%s", raise_open_files_limit())
+    for warning in warnings:
+        log.warning("config: %s", warning)
 
     async def run() -> None:
         gateway = Gateway(cfg)

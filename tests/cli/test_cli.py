@@ -222,9 +222,10 @@ def test_config_init_and_check(tmp_path):
     path = tmp_path / "new.toml"
     assert main(["config", "init", str(path)]) == 0
     assert "[policy]" in path.read_text()
+    assert main(["tls", "selfsigned", "-c", str(path)]) == 0  # else tls.cert is an error
     proc = run("config", "check", "-c", str(path), "--json")
     assert proc.returncode == 0
-    assert json.loads(proc.stdout)["delivery"]["port"] == 25
+    assert json.loads(proc.stdout)["values"]["delivery"]["port"] == 25
     assert main(["config", "init", str(path)]) == 0  # kept, not overwritten
     assert "[policy]" in path.read_text()
 
