@@ -1,9 +1,11 @@
 """What an operator installs: ``--version``, shell completion, the licence."""
 
+import os
+import subprocess
 import tomllib
 from pathlib import Path
 
-from harness.cli import run_cli
+from harness.cli import SECUREMAIL, run_cli
 
 from securemail import __version__
 
@@ -20,6 +22,19 @@ def test_show_completion_prints_a_script_for_the_shell():
     proc = run_cli("--show-completion", "bash")
     assert proc.returncode == 0, proc.stderr
     assert b"complete -o default -F _securemail_completion" in proc.stdout
+
+
+def test_completion_completes_commands():
+    env = {
+        "_SECUREMAIL_COMPLETE": "complete_bash",
+        "COMP_WORDS": "securemail sp",
+        "COMP_CWORD": "1",
+    }
+    proc = subprocess.run(
+        [*SECUREMAIL], capture_output=True, timeout=60, check=False, env={**os.environ, **env}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [b"spool"]
 
 
 def test_license_is_the_mit_licence_pyproject_names():
