@@ -156,6 +156,11 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "text"  # "text" (one line per event) or "json" (one object per line)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     organisation: OrganisationConfig = field(default_factory=OrganisationConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -169,6 +174,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None
     """The file this was loaded from (None: built-in defaults)."""
     warnings: tuple[str, ...] = ()
@@ -395,6 +401,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("policy", "deny_domains"): _domain_patterns,
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
     ("policy", "unscannable"): _one_of("sensitive", "ignore"),
+    ("log", "format"): _one_of("text", "json"),
 }
 
 

@@ -7,6 +7,8 @@ Errors a user can fix end as one line on stderr and exit status 2 (``common.invo
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from securemail import __version__
@@ -19,6 +21,7 @@ from securemail.cli import (
     policy,
     queue,
     serve,
+    spool,
     tls,
     user,
 )
@@ -29,7 +32,7 @@ app = typer.Typer(
     name="securemail",
     help="Secure email gateway and assurance toolkit for the NHS secure email standard (DCB1596).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -38,6 +41,27 @@ app = typer.Typer(
 def version() -> None:
     """Print the version."""
     say(f"securemail {__version__}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Root options only (``--version``); the app's help text is ``Typer(help=…)`` above."""
 
 
 # Help lists commands in the order they are registered.
@@ -50,6 +74,7 @@ for name, group in (
     ("accredited", accredited.app),
     ("config", config.app),
     ("queue", queue.app),
+    ("spool", spool.app),
     ("user", user.app),
     ("dkim", dkim.app),
     ("tls", tls.app),

@@ -55,10 +55,10 @@ def serve(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
-    from securemail.gateway.events import LOG_FORMAT, OneLineFormatter
+    from securemail.gateway.events import log_formatter
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    handler.setFormatter(log_formatter(cfg.log.format))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     log = logging.getLogger("securemail.gateway")

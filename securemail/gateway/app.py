@@ -33,7 +33,7 @@ from securemail.gateway.outbound.deliver import Deliverer
 from securemail.gateway.outbound.tls_policy import TlsPolicyMap
 from securemail.gateway.queue.manager import QueueManager, Schedule
 from securemail.gateway.queue.notify import Notifier
-from securemail.gateway.spool import open_spool
+from securemail.gateway.spool import open_spool, spool_path
 from securemail.loaders import classifier_from_config, policy_from_config
 from securemail.mech.dkim import load_keys
 from securemail.tls import (
@@ -155,6 +155,8 @@ class Gateway:
         return self.listeners.addresses
 
     async def start(self) -> None:
+        for fact, warning in self.startup_facts():
+            self.events.emit(Lifecycle(fact, warning=warning))
         await self.spool.open()
         if self.spool.recovered:
             self.events.emit(
@@ -198,6 +200,44 @@ class Gateway:
             host, port = _split(address)
             await self.listeners.listen(role, host, port, handler)
 
+    def startup_facts(self) -> list[tuple[str, bool]]:
+        """What this gateway runs with, as (fact, warning) for the start-up log: which
+        file, spool, certificate, keys, list and policy, so "which config did it load?"
+        is answered by the log rather than by guessing after an incident."""
+        cfg = self.config
+        facts = [
+            (f"config {cfg.source or '(built-in defaults)'}", False),
+            (f"spool {spool_path(cfg.spool.url, base=_base(cfg))}", False),
+            _certificate_fact(cfg.tls.cert, self.clock()),
+        ]
+        signing = ", ".join(f"{k.domain} selector {k.selector}" for k in self.keys.values())
+        unsigned = sorted(self.own_domains - self.keys.keys())
+        facts.append(
+            (
+                f"DKIM keys: {signing or 'none'}"
+                + (f"; unsigned: {', '.join(unsigned)}" if unsigned and cfg.dkim.sign else ""),
+                bool(unsigned and cfg.dkim.sign),
+            )
+        )
+        listed = self.classifier.accredited
+        if listed is not None:
+            dated = listed.list_date.isoformat() if listed.list_date else "undated"
+            facts.append(
+                (f"accredited list {listed.source}: {len(listed.entries)} entries, {dated}", False)
+            )
+        facts.append(
+            (
+                f"policy: audience {cfg.organisation.audience.value}, sensitive mail to an "
+                f"unknown recipient: {cfg.policy.unknown_sensitive_action}, unscannable "
+                f"parts: {cfg.policy.unscannable}, DMARC enforced: "
+                f"{'yes' if cfg.auth.enforce_dmarc else 'no'}, local secure domains: "
+                f"{len(cfg.policy.secure_domains)}, denied domains: "
+                f"{len(cfg.policy.deny_domains)}",
+                False,
+            )
+        )
+        return facts
+
     async def stop(self, grace: float = 30.0) -> None:
         deadline = await self.listeners.stop(grace)
         await self.queue.stop(max(deadline - time.monotonic(), 1.0))
@@ -207,6 +247,20 @@ class Gateway:
         await self.offload.close()
         await self.spool.close()
         self.events.emit(Lifecycle("stopped"))
+
+
+def _certificate_fact(path: Path, now: float) -> tuple[str, bool]:
+    """The served certificate's subject and expiry; a warning once it has expired."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())  # the leaf: first in file
+    expires = cert.not_valid_after_utc
+    expired = expires.timestamp() < now
+    return (
+        f"certificate {path}: {cert.subject.rfc4514_string()}, "
+        f"{'EXPIRED' if expired else 'expires'} {expires.isoformat()}",
+        expired,
+    )
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -13,10 +13,12 @@ a fake log line by sending CR/LF in an AUTH name or a reply, whichever code logg
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from securemail.core.levels import TlsFailure
@@ -229,6 +231,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The gateway's log line (``securemail serve``, its CPU workers)."""
 
 
+def iso_time(record: logging.LogRecord) -> str:
+    """When a record was made, in ISO 8601 with the local offset, to the millisecond
+    (``2026-01-31T09:00:00.123+00:00``): a log read in another time zone, or across a
+    clock change, still says when something happened."""
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
 class OneLineFormatter(logging.Formatter):
     """The one place log text is made safe: every record's message (whatever wrote it:
     the log sink, a library, an exception text quoting a peer) has its control
@@ -238,6 +247,33 @@ class OneLineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record)
+
+
+class JsonLineFormatter(logging.Formatter):
+    """``[log] format = "json"``: one JSON object per record (``time``, ``level``,
+    ``logger``, ``message``, and ``exception`` when there is a traceback). JSON escapes
+    every control character, so a peer's CR/LF cannot forge a record here either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": iso_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def log_formatter(kind: str) -> logging.Formatter:
+    """The formatter for ``[log] format`` (``text`` or ``json``, checked by the config)."""
+    if kind == "json":
+        return JsonLineFormatter()
+    return OneLineFormatter(LOG_FORMAT)
 
 
 def _decisions(decisions: Sequence[RcptDecision]) -> str:

@@ -1,0 +1,72 @@
+"""The gateway's log formats: ISO 8601 times with an offset, and ``[log] format``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from securemail.config import load_config
+from securemail.errors import ConfigError
+from securemail.gateway.events import JsonLineFormatter, OneLineFormatter, log_formatter
+
+ISO_WITH_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "securemail.gateway", logging.WARNING, __file__, 1, message, args, exc_info
+    )
+
+
+def test_text_lines_carry_an_iso_time_with_offset() -> None:
+    rec = record("accepted id=%s", "abc")
+    line = log_formatter("text").format(rec)
+    assert re.fullmatch(rf"{ISO_WITH_OFFSET} WARNING securemail.gateway: accepted id=abc", line)
+    stamp = datetime.fromisoformat(line.split(" ", 1)[0])
+    assert stamp.utcoffset() is not None
+    assert abs(stamp.timestamp() - rec.created) < 0.001
+
+
+def test_text_lines_still_escape_controls() -> None:
+    line = OneLineFormatter("%(message)s").format(record("auth user=%s", "x\r\nforged"))
+    assert line == "auth user=x\\x0d\\x0aforged"
+
+
+def test_json_lines_are_one_object_each() -> None:
+    rec = record("auth user=%s", "x\r\nforged\u2028")
+    line = log_formatter("json").format(rec)
+    assert "\n" not in line and "\u2028" not in line
+    entry = json.loads(line)
+    assert set(entry) == {"time", "level", "logger", "message"}
+    assert entry["level"] == "WARNING"
+    assert entry["logger"] == "securemail.gateway"
+    assert entry["message"] == "auth user=x\r\nforged\u2028"
+    assert re.fullmatch(ISO_WITH_OFFSET, entry["time"])
+
+
+def test_json_lines_carry_a_traceback_as_a_field() -> None:
+    line = JsonLineFormatter().format(record("failed", exc=True))
+    assert "\n" not in line
+    assert "RuntimeError: boom" in json.loads(line)["exception"]
+
+
+def test_log_section(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).log.format == "text"
+    path = tmp_path / "securemail.toml"
+    path.write_text('[log]\nformat = "json"\n')
+    assert load_config(path, environ={}).log.format == "json"
+    path.write_text('[log]\nformat = "xml"\n')
+    with pytest.raises(ConfigError, match=r"securemail.toml:2: log.format"):
+        load_config(path, environ={})
