@@ -72,6 +72,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload)
         try:
             await gateway.start()
         except OSError as exc:

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from securemail.config import Config
+from securemail.config import Config, load_config
 from securemail.dns import Resolver
+from securemail.errors import SecuremailError
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.inbound import auth
 from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
@@ -148,6 +149,32 @@ class Gateway:
             self.events,
         )
         self._queue_task: asyncio.Task[None] | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration's decision inputs without dropping sessions.
+
+        What takes effect now: the accredited list and the local policy domain lists (the
+        classifier every listener and the queue read), so a list imported while the
+        gateway runs is used at once; the users file is re-read on change anyway. An
+        invalid new configuration is refused with a log line and the running one kept.
+        Other settings (listeners, TLS, DKIM keys, delivery) still need a restart, and
+        the log says so.
+        """
+        try:
+            cfg = load_config(self.config.source)
+            fresh = classifier_from_config(cfg, clock=self.classifier.clock)
+        except SecuremailError as exc:
+            self.events.emit(Lifecycle(f"reload refused: {exc}; keeping the running "
+                                       "configuration", warning=True))  # fmt: skip
+            return
+        self.classifier.replace_lists(fresh)
+        listed = len(fresh.accredited.entries) if fresh.accredited is not None else 0
+        self.events.emit(
+            Lifecycle(
+                f"reloaded {cfg.source}: accredited list ({listed} entries) and local "
+                "policy domains in force; other changes need a restart"
+            )
+        )
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
