@@ -16,7 +16,6 @@ too, by checks in ``config_checks``, which also checks the files the values name
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import tomllib
@@ -32,7 +31,24 @@ from securemail.config_checks import (
     no_shared_domain,
     spool_url,
 )
-from securemail.core.addresses import AddressError, normalise_domain, parse_address
+from securemail.config_values import (
+    _OTHER_VARIABLES,
+    _between,
+    _domain_patterns,
+    _domains,
+    _EntryError,
+    _host_port,
+    _host_ports,
+    _listen_address,
+    _networks,
+    _one_of,
+    _optional_address,
+    _recipients,
+    _selectors,
+    _then,
+    _tls_policy,
+    _zero_or_between,
+)
 from securemail.core.rules import Audience
 from securemail.errors import ConfigError
 
@@ -184,181 +200,6 @@ class Config:
 # --- value checks: each returns the cleaned value or raises ValueError(message) -------
 
 
-class _EntryError(ValueError):
-    """A bad entry of a table-valued key: ``entry`` (its key) goes into the location."""
-
-    def __init__(self, entry: str, message: str) -> None:
-        super().__init__(message)
-        self.entry = entry
-
-
-def _one_of(*allowed: str) -> Callable[[object], object]:
-    def check(value: object) -> object:
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
-
-    return check
-
-
-def _between(low: float, high: float) -> Callable[[object], object]:
-    def check(value: object) -> object:
-        assert isinstance(value, int | float)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return check
-
-
-def _zero_or_between(low: float, high: float) -> Callable[[object], object]:
-    """0 (derived from another setting) or a value in range."""
-    in_range = _between(low, high)
-
-    def check(value: object) -> object:
-        if value == 0:
-            return value
-        try:
-            return in_range(value)
-        except ValueError:
-            raise ValueError(f"must be 0 or between {low:g} and {high:g}") from None
-
-    return check
-
-
-def _host_port(value: object, lowest: int = 1) -> object:
-    assert isinstance(value, str)
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return value
-
-
-def _listen_address(value: object) -> object:
-    """Like HOST:PORT, but port 0 (the OS picks one; tests use it) is allowed."""
-    return _host_port(value, lowest=0)
-
-
-def parse_nameserver(item: str) -> tuple[str, int]:
-    """``192.0.2.1``, ``192.0.2.1:5353``, ``::1`` or ``[::1]:5353`` → (ip, port)."""
-    try:
-        return str(ipaddress.ip_address(item)), 53
-    except ValueError:
-        pass
-    host, sep, port = item.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError
-        return str(ipaddress.ip_address(host)), int(port)
-    except ValueError:
-        raise ValueError(f"expected IP or IP:PORT, got {item!r}") from None
-
-
-def _recipients(value: object) -> object:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError('expected "verify", "any" or the path of a recipient list')
-    return value.strip()
-
-
-def _host_ports(value: object) -> object:
-    assert isinstance(value, tuple)
-    for item in value:
-        parse_nameserver(item)
-    return value
-
-
-def _networks(value: object) -> object:
-    """Networks allowed to relay without AUTH; one covering every address is refused:
-    it would make the gateway an open relay for the whole internet."""
-    assert isinstance(value, tuple)
-    try:
-        networks = tuple(ipaddress.ip_network(item, strict=False) for item in value)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    for network in networks:
-        if network.prefixlen == 0:
-            raise ValueError(f"{network} is every address: an open relay (refused)")
-    return tuple(str(network) for network in networks)
-
-
-def _domain_patterns(value: object) -> object:
-    """``example.org`` (exactly) or ``*.example.org`` (it and its subdomains)."""
-    assert isinstance(value, tuple)
-    out = []
-    for item in value:
-        wildcard = item.startswith("*.")
-        try:
-            domain = normalise_domain(item[2:] if wildcard else item)
-        except AddressError as exc:
-            raise ValueError(f"{item!r}: {exc}") from None
-        out.append(f"*.{domain}" if wildcard else domain)
-    return tuple(out)
-
-
-def _domains(value: object) -> object:
-    assert isinstance(value, tuple)
-    try:
-        return tuple(normalise_domain(item) for item in value)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _optional_address(value: object) -> object:
-    assert isinstance(value, str)
-    if value:
-        try:
-            parse_address(value)
-        except AddressError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*")
-
-
-def _selectors(value: object) -> object:
-    items = value if isinstance(value, tuple) else (value,)
-    for item in items:
-        if not isinstance(item, str) or not _SELECTOR.fullmatch(item):
-            raise ValueError(f"{item!r} is not a valid DKIM selector")
-    return value
-
-
-def _tls_policy(value: object) -> object:
-    """Every entry must parse as the delivery policy map will read it, at startup."""
-    # Imported here: config stays importable without the delivery stack behind it.
-    from securemail.gateway.outbound.tls_policy import PolicyError, TlsPolicyMap
-
-    assert isinstance(value, Mapping)
-    try:
-        TlsPolicyMap.parse(value)
-    except PolicyError as exc:
-        raise _EntryError(exc.key, str(exc)) from None
-    return value
-
-
-# Checks across the keys of one section, run once it is built; each raises
-# ValueError(message) about the key it is listed under.
-_RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
-    ("listen", "max_data_in_flight"): data_fits_a_message,
-}
-
-# Read by the CLI itself, not settings: never reported as misspelt.
-_OTHER_VARIABLES = ("SECUREMAIL_DEBUG", "SECUREMAIL_KEEP_TMP")
-
-
-def _then(*checks: Callable[[object], object]) -> Callable[[object], object]:
-    """Checks in turn, each given the value the one before cleaned."""
-
-    def check(value: object) -> object:
-        for one in checks:
-            value = one(value)
-        return value
-
-    return check
-
-
 _PORT = _between(1, 65535)
 _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("organisation", "domains"): _then(_domains, no_shared_domain),
@@ -402,6 +243,12 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
     ("policy", "unscannable"): _one_of("sensitive", "ignore"),
     ("log", "format"): _one_of("text", "json"),
+}
+
+# Checks across the keys of one section, run once it is built; each raises
+# ValueError(message) about the key it is listed under.
+_RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
+    ("listen", "max_data_in_flight"): data_fits_a_message,
 }
 
 

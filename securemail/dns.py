@@ -38,7 +38,8 @@ from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
-from securemail.config import DnsConfig, parse_nameserver
+from securemail.config import DnsConfig
+from securemail.config_values import parse_nameserver
 
 MAX_MX_HOSTS = 20
 MAX_ADDRESSES = 16
