@@ -17,7 +17,7 @@ import pytest
 from harness.httpsserver import HttpsServer, Route
 from harness.smtpsink import SinkServer
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # processes: CI lane
 
 GOOD, BAD = "good.nhs.uk", "bad.example"
 POLICY = "version: STSv1\nmode: enforce\nmx: mx.good.nhs.uk\nmax_age: 604800\n"

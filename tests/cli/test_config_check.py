@@ -9,6 +9,8 @@ from harness.cli import run_cli
 from securemail.cli import main
 from securemail.tls import write_self_signed
 
+pytestmark = pytest.mark.slow  # many CLI processes: the CI lane, not the fast one
+
 
 @pytest.fixture
 def conf(tmp_path):

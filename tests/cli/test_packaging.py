@@ -5,9 +5,12 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 from harness.cli import SECUREMAIL, run_cli
 
 from securemail import __version__
+
+pytestmark = pytest.mark.slow  # many CLI processes: the CI lane, not the fast one
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,8 @@ from argon2 import PasswordHasher
 from securemail.gateway.inbound.limits import Lockout, LockoutFiles
 from securemail.gateway.inbound.users import load_users
 
+pytestmark = pytest.mark.slow  # many CLI processes: the CI lane, not the fast one
+
 SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
 PASSWORD = "correct horse battery staple"
 

@@ -35,7 +35,7 @@ from securemail.mech.arc import arc_seal, verify_arc
 from securemail.mech.dkim import DkimSigner, SigningKey, generate_key, verify_dkim, write_key
 from securemail.mech.results import Result
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # processes: CI lane
 
 PARTNER = "partner.test"
 LIGHT = b"From: a@partner.test\r\nSubject: hi\r\n\r\nhello\r\n"

@@ -15,7 +15,7 @@ from harness.serve import GatewayProcess, free_port
 
 from securemail.gateway.inbound.users import add_user
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # processes: CI lane
 
 
 def _wait_log(gateway, text, timeout=20.0):

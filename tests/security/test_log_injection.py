@@ -12,7 +12,7 @@ from harness.serve import GatewayProcess, free_port
 
 from securemail.gateway.inbound.users import add_user
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # processes: CI lane
 
 FAKE = "2026-11-30 10:00:00,000 INFO securemail.gateway: accepted id=FORGED"
 

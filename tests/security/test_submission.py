@@ -29,7 +29,7 @@ from securemail.gateway.app import Gateway
 from securemail.gateway.events import MemorySink, SessionAuth
 from securemail.gateway.inbound.users import add_user
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # processes: CI lane
 
 SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
 JO = f"jo@{ORG_DOMAIN}"  # a local recipient: delivered to the internal sink
