@@ -21,7 +21,6 @@ Every outcome is reported as an event; replies are ``SmtpReply`` values from
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from securemail.dns import Resolver
 from securemail.gateway import events as ev
 from securemail.gateway.events import EventSink
 from securemail.gateway.inbound import auth
+from securemail.gateway.inbound.networks import Networks
 from securemail.gateway.inbound.offload import Offload, OffloadError
 from securemail.gateway.inbound.server import Transaction, received_header
 from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, Spool, new_queue_id
@@ -97,7 +97,7 @@ class AcceptPipeline:
         self.senders = senders  # submission: login -> the addresses that user may send as
         self.stored = stored  # wakes the queue manager
         self.offload = offload  # None: every CPU step inline (no event loop to protect)
-        self._relay = [ipaddress.ip_network(n) for n in settings.relay_networks]
+        self._relay = Networks(settings.relay_networks)
         self.on_held: HeldNotice | None = None  # set by the app: the notifier's held_notice
         self._notices: set[asyncio.Future[None]] = set()
 
@@ -204,8 +204,7 @@ class AcceptPipeline:
         """Inbound mail from another organisation (not our relay clients): verify it."""
         if t.role != "inbound" or not self.settings.verify_inbound:
             return False
-        ip = ipaddress.ip_address(t.peer)
-        return not any(ip in network for network in self._relay)
+        return t.peer not in self._relay
 
     async def _authenticate(
         self, t: Transaction, queue_id: str, run: RunCpu

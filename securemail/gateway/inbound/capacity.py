@@ -11,10 +11,11 @@ holds against one budget (``[listen] max_data_in_flight``).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+
+from securemail.gateway.inbound.networks import Networks
 
 
 class ConnectionLimits:
@@ -28,7 +29,7 @@ class ConnectionLimits:
     def __init__(self, total: int, per_ip: int, exempt: Sequence[str] = ()) -> None:
         self.total = total
         self.per_ip = per_ip
-        self.exempt = [ipaddress.ip_network(n) for n in exempt]
+        self.exempt = Networks(exempt)
         self.open: Counter[str] = Counter()
         self.count = 0
 
@@ -36,15 +37,11 @@ class ConnectionLimits:
         """Count the connection and return None, or return why it is refused (uncounted)."""
         if self.count >= self.total:
             return f"{self.count} connections open (max_connections {self.total})"
-        if self.open[ip] >= self.per_ip and not self._exempt(ip):
+        if self.open[ip] >= self.per_ip and ip not in self.exempt:
             return f"{self.open[ip]} connections open from {ip} (max_connections_per_ip)"
         self.open[ip] += 1
         self.count += 1
         return None
-
-    def _exempt(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
-        return any(address in network for network in self.exempt)
 
     def leave(self, ip: str) -> None:
         self.count -= 1
@@ -90,7 +87,7 @@ class Pregreet:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pause = pause
-        self.exempt = [ipaddress.ip_network(n) for n in exempt]
+        self.exempt = Networks(exempt)
         self.ttl = ttl
         self.limit = limit
         self.clock = clock
@@ -103,11 +100,7 @@ class Pregreet:
         until = self._passed.get(ip)
         if until is not None and until > self.clock():
             return 0.0
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return self.pause
-        return 0.0 if any(address in net for net in self.exempt) else self.pause
+        return 0.0 if ip in self.exempt else self.pause
 
     def passed(self, ip: str) -> None:
         self._passed[ip] = self.clock() + self.ttl

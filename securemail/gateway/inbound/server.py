@@ -23,7 +23,6 @@ a transaction forward keep a session from its idle timeout, which ends with a ``
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,6 +56,7 @@ from securemail.gateway.events import (
 from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
 from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.limits import AuthLimiter
+from securemail.gateway.inbound.networks import Networks
 from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
 
 log = logging.getLogger("securemail.smtp")
@@ -319,7 +319,7 @@ class GatewayHandler:
         self.classify = classify
         self.accept = accept
         self.own_domains = frozenset(own_domains)
-        self.relay_networks = [ipaddress.ip_network(n) for n in relay_networks]
+        self.relay_networks = Networks(relay_networks)
         self.authenticate = authenticate
         self.max_recipients = max_recipients
         self.limiter = limiter or AuthLimiter()
@@ -463,8 +463,7 @@ class GatewayHandler:
         return bool(session.authenticated) or self._trusted_network(session)
 
     def _trusted_network(self, session: Session) -> bool:
-        ip = ipaddress.ip_address(_peer_ip(session))
-        return any(ip in network for network in self.relay_networks)
+        return _peer_ip(session) in self.relay_networks
 
 
 def _recipients(envelope: Envelope) -> dict[str, Classification]:
