@@ -177,6 +177,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """How a running gateway is found by ``securemail reload`` and ``accredited import``."""
+
+    pid_file: Path = Path("var/securemail.pid")  # written once listening, removed at stop
+
+    @property
+    def state_file(self) -> Path:
+        """Beside the pid file: what the gateway runs with and its last reload's result
+        (``gateway.control``); derived, so the two cannot be configured apart."""
+        return self.pid_file.with_name(f"{self.pid_file.stem}.state.json")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     organisation: OrganisationConfig = field(default_factory=OrganisationConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -191,6 +204,7 @@ class Config:
     check: CheckConfig = field(default_factory=CheckConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
     """The file this was loaded from (None: built-in defaults)."""
     warnings: tuple[str, ...] = ()
@@ -300,6 +314,46 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"{where(name, key)}: {name}.{key}: {exc}") from None
     warnings = tuple(_unknown_variables(environ))
     return Config(**sections, source=source, warnings=warnings)  # type: ignore[arg-type]
+
+
+def service_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> ServiceConfig:
+    """``[service]`` of the configuration, even when the file as a whole does not load.
+
+    ``securemail reload`` is how an operator learns that a just-edited file is refused
+    (the running gateway reads it, logs why and answers), so it must find the gateway
+    through a file with a syntax error in another section: then the one key is read
+    line by line, as ``pid_file = "PATH"`` under ``[service]``, else its default.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        return load_config(path, environ).service
+    except ConfigError:
+        pass
+    source = find_config(path)
+    name = f"{ENV_PREFIX}SERVICE_PID_FILE"
+    found: str | None = environ.get(name)
+    if found is None and source is not None:
+        try:
+            lines = source.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        section = ""
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("["):
+                section = stripped.split("]")[0].strip("[ ")
+            elif section == "service" and (
+                match := re.fullmatch(r"""pid_file\s*=\s*(["'])([^"']+)\1\s*(#.*)?""", stripped)
+            ):
+                found = match.group(2)
+    if not found:
+        return ServiceConfig()
+    pid_file = Path(found).expanduser()
+    if not pid_file.is_absolute() and source is not None:
+        pid_file = source.resolve().parent / pid_file
+    return ServiceConfig(pid_file=pid_file)
 
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from securemail.errors import ConfigError
@@ -62,6 +63,33 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"tls: cannot load {cert} / {key}: {exc}") from None
     return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class ServedCertificate:
+    """What the listeners present, for the start-up log and the gateway's state file."""
+
+    path: Path
+    subject: str  # RFC 4514, "CN=mail.example.nhs.uk"
+    serial: int
+    expires: dt.datetime  # UTC
+
+    def expired(self, now: float) -> bool:
+        return self.expires.timestamp() < now
+
+
+def served_certificate(path: Path) -> ServedCertificate:
+    """The leaf (first in the file) of the chain ``server_context`` loads. Raises
+    ``ConfigError`` naming the file; ``config_checks`` has already said why, normally."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"tls.cert: {path}: cannot read the certificate: {exc}") from None
+    return ServedCertificate(
+        path, cert.subject.rfc4514_string(), cert.serial_number, cert.not_valid_after_utc
+    )
 
 
 def verified_client_context(ca_file: Path | None = None) -> ssl.SSLContext:

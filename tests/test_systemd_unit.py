@@ -27,7 +27,8 @@ def test_unit_is_sandboxed_with_one_capability():
     assert unit["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     assert unit["ReadWritePaths"] == ["/var/lib/securemail"]
     assert unit["WorkingDirectory"] == ["/var/lib/securemail"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # waits for the gateway's answer, so a refused configuration fails `systemctl reload`
+    assert unit["ExecReload"] == [f"{PROGRAM} reload --config /etc/securemail/securemail.toml"]
     assert unit["ExecStart"][0].startswith(f"{PROGRAM} serve ")
 
 

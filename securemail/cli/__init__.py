@@ -20,6 +20,7 @@ from securemail.cli import (
     dkim,
     policy,
     queue,
+    reload,
     serve,
     spool,
     tls,
@@ -67,6 +68,7 @@ def _root(
 # Help lists commands in the order they are registered.
 app.command()(classify.classify)
 app.command()(serve.serve)
+app.command()(reload.reload)
 app.command()(check.check)
 app.command()(version)
 for name, group in (

@@ -11,7 +11,8 @@ from securemail import __version__
 from securemail.cli.common import ConfigOpt, run_async, tell
 from securemail.config import load_config
 from securemail.config_checks import require_files
-from securemail.errors import InputError
+from securemail.errors import InputError, SecuremailError
+from securemail.gateway.control import ServiceFiles
 
 
 def raise_open_files_limit() -> str:
@@ -43,6 +44,9 @@ def serve(
 
     Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
     transaction finish, deliveries in flight finish or are retried on the next start.
+    SIGHUP (or 'securemail reload') re-reads the configuration and the files it names
+    without dropping sessions. Writes [service] pid_file once listening, and refuses to
+    start while it names another running gateway.
     """
     import asyncio
     import logging
@@ -67,17 +71,27 @@ def serve(
         log.warning("config: %s", warning)
 
     async def run() -> None:
-        gateway = Gateway(cfg)
+        gateway = Gateway(cfg, service=ServiceFiles(cfg.service))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload() -> None:  # SIGHUP: the reload runs as a task; the handler returns
+            task = asyncio.ensure_future(gateway.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         try:
             await gateway.start()
         except OSError as exc:
             await gateway.stop(grace=0)
             raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+        except SecuremailError:  # another gateway runs; the pid file cannot be written
+            await gateway.stop(grace=0)
+            raise
         inbound = cfg.listen.inbound
         tell(
             f"securemail {__version__} ready: inbound {inbound}, submission "

@@ -128,14 +128,6 @@ class Classifier:
         self._cache: dict[str, _Verdict] = {}
         self._cache_day: date | None = None
 
-    def replace_lists(self, other: Classifier) -> None:
-        """Take ``other``'s accredited list and local policy lists (a reload); the cache
-        goes, so the next decision uses them."""
-        self.accredited = other.accredited
-        self.local_secure = other.local_secure
-        self.local_deny = other.local_deny
-        self._cache.clear()
-
     def classify(self, text: str) -> Classification:
         """Classify one address as written (``a@b``, ``Name <a@b>``)."""
         text = text.strip()

@@ -7,44 +7,36 @@ here decides anything: each stage lives in its own package (``inbound/``, ``spoo
 reverse, so a SIGTERM never loses mail: listeners stop accepting, open sessions get
 ``grace`` seconds to finish, in-flight deliveries finish or stay ``delivering`` for the
 next start, and the spool is flushed and closed.
+
+What the stages take from the config is built by ``reload.build``, at start and again
+on every reload (SIGHUP), which swaps the new pieces in without a restart; the pid and
+state files through which ``securemail reload`` finds and hears from this process are
+``control.ServiceFiles``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
-from datetime import date
-from pathlib import Path
+from datetime import UTC, date, datetime
 
-from securemail.config import Config, load_config
-from securemail.dns import Resolver
+from securemail.config import Config
+from securemail.core.classify import Classification
 from securemail.errors import SecuremailError
+from securemail.gateway.control import OK, REFUSED, GatewayState, ServiceFiles
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
-from securemail.gateway.inbound import auth
-from securemail.gateway.inbound.accept import AcceptPipeline, AcceptSettings
-from securemail.gateway.inbound.limits import AuthLimiter, AuthLimits, LockoutFiles
-from securemail.gateway.inbound.listeners import ROLES, Listeners, ListenSettings
+from securemail.gateway.inbound.accept import AcceptPipeline
+from securemail.gateway.inbound.limits import AuthLimiter, LockoutFiles
+from securemail.gateway.inbound.listeners import ROLES, Listeners
 from securemail.gateway.inbound.offload import Offload
-from securemail.gateway.inbound.recipients import recipient_check
 from securemail.gateway.inbound.server import GatewayHandler
 from securemail.gateway.inbound.users import UserStore
-from securemail.gateway.outbound.deliver import Deliverer
-from securemail.gateway.outbound.tls_policy import TlsPolicyMap
-from securemail.gateway.queue.manager import QueueManager, Schedule
+from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.notify import Notifier
+from securemail.gateway.reload import build, config_base, load_fresh, split_address, swap
 from securemail.gateway.spool import open_spool, spool_path
-from securemail.loaders import classifier_from_config, policy_from_config
-from securemail.mech.dkim import load_keys
-from securemail.tls import (
-    opportunistic_client_context,
-    pinned_client_context,
-    server_context,
-    verified_client_context,
-)
-
-log = logging.getLogger("securemail.gateway")
+from securemail.tls import served_certificate
 
 
 class Gateway:
@@ -55,44 +47,28 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         today: Callable[[], date] = date.today,
         events: EventSink | None = None,
+        service: ServiceFiles | None = None,
     ) -> None:
-        cfg = self.config = config
+        """``service``: the pid and state files (``securemail serve`` passes them); None
+        for a gateway embedded in a test or benchmark, which nothing outside signals."""
         self.clock = clock
+        self.today = today
         self.events = events or LogSink()
+        self.service = service
+        live = self.live = build(config, today=today, events=self.events)
+        for note in live.notes:
+            self.events.emit(Lifecycle(note, warning=True))
+        cfg = self.config = live.config
+        self.classifier = live.classifier
         self.own_domains = frozenset(cfg.organisation.domains)
-        self.classifier = classifier_from_config(
-            cfg,
-            clock=today,
-            on_missing=lambda path: self.events.emit(
-                Lifecycle(f"accredited list {path} not found; not used", warning=True)
-            ),
-        )
-        self.policy = policy_from_config(cfg)
-        self.spool = open_spool(cfg.spool.url, base=_base(cfg))
-        self.resolver = Resolver.from_config(cfg.dns)
-        self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
+        self.spool = open_spool(cfg.spool.url, base=config_base(cfg))
         self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)
-        self.tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.min_version)
+        self.users.adopt(live.users)
         self.offload = Offload(cfg.listen.cpu_budget)
         self.pipeline = AcceptPipeline(
-            AcceptSettings(
-                hostname=cfg.organisation.hostname,
-                verify_inbound=cfg.auth.verify,
-                arc_seal=cfg.auth.arc_seal,
-                dkim_sign=cfg.dkim.sign,
-                seal_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
-                quarantine_to=cfg.auth.quarantine_to or "",
-                relay_networks=tuple(cfg.relay.networks),
-            ),
-            classify=self.classifier.classify,
-            policy=self.policy,
-            auth_policy=auth.AuthPolicy(
-                enforce_dmarc=cfg.auth.enforce_dmarc,
-                secure_senders_must_pass=cfg.auth.secure_senders_must_pass,
-            ),
-            resolver=self.resolver,
+            live.rules,
+            classify=self.classify,
             spool=self.spool,
-            keys=self.keys,
             events=self.events,
             clock=clock,
             senders=self.users.owned,
@@ -101,80 +77,101 @@ class Gateway:
         )
         notifier = Notifier(
             hostname=cfg.organisation.hostname,
-            classify=self.classifier.classify,
+            classify=self.classify,
             submit=self.pipeline.accept,
             events=self.events,
         )
         self.pipeline.on_held = notifier.held_notice
-        host, port = _split(cfg.inbound.deliver_to)
-        self.deliverer = Deliverer(
-            self.resolver,
-            helo=cfg.organisation.hostname,
-            port=cfg.delivery.port,
-            verified=verified_client_context(cfg.tls.ca_file),
-            pinned=pinned_client_context(cfg.tls.ca_file),
-            opportunistic=opportunistic_client_context(),
-            internal=dict.fromkeys(self.own_domains, (host, port)),
-            tls_policy=TlsPolicyMap.parse(cfg.delivery.tls_policy),
-            events=self.events,
-        )
         self.queue = QueueManager(
             self.spool,
-            self.deliverer,
+            live.deliverer,
             bounce=notifier.bounce,
             delay_notice=notifier.delay_notice,
-            schedule=Schedule(
-                retry_base=cfg.delivery.retry_base,
-                retry_max=cfg.delivery.retry_max,
-                max_lifetime=cfg.delivery.max_lifetime,
-                tls_notify_after=cfg.delivery.tls_failure_notify_after,
-            ),
+            schedule=live.schedule,
             concurrency=cfg.delivery.concurrency,
             per_destination=cfg.delivery.per_destination,
             clock=clock,
             events=self.events,
         )
-        self.listeners = Listeners(
-            ListenSettings(
-                hostname=cfg.organisation.hostname,
-                max_message_size=cfg.listen.max_message_size,
-                timeout=cfg.listen.timeout,
-                max_connections=cfg.listen.max_connections,
-                max_connections_per_ip=cfg.listen.max_connections_per_ip,
-                max_data_in_flight=cfg.listen.data_in_flight,
-                greet_pause=cfg.listen.greet_pause,
-                trusted_networks=tuple(cfg.relay.networks),
-            ),
-            self.tls,
-            self.events,
-        )
+        self.listeners = Listeners(live.listen, live.tls, self.events)
+        self.handlers: list[GatewayHandler] = []
+        self.limiter: AuthLimiter | None = None
+        self.generation = 0  # reload attempts so far (the state file's generation)
+        self.started = ""
+        self._reloading = asyncio.Lock()  # one reload (or the start) at a time
         self._queue_task: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the configuration's decision inputs without dropping sessions.
+    def classify(self, address: str) -> Classification:
+        """The classifier in force: read at each call, so a reload reaches every stage."""
+        return self.classifier.classify(address)
 
-        What takes effect now: the accredited list and the local policy domain lists (the
-        classifier every listener and the queue read), so a list imported while the
-        gateway runs is used at once; the users file is re-read on change anyway. An
-        invalid new configuration is refused with a log line and the running one kept.
-        Other settings (listeners, TLS, DKIM keys, delivery) still need a restart, and
-        the log says so.
+    async def reload(self) -> GatewayState | None:
+        """SIGHUP: re-read everything that can change live, all or nothing, keeping
+        every session and delivery (``gateway/reload.py`` says how).
+
+        In force at once: the configuration's decision inputs (accredited list, local
+        policy lists, audience, policy and authentication settings), the users file, the
+        server certificate and key (new connections), the DKIM keys, the delivery TLS
+        contexts, policy map, port and retry schedule, DNS, recipient check and AUTH
+        limits. An invalid configuration, an unreadable file, or a key that does not
+        match its certificate refuses the reload with one warning line, and the running
+        configuration stays. Settings only a restart can change (``RESTART_ONLY``:
+        listen addresses, spool, connection limits, ...) keep their running values, and
+        the log line names each ("listen.inbound changed: needs a restart").
+
+        Returns the state recorded (None before ``start``, when there is nothing to
+        reload yet).
         """
-        try:
-            cfg = load_config(self.config.source)
-            fresh = classifier_from_config(cfg, clock=self.classifier.clock)
-        except SecuremailError as exc:
-            self.events.emit(Lifecycle(f"reload refused: {exc}; keeping the running "
-                                       "configuration", warning=True))  # fmt: skip
-            return
-        self.classifier.replace_lists(fresh)
-        listed = len(fresh.accredited.entries) if fresh.accredited is not None else 0
-        self.events.emit(
-            Lifecycle(
-                f"reloaded {cfg.source}: accredited list ({listed} entries) and local "
-                "policy domains in force; other changes need a restart"
+        async with self._reloading:
+            if not self.started:
+                return None
+            self.generation += 1
+            try:
+                new = await asyncio.to_thread(
+                    load_fresh, self.config, today=self.today, events=self.events
+                )
+            except Exception as exc:  # whatever it is, the running configuration stays
+                why = str(exc) if isinstance(exc, SecuremailError) else repr(exc)
+                message = f"reload refused: {why}; keeping the running configuration"
+                self.events.emit(Lifecycle(message, warning=True))
+                return self._record(REFUSED, message, ())
+            retired = swap(self, new.pieces)  # no await before it: atomic on the loop
+            task = asyncio.ensure_future(retired.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            for warning in new.warnings:
+                self.events.emit(Lifecycle(f"reload: config: {warning}", warning=True))
+            waiting = "".join(f"; {key} changed: needs a restart" for key in new.restart_needed)
+            message = (
+                f"reloaded {self.config.source or '(built-in defaults)'} (generation "
+                f"{self.generation}): {new.pieces.in_force.summary()}{waiting}"
             )
+            self.events.emit(Lifecycle(message, warning=bool(new.restart_needed)))
+            return self._record(OK, message, new.restart_needed)
+
+    def _record(self, result: str, message: str, restart: tuple[str, ...]) -> GatewayState:
+        state = GatewayState(
+            pid=self.service.pid if self.service else 0,
+            started=self.started,
+            generation=self.generation,
+            at=self._now(),
+            result=result,
+            message=message,
+            in_force=self.live.in_force,
+            restart_needed=restart,
         )
+        if self.service is not None:
+            try:
+                self.service.record(state)
+            except OSError as exc:
+                self.events.emit(
+                    Lifecycle(f"cannot write {self.service.state_file}: {exc}", warning=True)
+                )
+        return state
+
+    def _now(self) -> str:
+        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds")
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
@@ -182,49 +179,55 @@ class Gateway:
         return self.listeners.addresses
 
     async def start(self) -> None:
-        for fact, warning in self.startup_facts():
-            self.events.emit(Lifecycle(fact, warning=warning))
-        await self.spool.open()
-        if self.spool.recovered:
-            self.events.emit(
-                Lifecycle(
-                    f"recovered {self.spool.recovered} interrupted deliveries; retrying",
-                    warning=True,
+        """Spool (with recovery), queue manager, listeners; then the pid and state files.
+
+        With ``service``, refuses (``InputError``) before opening anything while the pid
+        file names another live gateway.
+        """
+        async with self._reloading:  # a SIGHUP during start waits for it
+            if self.service is not None:
+                took_over = self.service.claim()
+                if took_over:
+                    self.events.emit(Lifecycle(took_over, warning=True))
+            for fact, warning in self.startup_facts():
+                self.events.emit(Lifecycle(fact, warning=warning))
+            await self.spool.open()
+            if self.spool.recovered:
+                self.events.emit(
+                    Lifecycle(
+                        f"recovered {self.spool.recovered} interrupted deliveries; retrying",
+                        warning=True,
+                    )
                 )
-            )
-        self._queue_task = asyncio.ensure_future(self.queue.run())
-        cfg = self.config
-        limiter = AuthLimiter(
-            AuthLimits(
-                per_login=cfg.relay.auth_failures_per_login,
-                per_client=cfg.relay.auth_failures_per_client,
-                window=cfg.relay.auth_failure_window,
-            ),
-            files=LockoutFiles(cfg.relay.users_file),
-            events=self.events,
-        )
-        recipients = recipient_check(
-            cfg.inbound.recipients,
-            base=_base(cfg),
-            deliver_to=_split(cfg.inbound.deliver_to),
-            helo=cfg.organisation.hostname,
+            self._queue_task = asyncio.ensure_future(self.queue.run())
+            await self._listen()
+            self.started = self._now()
+            if self.service is not None:
+                self.service.publish()
+            self._record(OK, "started", ())
+
+    async def _listen(self) -> None:
+        cfg, live = self.config, self.live
+        self.limiter = AuthLimiter(
+            live.auth_limits, files=LockoutFiles(cfg.relay.users_file), events=self.events
         )
         for role, address in zip(ROLES, (cfg.listen.inbound, cfg.listen.submission), strict=True):
             handler = GatewayHandler(
                 role,
-                classify=self.classifier.classify,
+                classify=self.classify,
                 accept=self.pipeline.accept,
                 own_domains=self.own_domains,
                 relay_networks=cfg.relay.networks if role == "inbound" else (),
                 authenticate=self.users.verify if role == "submission" else None,
-                max_recipients=cfg.listen.max_recipients,
-                limiter=limiter,
+                max_recipients=live.max_recipients,
+                limiter=self.limiter,
                 events=self.events,
-                recipients=recipients,
+                recipients=live.recipients,
                 senders=self.users.owned,
                 postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
             )
-            host, port = _split(address)
+            self.handlers.append(handler)
+            host, port = split_address(address)
             await self.listeners.listen(role, host, port, handler)
 
     def startup_facts(self) -> list[tuple[str, bool]]:
@@ -232,13 +235,20 @@ class Gateway:
         file, spool, certificate, keys, list and policy, so "which config did it load?"
         is answered by the log rather than by guessing after an incident."""
         cfg = self.config
+        cert = served_certificate(cfg.tls.cert)
+        expired = cert.expired(self.clock())
         facts = [
             (f"config {cfg.source or '(built-in defaults)'}", False),
-            (f"spool {spool_path(cfg.spool.url, base=_base(cfg))}", False),
-            _certificate_fact(cfg.tls.cert, self.clock()),
+            (f"spool {spool_path(cfg.spool.url, base=config_base(cfg))}", False),
+            (
+                f"certificate {cert.path}: {cert.subject}, "
+                f"{'EXPIRED' if expired else 'expires'} {cert.expires.isoformat()}",
+                expired,
+            ),
         ]
-        signing = ", ".join(f"{k.domain} selector {k.selector}" for k in self.keys.values())
-        unsigned = sorted(self.own_domains - self.keys.keys())
+        keys = self.live.keys
+        signing = ", ".join(f"{k.domain} selector {k.selector}" for k in keys.values())
+        unsigned = sorted(self.own_domains - keys.keys())
         facts.append(
             (
                 f"DKIM keys: {signing or 'none'}"
@@ -271,29 +281,9 @@ class Gateway:
         if self._queue_task is not None:
             self._queue_task.cancel()
             await asyncio.gather(self._queue_task, return_exceptions=True)
+        await asyncio.gather(*self._retired, return_exceptions=True)
         await self.offload.close()
         await self.spool.close()
+        if self.service is not None and self.started:
+            self.service.withdraw()
         self.events.emit(Lifecycle("stopped"))
-
-
-def _certificate_fact(path: Path, now: float) -> tuple[str, bool]:
-    """The served certificate's subject and expiry; a warning once it has expired."""
-    from cryptography import x509
-
-    cert = x509.load_pem_x509_certificate(path.read_bytes())  # the leaf: first in file
-    expires = cert.not_valid_after_utc
-    expired = expires.timestamp() < now
-    return (
-        f"certificate {path}: {cert.subject.rfc4514_string()}, "
-        f"{'EXPIRED' if expired else 'expires'} {expires.isoformat()}",
-        expired,
-    )
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _base(config: Config) -> Path | None:
-    return config.source.resolve().parent if config.source else None

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from securemail.core import replies
@@ -67,46 +67,64 @@ class AcceptSettings:
     relay_networks: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptRules:
+    """Everything the pipeline decides with that a reload may change, as one value.
+
+    ``accept`` reads ``AcceptPipeline.rules`` once per message and uses that value to
+    the end, so a reload (which replaces the whole value, on the event loop) makes a
+    message in progress finish under the rules it started with, never half old and
+    half new: its signature and its policy decision come from one configuration.
+    """
+
+    settings: AcceptSettings
+    policy: Policy
+    auth_policy: auth.AuthPolicy
+    resolver: Resolver
+    keys: Mapping[str, SigningKey]
+    signer: DkimSigner = field(init=False)
+    relay: Networks = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Derived once here: a key the signer cannot load fails the build (the start,
+        # or the reload, which is then refused), never the first message it signs.
+        object.__setattr__(self, "signer", DkimSigner(self.keys))
+        object.__setattr__(self, "relay", Networks(self.settings.relay_networks))
+
+
 class AcceptPipeline:
     def __init__(
         self,
-        settings: AcceptSettings,
+        rules: AcceptRules,
         *,
         classify: Callable[[str], Classification],
-        policy: Policy,
-        auth_policy: auth.AuthPolicy,
-        resolver: Resolver,
         spool: Spool,
-        keys: dict[str, SigningKey],
         events: EventSink,
         clock: Callable[[], float],
         senders: Callable[[str], OwnedAddresses],
         stored: Callable[[], None] = lambda: None,
         offload: Offload | None = None,
     ) -> None:
-        self.settings = settings
+        self.rules = rules  # replaced whole by a reload (gateway/reload.py)
         self.classify = classify
-        self.policy = policy
-        self.auth_policy = auth_policy
-        self.resolver = resolver
         self.spool = spool
-        self.keys = keys
-        self.signer = DkimSigner(keys)
         self.events = events
         self.clock = clock
         self.senders = senders  # submission: login -> the addresses that user may send as
         self.stored = stored  # wakes the queue manager
         self.offload = offload  # None: every CPU step inline (no event loop to protect)
-        self._relay = Networks(settings.relay_networks)
         self.on_held: HeldNotice | None = None  # set by the app: the notifier's held_notice
         self._notices: set[asyncio.Future[None]] = set()
 
-    def decisions(self, t: Transaction, sensitivity: Sensitivity) -> list[Decision]:
-        return [self.policy.decide(c, sensitivity) for _, c in t.recipients]
+    def decisions(
+        self, rules: AcceptRules, t: Transaction, sensitivity: Sensitivity
+    ) -> list[Decision]:
+        return [rules.policy.decide(c, sensitivity) for _, c in t.recipients]
 
     async def accept(self, t: Transaction) -> SmtpReply:
         """Authenticate (inbound) or sign (outbound), decide per recipient, then store
         durably: 250 only after commit."""
+        rules = self.rules  # one configuration for the whole message (``AcceptRules``)
         try:
             block = read_headers(t.data)
         except HeaderLimitError as exc:
@@ -124,13 +142,13 @@ class AcceptPipeline:
             # Only we may write these, whoever the client is (a signed-in user included):
             # our Authentication-Results (whatever its version or comments) and the trust
             # and quarantine marks. The trust mark we set below replaces any removed.
-            data = auth.strip_own_headers(data, self.settings.hostname)
+            data = auth.strip_own_headers(data, rules.settings.hostname)
         t = replace(t, data=data)
         queue_id = new_queue_id()
         now = self.clock()
         headers, body = b"", t.data
-        if self._from_outside(t):
-            judged = await self._authenticate(t, queue_id, run)
+        if self._from_outside(rules, t):
+            judged = await self._authenticate(rules, t, queue_id, run)
             if isinstance(judged, SmtpReply):
                 return self._refuse(t, judged)
             headers, body, t = judged
@@ -138,19 +156,19 @@ class AcceptPipeline:
             # Submission: a signed-in user over TLS (both required there). Anything else
             # (relay networks, inbound with verification off) is not vouched for.
             headers = auth.trust_header(t.role == "submission" and bool(t.auth_user))
-            signature = await self._dkim_sign(body, run)
+            signature = await self._dkim_sign(rules, body, run)
             if isinstance(signature, SmtpReply):
                 return self._refuse(t, signature)
             headers += signature
         sensitivity = await self._scan(body, run)
         if isinstance(sensitivity, SmtpReply):
             return self._refuse(t, sensitivity)
-        decisions = self.decisions(t, sensitivity)
+        decisions = self.decisions(rules, t, sensitivity)
         refused = [d for d in decisions if d.action is Action.REJECT]
         if refused:
             who = ", ".join(d.recipient for d in refused[:3])
             return self._refuse(t, replies.policy_refused(who).logged(refused[0].reason))
-        data = received_header(t, self.settings.hostname, queue_id, now) + headers + body
+        data = received_header(t, rules.settings.hostname, queue_id, now) + headers + body
         message = NewMessage(
             sender=t.sender,
             recipients=_recipients(decisions, t.recipients),
@@ -200,26 +218,26 @@ class AcceptPipeline:
 
     # --- authentication ------------------------------------------------------------
 
-    def _from_outside(self, t: Transaction) -> bool:
+    def _from_outside(self, rules: AcceptRules, t: Transaction) -> bool:
         """Inbound mail from another organisation (not our relay clients): verify it."""
-        if t.role != "inbound" or not self.settings.verify_inbound:
+        if t.role != "inbound" or not rules.settings.verify_inbound:
             return False
-        return t.peer not in self._relay
+        return t.peer not in rules.relay
 
     async def _authenticate(
-        self, t: Transaction, queue_id: str, run: RunCpu
+        self, rules: AcceptRules, t: Transaction, queue_id: str, run: RunCpu
     ) -> SmtpReply | tuple[bytes, bytes, Transaction]:
         """SPF/DKIM/DMARC/ARC; a reply to refuse, or (headers, body, transaction) to go on."""
-        authserv_id = self.settings.hostname
+        authserv_id = rules.settings.hostname
         body = t.data  # our own headers already stripped in accept()
         try:
             verdict = await auth.authenticate(
-                body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=self.resolver, run=run
+                body, ip=t.peer, helo=t.helo, mail_from=t.sender, resolver=rules.resolver, run=run
             )
         except OffloadError as exc:
             return replies.CPU_BUDGET.logged(str(exc))
         decision = auth.decide(
-            verdict, tls=bool(t.tls), classify=self.classify, policy=self.auth_policy
+            verdict, tls=bool(t.tls), classify=self.classify, policy=rules.auth_policy
         )
         self.events.emit(
             ev.AuthJudged(
@@ -236,25 +254,28 @@ class AcceptPipeline:
             return decision.reply
         results = authentication_results(authserv_id, verdict.method_results())
         headers = auth.result_headers(results, decision)
-        quarantine_to = self.settings.quarantine_to
+        quarantine_to = rules.settings.quarantine_to
         if decision.action is auth.Action.QUARANTINE and quarantine_to:
             t = replace(t, recipients=[(quarantine_to, self.classify(quarantine_to))])
-        if self.settings.arc_seal and self.keys:
-            seal = await self._arc_seal(headers + body, results, run)
+        if rules.settings.arc_seal and rules.keys:
+            seal = await self._arc_seal(rules, headers + body, results, run)
             if isinstance(seal, SmtpReply):
                 return seal
             headers = seal + headers
         return headers, body, t
 
-    async def _arc_seal(self, message: bytes, results: str, run: RunCpu) -> bytes | SmtpReply:
-        key = self.keys.get(self.settings.seal_domain) or next(iter(self.keys.values()))
+    async def _arc_seal(
+        self, rules: AcceptRules, message: bytes, results: str, run: RunCpu
+    ) -> bytes | SmtpReply:
+        keys = rules.keys
+        key = keys.get(rules.settings.seal_domain) or next(iter(keys.values()))
         seal = partial(
             arc_seal,
             message,
             domain=key.domain,
             selector=key.selector,
             private_pem=key.private_pem,
-            authserv_id=self.settings.hostname,
+            authserv_id=rules.settings.hostname,
             auth_results=results,
         )
         try:
@@ -265,15 +286,15 @@ class AcceptPipeline:
             log.exception("ARC sealing failed; forwarding unsealed")
             return b""
 
-    async def _dkim_sign(self, data: bytes, run: RunCpu) -> bytes | SmtpReply:
+    async def _dkim_sign(self, rules: AcceptRules, data: bytes, run: RunCpu) -> bytes | SmtpReply:
         """A DKIM-Signature for mail From one of our domains, when we hold its key."""
-        if not self.settings.dkim_sign or not self.keys:
+        if not rules.settings.dkim_sign or not rules.keys:
             return b""
         domain, _ = header_from_domain(data)
-        if domain is None or domain not in self.keys:
+        if domain is None or domain not in rules.keys:
             return b""
         try:
-            return await run("DKIM signing", partial(self.signer.sign, data, domain)) or b""
+            return await run("DKIM signing", partial(rules.signer.sign, data, domain)) or b""
         except OffloadError as exc:  # the standard wants our mail signed: never send it bare
             return replies.CPU_BUDGET.logged(str(exc))
 

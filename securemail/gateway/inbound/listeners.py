@@ -6,7 +6,9 @@ sessions in the middle of a transaction finish for ``grace`` seconds, and tells 
 clients ``421`` (RFC 5321 §3.8), so a SIGTERM never cuts a message half received.
 
 What every connection shares is bounded here, once for both roles: connections open
-(in total and per client address) and DATA bytes in flight (``limits``).
+(in total and per client address) and DATA bytes in flight (``limits``). Each connection
+is made with the settings and TLS context current when it arrives (``_protocol``), which
+is how a reload reaches new connections without touching open ones.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class Listeners:
         )
         self.budget = DataBudget(settings.max_data_in_flight or 4 * settings.max_message_size)
         self.pregreet = Pregreet(settings.greet_pause, settings.trusted_networks)
+
+    def reconfigure(self, settings: ListenSettings, tls: ssl.SSLContext) -> None:
+        """A reload: each connection accepted from now on gets ``settings`` and ``tls``
+        (so a new certificate is served at once, without restarting a listener); open
+        sessions keep what they started with. What all connections share (connection
+        counts, the DATA budget) was sized at start and stays: the reload keeps the
+        settings it was sized from (``gateway.reload.RESTART_ONLY``)."""
+        self.settings, self.tls = settings, tls
+        self.pregreet.pause = settings.greet_pause
 
     async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
         loop = asyncio.get_running_loop()

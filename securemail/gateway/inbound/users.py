@@ -20,7 +20,7 @@ import asyncio
 import json
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -158,9 +158,27 @@ def _save(path: Path, users: dict[str, User]) -> None:
         raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class UsersFile:
+    """The users file as read at one moment (``mtime`` -1: no file), adopted whole."""
+
+    users: Mapping[str, User]
+    mtime: float
+
+
+def read_users_file(path: Path) -> UsersFile:
+    """Read now, whatever the mtime says. Raises ``InputError`` for a broken file."""
+    try:
+        mtime = path.stat().st_mtime  # before reading: a later write is seen next time
+    except FileNotFoundError:
+        return UsersFile({}, -1.0)
+    return UsersFile(load_users(path), mtime)
+
+
 class UserStore:
     """Verifies credentials and says what each user owns, for the submission listener
-    (re-reads the file on change, so ``securemail user ...`` needs no restart).
+    (re-reads the file on change, so ``securemail user ...`` needs no restart; a reload
+    re-reads it in any case, ``adopt``).
 
     ``verifications`` counts the argon2 checks run: the work an attacker can make us do,
     which the AUTH limiter exists to bound.
@@ -181,10 +199,15 @@ class UserStore:
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            self._users, self._mtime = {}, -1.0
-            return
+            mtime = -1.0
         if mtime != self._mtime:
-            self._users, self._mtime = load_users(self.path), mtime
+            self.adopt(read_users_file(self.path))
+
+    def adopt(self, snapshot: UsersFile) -> None:
+        """Use ``snapshot`` from now on. A reload reads the file and adopts it whatever
+        its mtime (an edit within the file system's mtime granularity, or a file put
+        back with its old mtime, is otherwise missed until the next change)."""
+        self._users, self._mtime = dict(snapshot.users), snapshot.mtime
 
     async def verify(self, name: str, password: str) -> bool:
         self._refresh()

@@ -38,6 +38,7 @@ class ConnectionPool:
         self.clock = clock
         self._idle: dict[PoolKey, list[tuple[float, SmtpConnection]]] = defaultdict(list)
         self._closing: set[asyncio.Future[None]] = set()
+        self._closed = False
 
     def take(self, key: PoolKey) -> SmtpConnection | None:
         """The most recently parked live connection for ``key``; stale ones are closed."""
@@ -51,6 +52,9 @@ class ConnectionPool:
         return None
 
     def park(self, key: PoolKey, conn: SmtpConnection) -> None:
+        if self._closed:
+            self._close_later(conn)
+            return
         idle = self._idle[key]
         if len(idle) >= self.max_idle:
             self._close_later(conn)
@@ -71,6 +75,9 @@ class ConnectionPool:
                 del self._idle[key]
 
     async def close(self) -> None:
+        """Close the idle connections; one parked afterwards is closed at once (a
+        delivery still running on a deliverer a reload has replaced)."""
+        self._closed = True
         conns = [c for idle in self._idle.values() for _, c in idle]
         self._idle.clear()
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
