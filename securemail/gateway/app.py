@@ -68,7 +68,7 @@ class Gateway:
             ),
         )
         self.policy = policy_from_config(cfg)
-        self.spool = open_spool(cfg.spool.url, base=_base(cfg))
+        self.spool = open_spool(cfg.spool.url, base=_base(cfg), audit_days=cfg.spool.audit_days)
         self.resolver = Resolver.from_config(cfg.dns)
         self.keys = load_keys(cfg.dkim.key_dir, cfg.dkim.selector, sorted(self.own_domains))
         self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)

@@ -32,7 +32,7 @@ from securemail.config import load_config
 from securemail.core.levels import TlsLevel
 from securemail.core.policy import Action
 from securemail.gateway.app import Gateway
-from securemail.gateway.spool import RcptStatus
+from securemail.gateway.spool import Decision, RcptStatus
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -174,7 +174,8 @@ async def test_released_sensitive_mail_keeps_verified_tls(gateway_factory, dns_s
         (held,) = [m for m in await gateway.spool.list_messages() if m.sender]  # not the notice
         assert held.recipients[0].status is RcptStatus.HELD
         assert _level(held.recipients[0].tls) is TlsLevel.VERIFIED
-        assert await gateway.spool.release(held.queue_id) == 1
+        released = await gateway.spool.release(held.queue_id, None, Decision("alice", "ok", 1.0))
+        assert released.count == 1
         gateway.queue.wake()
 
         async def deferred():
