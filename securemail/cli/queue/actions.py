@@ -150,7 +150,12 @@ def _decide(
         if rcpts:
             raise InputError(f"RCPT arguments name recipients of one message; with {ALL}, "
                              "choose with --status, --rcpt-domain, --older-than")  # fmt: skip
-        changes = _bulk(action, made, filters(*options, time.time()), yes, config)
+        selected = filters(*options, time.time())
+        changes = _bulk(action, made, selected, yes, config)
+        # With filters the recipients are named to the spool (those counted), so one
+        # left unmoved changed state meanwhile and is worth a word; without, it is
+        # simply a recipient the action does not apply to.
+        named = selected.any
     else:
         if any(option is not None for option in options):
             raise InputError(f"--status, --rcpt-domain and --older-than select recipients "
@@ -158,9 +163,10 @@ def _decide(
         change = with_spool(
             config, lambda spool: _apply(spool, action)(target, rcpts or None, made)
         )
-        _check(change, named=bool(rcpts))
+        named = bool(rcpts)
+        _check(change, named=named)
         changes = [change]
-    _report(action, made, changes, json_out, single=target != ALL, named=bool(rcpts))
+    _report(action, made, changes, json_out, single=target != ALL, named=named)
 
 
 def _apply(spool: Spool, action: Action) -> Apply:
@@ -292,5 +298,5 @@ def _report(
             if status is RcptStatus.DELIVERING and action is Action.HOLD:
                 warn(f"{c.queue_id} <{rcpt}>: being delivered, not held (an attempt is on "
                      "the wire; hold it once its result is recorded)")  # fmt: skip
-            elif named or not single:  # asked for by name, or changed since counted
+            elif named:
                 warn(f"{c.queue_id} <{rcpt}>: {status.value}, not {past}")
