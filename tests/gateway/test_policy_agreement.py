@@ -94,7 +94,7 @@ async def _gateway_stored(gateway, pki, rcpt: str, data: bytes) -> tuple[Action,
     r = await stored()
     action = Action.HOLD if r.status is RcptStatus.HELD else Action.DELIVER
     for m in await gateway.spool.list_messages():  # clear it for the next row
-        await gateway.spool.delete(m.queue_id)
+        await gateway.spool.delete(m.queue_id, None, Decision("test", "next row", 1.0))
     return action, _level(r.tls), r.reason
 
 

@@ -125,7 +125,6 @@ class QueueManager:
 
     async def _pass(self) -> None:
         self._wake.clear()
-        await self._log_decisions()
         if self._unrecorded:
             pending, self._unrecorded = self._unrecorded, []
             try:
@@ -138,7 +137,9 @@ class QueueManager:
             claimed = await self.spool.claim_due(self.clock(), self.batch_size)
         if claimed:
             self._dispatch(claimed)
+            await self._log_decisions()  # after the claim: an audit line never delays mail
             return
+        await self._log_decisions()
         due = await self.spool.next_due()
         timeout = 1.0 if due is None else min(max(due - self.clock(), 0.01), 1.0)
         try:
