@@ -293,7 +293,12 @@ def _report(
         say(f"{past} {count} recipients of {messages} messages")
     else:
         say(f"no recipients to {action.value}")
-    for c in changes:
+    for c in changes:  # what changed since ALL counted (one message: refused in _check)
+        if not c.found:
+            warn(f"{c.queue_id}: left the spool meanwhile; nothing {past}")
+        elif c.unknown:
+            warn(f"{c.queue_id}: {', '.join(c.unknown)} left the spool meanwhile; "
+                 f"nothing {past} in this message")  # fmt: skip
         for rcpt, status in c.unmoved:
             if status is RcptStatus.DELIVERING and action is Action.HOLD:
                 warn(f"{c.queue_id} <{rcpt}>: being delivered, not held (an attempt is on "

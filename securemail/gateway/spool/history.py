@@ -50,8 +50,8 @@ def change(
     spool's ``now``, as for every other change of state; the history keeps the decision's.
 
     Which states an action moves is ``store.MOVES_FROM``, which the SQL above is built
-    from. With ``rcpts`` None the history
-    gets one row for the whole message (``rcpt`` ""), else one per recipient changed.
+    from. With ``rcpts`` None the history gets one row for the whole message (``rcpt``
+    ""), else one per recipient changed; a decision that changed nothing is not a row.
     """
     states = {
         rcpt: s.RcptStatus(status)

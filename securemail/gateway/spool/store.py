@@ -263,9 +263,10 @@ class Outcome:
 class Spool(Protocol):
     """The durable queue. Every method is safe to call concurrently from one event loop.
 
-    ``store``, ``record`` and ``hand_off`` return only after their change is durable;
-    callers never need a separate commit or sync. Statistics a backend keeps about itself
-    (e.g. ``SqliteSpool.stats``) are not part of the protocol.
+    ``store``, ``record``, ``hand_off`` and the operator decisions (``hold``,
+    ``release``, ``delete``, ``reveal``: each with its history row) return only after
+    their change is durable; callers never need a separate commit or sync. Statistics a
+    backend keeps about itself (e.g. ``SqliteSpool.stats``) are not part of the protocol.
     """
 
     recovered: int  # recipients put back from DELIVERING to QUEUED by the last open()
@@ -295,9 +296,10 @@ class Spool(Protocol):
     async def history(self, queue_id: str) -> list[HistoryEntry]:
         """Every decision kept for ``queue_id``, whether or not it is still in the spool."""
 
-    async def hold(
-        self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision
-    ) -> Change: ...
+    async def hold(self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision) -> Change:
+        """QUEUED | DEFERRED → HELD; a DELIVERING recipient is left alone (``unmoved``).
+        Named ``rcpts`` that are not the message's change nothing (``unknown``)."""
+
     async def release(
         self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision
     ) -> Change:
