@@ -46,12 +46,17 @@ if TYPE_CHECKING:
 ALL = "ALL"
 TargetArg = Annotated[
     str,
-    typer.Argument(help="A queue ID, or ALL (then --status, --rcpt-domain, --older-than select)."),
+    typer.Argument(
+        metavar="TARGET",
+        help="A queue ID, or ALL (then --status, --rcpt-domain, --older-than select).",
+    ),
 ]
 RcptArgs = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Only these recipients of the message (default: all of them).", show_default=False
+        metavar="RCPT",
+        help="Only these recipients of the message (default: all of them).",
+        show_default=False,
     ),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Act on ALL without asking.")]
