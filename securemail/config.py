@@ -102,6 +102,9 @@ class DnsConfig:
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
     url: str = "sqlite:///var/spool.db"
+    # Operator decisions (hold, release, delete, reveal) are kept this long, then pruned
+    # when the spool opens, so the history outlives the mail it is about but stays bounded.
+    audit_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("dns", "nameservers"): _host_ports,
     ("dns", "timeout"): _between(0.1, 120),
     ("spool", "url"): spool_url,
+    ("spool", "audit_days"): _between(1, 36500),
     ("inbound", "deliver_to"): _host_port,
     ("inbound", "recipients"): _recipients,
     ("relay", "networks"): _networks,

@@ -22,6 +22,7 @@ def test_template_loads_to_the_defaults(tmp_path):
     assert cfg.delivery == defaults.delivery
     assert cfg.listen == defaults.listen
     assert cfg.check == defaults.check
+    assert cfg.spool == defaults.spool and cfg.spool.audit_days == 400
     assert cfg.policy.unknown_sensitive_action == "hold"
     assert cfg.policy.unscannable == "sensitive" == defaults.policy.unscannable
     assert cfg.tls.cert == tmp_path / "var/tls/cert.pem"  # relative to the file
@@ -85,6 +86,8 @@ ERRORS = [
     ("[listen]\nmax_connections_per_ip = 0\n", "listen.max_connections_per_ip: must be between"),
     ("[listen]\nmax_data_in_flight = 10\n", "listen.max_data_in_flight: must be 0 or between"),
     ("[listen]\ngreet_pause = -1\n", "listen.greet_pause: must be between 0 and 60"),
+    ("[spool]\naudit_days = 0\n", "securemail.toml:2: spool.audit_days: must be between 1 and 36500"),
+    ("[spool]\naudit_days = 1.5\n", "spool.audit_days: expected a whole number"),
 ]  # fmt: skip
 
 

@@ -61,7 +61,9 @@ class Gateway:
         cfg = self.config = live.config
         self.classifier = live.classifier
         self.own_domains = frozenset(cfg.organisation.domains)
-        self.spool = open_spool(cfg.spool.url, base=config_base(cfg))
+        self.spool = open_spool(
+            cfg.spool.url, base=config_base(cfg), audit_days=cfg.spool.audit_days
+        )
         self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)
         self.users.adopt(live.users)
         self.offload = Offload(cfg.listen.cpu_budget)

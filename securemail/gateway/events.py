@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from securemail.core.levels import TlsFailure
@@ -163,6 +163,23 @@ class TlsAlert:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorDecision:
+    """An operator's hold, release, delete or reveal, as the spool's history holds it.
+
+    Logged by the gateway (the queue manager reads the history), not by the ``queue``
+    command that made it: the command runs as whoever typed it, possibly with no access
+    to the gateway's log, and the decision may be made while the gateway is down.
+    """
+
+    queue_id: str
+    rcpt: str  # "" when the decision covered the whole message
+    action: str
+    operator: str
+    reason: str
+    at: float  # when it was made (the line is written when the gateway sees it)
+
+
+@dataclass(frozen=True, slots=True)
 class Lifecycle:
     """Start, listen, recovery, stop: operator-facing facts about the gateway itself."""
 
@@ -184,6 +201,7 @@ Event = (
     | Deferred
     | Bounced
     | TlsAlert
+    | OperatorDecision
     | Lifecycle
 )
 
@@ -236,6 +254,12 @@ def iso_time(record: logging.LogRecord) -> str:
     (``2026-01-31T09:00:00.123+00:00``): a log read in another time zone, or across a
     clock change, still says when something happened."""
     return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+def utc_stamp(epoch: float) -> str:
+    """An epoch time as ``2026-11-30T14:02:11Z``: how operator decisions are dated in the
+    log and by ``securemail queue``, so the two can be matched by eye."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class OneLineFormatter(logging.Formatter):
@@ -439,6 +463,15 @@ def _line(event: Event) -> _Line:
                     e.reason,
                 ),
             )
+        case OperatorDecision():
+            e = event
+            return (
+                logging.INFO,
+                _QUEUE,
+                "operator decision queue_id=%s rcpt=%s action=%s by=%r reason=%r at=%s",
+                (e.queue_id, f"<{e.rcpt}>" if e.rcpt else "*", e.action, e.operator, e.reason,
+                 utc_stamp(e.at)),
+            )  # fmt: skip
         case Lifecycle():
             level = logging.WARNING if event.warning else logging.INFO
             return level, _GW, "%s", (event.message,)

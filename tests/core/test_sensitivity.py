@@ -25,6 +25,7 @@ from securemail.core.sensitivity import (
     Sensitivity,
     find_nhs_numbers,
     is_valid_nhs_number,
+    mask_nhs_numbers,
     scan_message,
 )
 
@@ -196,6 +197,21 @@ def test_is_valid_nhs_number(number: str, valid: bool):
 )
 def test_find_nhs_numbers(text: str, found: list[str]):
     assert find_nhs_numbers(text) == found
+
+
+def test_masking_hides_exactly_what_is_found():
+    """``queue cat`` masks with the scanner's own detector: the same numbers, nothing else."""
+    text = (
+        f"NHS {spaced(VALID)}, ({spaced(VALID_2, '-')}), NHS{VALID}x, id=X{VALID}&s, "
+        f"tel {spaced(VALID)} 12, {CHECK_TEN}"
+    )
+    masked = mask_nhs_numbers(text)
+    assert masked == (
+        f"NHS *** *** {VALID[-4:]}, (*** *** {VALID_2[-4:]}), NHS*** *** {VALID[-4:]}x, "
+        f"id=X{VALID}&s, tel {spaced(VALID)} 12, {CHECK_TEN}"
+    )
+    assert find_nhs_numbers(masked) == []
+    assert mask_nhs_numbers("no numbers here") == "no numbers here"
 
 
 def test_ten_digits_inside_a_letters_and_digits_token_are_an_identifier():
@@ -1042,3 +1058,14 @@ def test_runs_of_empty_lines_cost_nothing_and_hide_nothing():
     raw = b'Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
     found = scan_message(raw + body)
     assert {m.kind for m in found.markers} == {Kind.MARKING, Kind.NHS_NUMBER}
+
+
+@given(nine_digits, st.text(alphabet="ab .-\n0123456789", max_size=20))
+def test_property_masked_text_has_no_number_left(nine: str, around: str):
+    if check_digit(nine) == 10:
+        return  # no valid number ends these nine digits
+    number = with_check_digit(nine)
+    text = f"{around} {spaced(number)} {around}"
+    masked = mask_nhs_numbers(text)
+    assert find_nhs_numbers(masked) == []
+    assert masked.count("*** ***") == len(find_nhs_numbers(text))

@@ -727,16 +727,16 @@ def test_queue_commands_while_the_gateway_runs(rig, pki):
     assert human.returncode == 0 and held in human.stdout and "held" in human.stdout
 
     assert rig.mx.messages == []  # held means never sent
-    released = run_cli(rig.config, "queue", "release", held)
+    released = run_cli(rig.config, "queue", "release", held, "--reason", "checked")
     assert released.returncode == 0 and "released 1" in released.stdout, released.stderr
     rig.mx.wait(1, timeout=30)  # the running gateway notices and delivers it
     assert [m.rcpt_tos for m in rig.mx.messages] == [["x@gmail.test"]]
-    again = run_cli(rig.config, "queue", "release", held)
+    again = run_cli(rig.config, "queue", "release", held, "--reason", "checked")
     assert "no held recipients" in one_line_error(again)
 
     flushed = run_cli(rig.config, "queue", "flush")
     assert flushed.returncode == 0 and "recipients due now" in flushed.stdout, flushed.stderr
-    deleted = run_cli(rig.config, "queue", "delete", waiting)
+    deleted = run_cli(rig.config, "queue", "delete", waiting, "--reason", "not needed")
     assert deleted.returncode == 0 and f"deleted {waiting}" in deleted.stdout, deleted.stderr
     assert waiting not in queue_json(rig)
 
@@ -747,8 +747,8 @@ def test_queue_commands_while_the_gateway_runs(rig, pki):
     assert got[("crash-queue-held", "x@gmail.test")] == 1
     assert marker not in queue_json(rig)
 
-    for args in (("show", "NOSUCHQUEUEID0000"), ("release", "NOSUCHQUEUEID0000"),
-                 ("delete", "NOSUCHQUEUEID0000")):  # fmt: skip
+    for args in (("show", "NOSUCHQUEUEID0000"), ("release", "NOSUCHQUEUEID0000", "--reason", "x"),
+                 ("delete", "NOSUCHQUEUEID0000", "--reason", "x")):  # fmt: skip
         assert "NOSUCHQUEUEID0000" in one_line_error(run_cli(rig.config, "queue", *args))
     assert "--status" in one_line_error(run_cli(rig.config, "queue", "list", "--status", "x"))
     assert gw.running

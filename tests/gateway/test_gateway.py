@@ -20,6 +20,8 @@ from harness.gatewaykit import (
 from harness.smtpsink import SinkServer
 from harness.strip_proxy import StripTLSProxy
 
+from securemail.gateway.spool import Decision
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -212,7 +214,8 @@ async def test_sensitive_to_unknown_is_held_then_released(gateway, mx, pki):
     await asyncio.sleep(0.5)
     assert len(mx.messages) == 1  # still held, never sent
     (held,) = await gateway.spool.list_messages()
-    assert await gateway.spool.release(held.queue_id) == 1
+    released = await gateway.spool.release(held.queue_id, None, Decision("alice", "ok", 1.0))
+    assert released.count == 1
     gateway.queue.wake()
     received = await asyncio.to_thread(mx.wait, 2)
     assert received[1].rcpt_tos == ["carer@gmail.test"]

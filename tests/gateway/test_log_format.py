@@ -13,7 +13,13 @@ import pytest
 
 from securemail.config import load_config
 from securemail.errors import ConfigError
-from securemail.gateway.events import JsonLineFormatter, OneLineFormatter, log_formatter
+from securemail.gateway.events import (
+    JsonLineFormatter,
+    LogSink,
+    OneLineFormatter,
+    OperatorDecision,
+    log_formatter,
+)
 
 ISO_WITH_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
@@ -70,3 +76,30 @@ def test_log_section(tmp_path: Path) -> None:
     path.write_text('[log]\nformat = "xml"\n')
     with pytest.raises(ConfigError, match=r"securemail.toml:2: log.format"):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_operator_decision_is_one_line_in_either_format(kind: str) -> None:
+    """The spool's history is read back by the gateway: whatever a row holds (a newer
+    tool, a hand edit), its line stays one line with its fields where they belong."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(log_formatter(kind))
+    handler.emit = lambda rec: lines.append(handler.format(rec))  # type: ignore[method-assign]
+    logger = logging.getLogger("securemail.queue")
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        LogSink().emit(
+            OperatorDecision("01M8PCH772DZ9QJB", "", "release", "alice x", "ok\r\nforged", 0.0)
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    [line] = lines
+    assert "\n" not in line and "\r" not in line
+    message = json.loads(line)["message"] if kind == "json" else line.split(": ", 1)[1]
+    assert message == (
+        "operator decision queue_id=01M8PCH772DZ9QJB rcpt=* action=release by='alice x' "
+        "reason='ok\\r\\nforged' at=1970-01-01T00:00:00Z"
+    )

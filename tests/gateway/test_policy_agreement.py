@@ -32,7 +32,7 @@ from securemail.config import load_config
 from securemail.core.levels import TlsLevel
 from securemail.core.policy import Action
 from securemail.gateway.app import Gateway
-from securemail.gateway.spool import RcptStatus
+from securemail.gateway.spool import Decision, RcptStatus
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,7 +94,7 @@ async def _gateway_stored(gateway, pki, rcpt: str, data: bytes) -> tuple[Action,
     r = await stored()
     action = Action.HOLD if r.status is RcptStatus.HELD else Action.DELIVER
     for m in await gateway.spool.list_messages():  # clear it for the next row
-        await gateway.spool.delete(m.queue_id)
+        await gateway.spool.delete(m.queue_id, None, Decision("test", "next row", 1.0))
     return action, _level(r.tls), r.reason
 
 
@@ -174,7 +174,8 @@ async def test_released_sensitive_mail_keeps_verified_tls(gateway_factory, dns_s
         (held,) = [m for m in await gateway.spool.list_messages() if m.sender]  # not the notice
         assert held.recipients[0].status is RcptStatus.HELD
         assert _level(held.recipients[0].tls) is TlsLevel.VERIFIED
-        assert await gateway.spool.release(held.queue_id) == 1
+        released = await gateway.spool.release(held.queue_id, None, Decision("alice", "ok", 1.0))
+        assert released.count == 1
         gateway.queue.wake()
 
         async def deferred():

@@ -5,16 +5,18 @@ hands over and records, on a clock the test moves.
 """
 
 import asyncio
+import logging
 import random
 import time
 
 import pytest
 
 from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.gateway.events import LogSink, MemorySink, OperatorDecision, utc_stamp
 from securemail.gateway.outbound.deliver import Result
 from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.schedule import Schedule
-from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, SqliteSpool
+from securemail.gateway.spool import Decision, NewMessage, NewRecipient, RcptStatus, SqliteSpool
 
 pytestmark = pytest.mark.timeout(30)
 SENDER = "jo@example.nhs.uk"
@@ -78,7 +80,7 @@ async def test_dispatch_by_level_and_a_release_goes_out_verified(spool):
             ("nhs.net", TlsLevel.VERIFIED, ["gp@nhs.net"]),
         ]
         assert all(type(level) is TlsLevel for _, level, _ in deliverer.calls)
-        assert await spool.release(qid) == 1
+        assert (await spool.release(qid, None, Decision("alice", "ok", time.time()))).count == 1
         manager.wake()
         await until(lambda: _gone(spool, qid))
         # The same domain as an opportunistic recipient, but never grouped with it.
@@ -135,3 +137,48 @@ async def _gone(spool, qid):
 async def _attempts(spool, qid, count):
     [state] = (await spool.get(qid)).recipients
     return state.attempts >= count and state.status is RcptStatus.DEFERRED
+
+
+async def test_each_operator_decision_is_logged_once(spool, caplog):
+    """Decisions made while the manager was down are logged on its first pass; one made
+    while it runs within a couple of seconds; none twice."""
+    held = (rcpt("held@gmail.test", TlsLevel.VERIFIED, RcptStatus.HELD),)
+    first = await spool.store(NewMessage(SENDER, held, b"Subject: x\r\n\r\nbody\r\n"))
+    two = (*held, rcpt("other@gmail.test", TlsLevel.VERIFIED, RcptStatus.HELD))
+    second = await spool.store(NewMessage(SENDER, two, b"Subject: y\r\n\r\nbody\r\n"))
+    await spool.delete(first, None, Decision("alice", "sent in error", 1_800_000_000.0))
+    sink = MemorySink()
+    manager = QueueManager(spool, ScriptedDeliverer(delivered), bounce=None, events=sink)
+    runner = asyncio.ensure_future(manager.run())
+
+    async def logged(count):
+        return len(sink.of(OperatorDecision)) >= count
+
+    try:
+        await until(lambda: logged(1))
+        made = time.monotonic()
+        await spool.release(second, ["held@gmail.test"], Decision("bob", "ok", time.time()))
+        await spool.delete(second, None, Decision("bob", "withdrawn", time.time()))
+        await until(lambda: logged(3), timeout=5)
+        assert time.monotonic() - made < 3.0
+        await asyncio.sleep(2.5)  # more passes: nothing is logged again
+    finally:
+        await manager.stop(grace=5)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    decisions = sink.of(OperatorDecision)
+    assert decisions[0] == OperatorDecision(
+        first, "", "delete", "alice", "sent in error", 1_800_000_000.0
+    )
+    assert [(d.queue_id, d.rcpt, d.action, d.reason) for d in decisions] == [
+        (first, "", "delete", "sent in error"),
+        (second, "held@gmail.test", "release", "ok"),
+        (second, "", "delete", "withdrawn"),
+    ]
+    # The line itself, as the log sink writes it.
+    with caplog.at_level(logging.INFO, logger="securemail.queue"):
+        LogSink().emit(decisions[1])
+    assert caplog.messages == [
+        f"operator decision queue_id={second} rcpt=<held@gmail.test> action=release by='bob' "
+        f"reason='ok' at={utc_stamp(decisions[1].at)}"
+    ]

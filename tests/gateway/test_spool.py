@@ -17,6 +17,7 @@ import pytest
 from securemail.core.levels import TlsLevel
 from securemail.errors import ConfigError
 from securemail.gateway.spool import (
+    Decision,
     NewMessage,
     NewRecipient,
     Outcome,
@@ -31,6 +32,7 @@ from securemail.gateway.spool import (
 
 ROOT = Path(__file__).resolve().parents[2]
 Q, D, H = RcptStatus.QUEUED, RcptStatus.DELIVERING, RcptStatus.HELD
+BY_ALICE = Decision("alice", "checked with the IG lead", 1_800_000_000.0)
 
 
 def rcpt(address, status=Q, tls=TlsLevel.VERIFIED):
@@ -97,9 +99,9 @@ async def test_held_never_claimed_until_release(spool):
     assert [d.rcpt for d in await spool.claim_due(far_future, 10)] == ["a@nhs.net"]
     assert await spool.claim_due(far_future, 10) == []
     assert await spool.next_due() is None
-    assert await spool.release(qid) == 1
-    assert await spool.release(qid) == 0
-    assert await spool.release("NOSUCHID00000000") == 0
+    assert (await spool.release(qid, None, BY_ALICE)).count == 1
+    assert (await spool.release(qid, None, BY_ALICE)).count == 0
+    assert not (await spool.release("NOSUCHID00000000", None, BY_ALICE)).found
     [delivery] = await spool.claim_due(time.time(), 10)
     assert delivery.rcpt == "x@gmail.com" and delivery.tls is TlsLevel.VERIFIED
 
@@ -135,7 +137,8 @@ async def test_hand_off_is_final_and_recorded(spool):
     assert (x.status, x.last_error) == (RcptStatus.HANDED_OFF, "handed off to portal: link sent")
     assert x.updated >= before
     assert states["y@gmail.com"].status is H and states["a@nhs.net"].status is D
-    assert await spool.release(qid) == 1  # y only: a hand-off is never undone by a release
+    # y only: a hand-off is never undone by a release
+    assert (await spool.release(qid, None, BY_ALICE)).changed == ("y@gmail.com",)
     assert {d.rcpt for d in await spool.claim_due(time.time(), 10)} == {"y@gmail.com"}
     await spool.record(
         [Outcome(qid, r, RcptStatus.DELIVERED, "250 ok") for r in (claimed.rcpt, "y@gmail.com")]
@@ -210,9 +213,9 @@ async def test_delete_whatever_the_state(spool):
     held = await spool.store(msg(rcpt("x@gmail.com", H)))
     busy = await spool.store(msg("a@nhs.net"))
     await spool.claim_due(time.time(), 10)
-    assert await spool.delete(held) is True
-    assert await spool.delete(busy) is True
-    assert await spool.delete(busy) is False
+    assert (await spool.delete(held, None, BY_ALICE)).removed
+    assert (await spool.delete(busy, None, BY_ALICE)).removed
+    assert not (await spool.delete(busy, None, BY_ALICE)).found
     # A late result for a deleted message changes nothing and does not fail.
     await spool.record([Outcome(busy, "a@nhs.net", RcptStatus.DELIVERED)])
     counts = await spool.counts()
@@ -431,11 +434,11 @@ async def test_second_instance_does_not_steal_live_claims(spool, tmp_path):
         assert [m.queue_id for m in await cli.list_messages()] == [held, *busy]
         # Both write at once: WAL and busy_timeout let them take turns.
         results = await asyncio.gather(
-            cli.release(held),
+            cli.release(held, None, BY_ALICE),
             *(spool.store(msg(f"more{i}@nhs.net")) for i in range(50)),
             *(cli.list_messages(status=D) for _ in range(5)),
         )
-        assert results[0] == 1
+        assert results[0].count == 1
         assert all(len(r) == 2 for r in results[51:])
         claimed = await spool.claim_due(time.time(), 100)
         assert {d.queue_id for d in claimed} >= {held}
@@ -449,12 +452,12 @@ async def test_second_instance_does_not_steal_live_claims(spool, tmp_path):
 
 CHILD_OPERATOR = """
     import asyncio, json, sys
-    from securemail.gateway.spool import RcptStatus, SqliteSpool
+    from securemail.gateway.spool import Decision, RcptStatus, SqliteSpool
 
     async def main(path, queue_id):
         spool = SqliteSpool(path)
         await spool.open()
-        released = await spool.release(queue_id)
+        released = (await spool.release(queue_id, None, Decision("bob", "ok", 1.0))).count
         held = await spool.list_messages(status=RcptStatus.HELD)
         print(json.dumps({"recovered": spool.recovered, "released": released,
                           "held": [m.queue_id for m in held], "counts": await spool.counts()}))
@@ -531,9 +534,9 @@ async def test_newer_schema_refused(tmp_path):
     with pytest.raises(SpoolError, match="schema version 99"):
         await SqliteSpool(path).open()
     with sqlite3.connect(path) as db:  # the version is PRAGMA user_version since v2
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-        db.execute("PRAGMA user_version = 3")
-    with pytest.raises(SpoolError, match="schema version 3; this securemail reads version 2"):
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("PRAGMA user_version = 4")
+    with pytest.raises(SpoolError, match="schema version 4; this securemail reads version 3"):
         await SqliteSpool(path).open()
     with pytest.raises(ValueError, match="synchronous"):
         SqliteSpool(path, synchronous="SOMETIMES")

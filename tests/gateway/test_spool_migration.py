@@ -1,7 +1,9 @@
-"""Upgrading a spool written by schema version 1 (``tls`` as nullable text) in place.
+"""Upgrading older spools in place: version 1 (``tls`` as nullable text) and version 2
+(no ``history`` of operator decisions).
 
-The fixture is version 1's own CREATE statements, copied verbatim, filled with raw SQL the
-way that code wrote rows: "required", "opportunistic" and NULL (held sensitive mail).
+Each fixture is that version's own CREATE statements, copied verbatim, filled with raw
+SQL the way that code wrote rows: for version 1, "required", "opportunistic" and NULL
+(held sensitive mail).
 """
 
 import asyncio
@@ -11,7 +13,14 @@ import time
 import pytest
 
 from securemail.core.levels import TlsLevel
-from securemail.gateway.spool import Outcome, RcptStatus, SpoolError, SqliteSpool
+from securemail.gateway.spool import (
+    Action,
+    Decision,
+    Outcome,
+    RcptStatus,
+    SpoolError,
+    SqliteSpool,
+)
 from securemail.gateway.spool.schema import SCHEMA_VERSION
 
 # securemail/gateway/spool/sqlite.py at schema version 1, verbatim.
@@ -105,7 +114,7 @@ async def test_v1_spool_upgraded_in_place(tmp_path):
         await spool.record(
             [Outcome(MESSAGE, r, RcptStatus.DELIVERED, "250 2.0.0 Ok") for r in claimed]
         )
-        assert await spool.release(MESSAGE) == 1
+        assert (await spool.release(MESSAGE, None, Decision("alice", "ok", 1.0))).count == 1
         [released] = await spool.claim_due(time.time(), 10)
         # The release rule across the upgrade: held sensitive mail goes out verified.
         assert (released.rcpt, released.tls) == ("held@gmail.test", TlsLevel.VERIFIED)
@@ -167,3 +176,111 @@ async def test_two_processes_upgrading_at_once_upgrade_once(tmp_path):
             assert {r.rcpt: r.tls for r in info.recipients} == EXPECTED
     finally:
         await asyncio.gather(*(s.close() for s in spools))
+
+
+# securemail/gateway/spool/schema.py at schema version 2 (its _CREATE), verbatim.
+V2_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL, received REAL NOT NULL,
+    size INTEGER NOT NULL, client TEXT NOT NULL, auth_user TEXT NOT NULL,
+    sensitivity TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE recipients (
+    queue_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    rcpt TEXT NOT NULL, domain TEXT NOT NULL, status TEXT NOT NULL,
+    tls TEXT NOT NULL CHECK (tls IN ('opportunistic', 'verified', 'mta-sts', 'dane')),
+    reason TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue_id, rcpt));
+CREATE INDEX recipients_due ON recipients (status, next_attempt);
+INSERT INTO meta VALUES ('schema_version', '2'), ('done', '3');
+PRAGMA user_version = 2;
+"""
+# (rcpt, status, tls) as version 2 stored them
+V2_ROWS = [
+    ("gp@nhs.net", "deferred", "verified"),
+    ("held@gmail.test", "held", "verified"),
+    ("pal@gmail.test", "queued", "opportunistic"),
+]
+
+
+def write_v2_spool(path):
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(V2_SCHEMA)
+    db.execute(
+        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (MESSAGE, "jo@example.nhs.uk", 1_700_000_000.0, len(DATA), "127.0.0.1:5000 helo=pc1",
+         "jo", "OFFICIAL-SENSITIVE in subject", DATA),
+    )  # fmt: skip
+    db.executemany(
+        "INSERT INTO recipients (queue_id, rcpt, domain, status, tls, reason, attempts,"
+        " next_attempt, last_error, updated) VALUES (?, ?, ?, ?, ?, 'v2', 1, 1.0, '451', 1.0)",
+        [(MESSAGE, rcpt, rcpt.rpartition("@")[2], status, tls) for rcpt, status, tls in V2_ROWS],
+    )  # fmt: skip
+    db.close()
+
+
+def tables(path):
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+
+
+async def test_v2_spool_gains_a_history_in_place(tmp_path):
+    path = tmp_path / "spool.db"
+    write_v2_spool(path)
+    assert "history" not in tables(path)
+    spool = SqliteSpool(path, synchronous="NORMAL", audit_days=400)  # prunes an empty table
+    await spool.open()
+    try:
+        [info] = await spool.list_messages()
+        assert [(r.rcpt, r.status.value, r.tls.label) for r in info.recipients] == V2_ROWS
+        assert info.history == () and await spool.message_data(MESSAGE) == DATA
+        assert (await spool.counts())["done"] == 3
+        # Decisions work on the upgraded file, and their history outlives the message.
+        released = await spool.release(MESSAGE, None, Decision("alice", "checked", time.time()))
+        assert released.changed == ("held@gmail.test",)
+        assert (await spool.delete(MESSAGE, None, Decision("bob", "gone", time.time()))).removed
+        assert [h.action for h in await spool.history(MESSAGE)] == [Action.RELEASE, Action.DELETE]
+    finally:
+        await spool.close()
+    assert {"history", "history_queue_id", "history_unlogged"} <= tables(path)
+    cols, version, meta = columns(path)
+    assert (version, meta) == (SCHEMA_VERSION, str(SCHEMA_VERSION)) == (3, "3")
+    assert cols["tls"] == ("TEXT", True)  # recipients untouched by this step
+
+
+async def test_v2_upgrade_is_one_transaction(tmp_path):
+    """A failure mid-upgrade leaves version 2 exactly as it was, to be upgraded later."""
+    path = tmp_path / "spool.db"
+    write_v2_spool(path)
+    with sqlite3.connect(path) as db:  # sabotage: the new index's name is taken
+        db.execute("CREATE TABLE history_unlogged (x)")
+    with pytest.raises(SpoolError, match="already a table named history_unlogged"):
+        await SqliteSpool(path).open()
+    assert "history" not in tables(path)  # created before the failure, rolled back
+    assert columns(path)[1:] == (2, "2")
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE history_unlogged")
+    spool = SqliteSpool(path, synchronous="NORMAL")
+    await spool.open()
+    try:
+        [info] = await spool.list_messages()
+        assert len(info.recipients) == len(V2_ROWS)
+    finally:
+        await spool.close()
+    assert columns(path)[1:] == (3, "3")
+
+
+async def test_v1_spool_goes_straight_to_the_current_version(tmp_path):
+    path = tmp_path / "spool.db"
+    write_v1_spool(path)
+    spool = SqliteSpool(path, synchronous="NORMAL")
+    await spool.open()
+    try:
+        change = await spool.hold(MESSAGE, ["gp@nhs.net"], Decision("alice", "why", time.time()))
+        assert change.changed == ("gp@nhs.net",)
+        assert [h.rcpt for h in await spool.history(MESSAGE)] == ["gp@nhs.net"]
+    finally:
+        await spool.close()
+    assert "history" in tables(path) and columns(path)[1:] == (3, "3")

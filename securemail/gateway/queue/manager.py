@@ -10,6 +10,13 @@ groups.
 What a result means (delivered, bounced, deferred until when, delay notice or not) is
 decided by the pure ``schedule.next_step``; this module only acts on it: records the
 outcome, sends the DSN or the notice, logs.
+
+It also writes the log line for each operator decision (``securemail queue hold``,
+``release``, ``delete``, ``cat --reveal``), which the ``queue`` command records only in
+the spool's history: this loop already wakes at least every second, so a decision made
+while the gateway runs is logged within a second or two, and one made while it was down
+is logged on its first pass after the start. The spool marks an entry logged as it hands
+it over, so each appears once, however many gateways share the spool.
 """
 
 from __future__ import annotations
@@ -23,7 +30,15 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
 from securemail.core.levels import TlsLevel
-from securemail.gateway.events import Bounced, Deferred, EventSink, Lifecycle, LogSink, TlsAlert
+from securemail.gateway.events import (
+    Bounced,
+    Deferred,
+    EventSink,
+    Lifecycle,
+    LogSink,
+    OperatorDecision,
+    TlsAlert,
+)
 from securemail.gateway.outbound.deliver import Deliverer, Item, Result
 from securemail.gateway.queue.schedule import Schedule, age_text, next_step
 from securemail.gateway.spool import Delivery, Outcome, RcptStatus, Spool
@@ -36,6 +51,8 @@ Notice = Callable[[Delivery, str, bytes], Awaitable[None]]
 BOUNCED_MEMORY = 100_000  # message ids remembered as bounced (one DSN per message)
 SPOOL_RETRY_BASE = 0.5  # seconds; doubling to SPOOL_RETRY_MAX while the spool fails
 SPOOL_RETRY_MAX = 30.0
+DECISIONS_EVERY = 1.0  # seconds between looks for operator decisions to log
+DECISIONS_BATCH = 500  # decisions logged per look (more are fetched at once if waiting)
 
 
 class QueueManager:
@@ -72,6 +89,7 @@ class QueueManager:
         self._runner: asyncio.Task[object] | None = None
         self._unrecorded: list[Outcome] = []
         self._bounced: OrderedDict[str, None] = OrderedDict()  # messages already bounced
+        self._decisions_due = 0.0  # time.monotonic() of the next look for decisions
 
     def wake(self) -> None:
         """New mail or a state change: look at the spool now."""
@@ -119,13 +137,43 @@ class QueueManager:
             claimed = await self.spool.claim_due(self.clock(), self.batch_size)
         if claimed:
             self._dispatch(claimed)
+            await self._log_decisions()  # after the claim: an audit line never delays mail
             return
+        await self._log_decisions()
         due = await self.spool.next_due()
         timeout = 1.0 if due is None else min(max(due - self.clock(), 0.01), 1.0)
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             await self.deliverer.expire_idle()
+
+    async def _log_decisions(self) -> None:
+        """One log line per operator decision not logged yet, at most once a second.
+
+        A failure here is reported and left for the next look: the audit line waits (the
+        history in the spool keeps the decision), mail delivery does not.
+        """
+        now = time.monotonic()  # a rate, not a schedule: not the injected wall clock
+        if now < self._decisions_due:
+            return
+        self._decisions_due = now + DECISIONS_EVERY
+        try:
+            entries = await self.spool.claim_unlogged(DECISIONS_BATCH)
+        except Exception as exc:
+            self.events.emit(
+                Lifecycle(
+                    f"ALERT could not read operator decisions ({type(exc).__name__}: {exc}); "
+                    "retrying",
+                    warning=True,
+                )
+            )
+            return
+        for e in entries:
+            self.events.emit(
+                OperatorDecision(e.queue_id, e.rcpt, e.action.value, e.operator, e.reason, e.at)
+            )
+        if len(entries) == DECISIONS_BATCH:
+            self._decisions_due = now  # more are waiting: the next pass takes them
 
     async def _write(self, outcomes: list[Outcome]) -> None:
         """Record outcomes; if the spool refuses, keep them for the next pass."""

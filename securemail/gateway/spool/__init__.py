@@ -11,7 +11,12 @@ from pathlib import Path
 from securemail.errors import ConfigError
 from securemail.gateway.spool.sqlite import SpoolStats, SqliteSpool
 from securemail.gateway.spool.store import (
+    MOVES_FROM,
+    Action,
+    Change,
+    Decision,
     Delivery,
+    HistoryEntry,
     MessageInfo,
     NewMessage,
     NewRecipient,
@@ -25,7 +30,12 @@ from securemail.gateway.spool.store import (
 )
 
 __all__ = [
+    "MOVES_FROM",
+    "Action",
+    "Change",
+    "Decision",
     "Delivery",
+    "HistoryEntry",
     "MessageInfo",
     "NewMessage",
     "NewRecipient",
@@ -61,6 +71,8 @@ def spool_path(url: str, *, base: Path | None = None) -> Path:
     return path if path.is_absolute() else (base or Path.cwd()) / path
 
 
-def open_spool(url: str, *, base: Path | None = None) -> Spool:
-    """The spool ``url`` names, not yet opened (``await spool.open()``)."""
-    return SqliteSpool(spool_path(url, base=base))
+def open_spool(url: str, *, base: Path | None = None, audit_days: float | None = None) -> Spool:
+    """The spool ``url`` names, not yet opened (``await spool.open()``); operator
+    decisions older than ``audit_days`` are forgotten when it opens (``[spool]
+    audit_days``; None keeps them)."""
+    return SqliteSpool(spool_path(url, base=base), audit_days=audit_days)

@@ -8,6 +8,10 @@ Version 1 kept ``tls`` as nullable text: "required", "opportunistic", and NULL f
 sensitive mail. Version 2 keeps a ``TlsLevel`` label, NOT NULL, with a CHECK, and the
 upgrade maps NULL and anything unknown to ``verified`` under the release rule (see
 ``store``): an upgrade can never weaken what a recipient's delivery must achieve.
+
+Version 3 adds ``history``, the operator decisions (hold, release, delete, reveal). It
+has no foreign key to ``messages`` on purpose: deleting or delivering a message must not
+delete the record of who released or deleted it. ``history.py`` keeps it bounded.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import store as s
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LEVELS = ", ".join(f"'{level.label}'" for level in TlsLevel if level > TlsLevel.NONE)
 FINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(s.FINAL))
 _RECIPIENTS = f"""
@@ -31,6 +35,14 @@ CREATE TABLE {{name}} (
     updated REAL NOT NULL, claimed_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (queue_id, rcpt))"""
 _DUE_INDEX = "CREATE INDEX recipients_due ON recipients (status, next_attempt)"
+# rcpt '' means the whole message. logged: the gateway has written its log line.
+_HISTORY = (
+    "CREATE TABLE history (id INTEGER PRIMARY KEY, queue_id TEXT NOT NULL,"
+    " rcpt TEXT NOT NULL DEFAULT '', at REAL NOT NULL, action TEXT NOT NULL,"
+    " operator TEXT NOT NULL, reason TEXT NOT NULL, logged INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX history_queue_id ON history (queue_id)",
+    "CREATE INDEX history_unlogged ON history (id) WHERE logged = 0",
+)
 _CREATE = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # data last: listing the queue reads the small columns, not the body's pages.
@@ -39,6 +51,7 @@ _CREATE = (
     " auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL)",
     _RECIPIENTS.format(name="recipients"),
     _DUE_INDEX,
+    *_HISTORY,
     f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('done', '0')",  # noqa: S608
 )
 # Version 1 -> 2: SQLite cannot change a column's type or constraints, so the recipients
@@ -52,6 +65,7 @@ _MIGRATIONS = {
         "ALTER TABLE recipients_v2 RENAME TO recipients",
         _DUE_INDEX,
     ),
+    2: _HISTORY,  # Version 2 -> 3: a new table, nothing rewritten
 }
 
 
@@ -113,3 +127,19 @@ def _v1_tls(text: str | None) -> str:
     except KeyError:
         level = TlsLevel.VERIFIED
     return (level if level > TlsLevel.NONE else TlsLevel.VERIFIED).label
+
+
+def remove_if_final(conn: sqlite3.Connection, queue_ids: set[str]) -> int:
+    """Delete each message whose recipients are all final, and count it as done; returns
+    how many went. Here, beside ``FINAL_SQL``, because delivery results (``sqlite``) and
+    operator decisions (``history``) both end messages this way."""
+    done = 0
+    for queue_id in sorted(queue_ids):
+        done += conn.execute(
+            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"  # noqa: S608
+            f" WHERE queue_id = ? AND status NOT IN ({FINAL_SQL}))",
+            (queue_id, queue_id),
+        ).rowcount
+    if done:
+        conn.execute("UPDATE meta SET value = CAST(value AS INT) + ? WHERE key='done'", (done,))
+    return done

@@ -11,7 +11,9 @@ Each request runs in its own SAVEPOINT, so one that fails is rolled back alone w
 rest of its batch commits. If the transaction itself is lost (disk full, I/O error), the
 batch is re-run one request per transaction, so every caller gets its own true answer.
 
-``open()`` creates the schema or upgrades an older one in place (``schema.py``).
+``open()`` creates the schema or upgrades an older one in place (``schema.py``) and
+forgets operator decisions older than ``audit_days``; what those decisions do to the
+queue, with their history, is ``history.py``.
 
 WAL with ``synchronous=FULL`` makes COMMIT durable before it returns, and lets the
 ``queue`` commands use the file while the gateway runs. Which DELIVERING recipients may be
@@ -34,13 +36,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from securemail.core.levels import TlsLevel
+from securemail.gateway.spool import history
 from securemail.gateway.spool import store as s
-from securemail.gateway.spool.schema import FINAL_SQL, prepare
+from securemail.gateway.spool.schema import prepare, remove_if_final
 
 try:
     import fcntl
@@ -72,14 +75,23 @@ class SpoolStats:
 
 class SqliteSpool:
     """``Spool`` in a SQLite file. ``synchronous="NORMAL"`` is for tests only: commits
-    stay atomic, but the last ones may be lost if the power fails."""
+    stay atomic, but the last ones may be lost if the power fails. ``audit_days`` None
+    keeps operator decisions for ever (the configuration always sets it)."""
 
     def __init__(
-        self, path: Path | str, *, synchronous: str = "FULL", max_batch: int = 512
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        max_batch: int = 512,
+        audit_days: float | None = None,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
+        if audit_days is not None and audit_days <= 0:
+            raise ValueError("audit_days must be more than 0")
         self.path = Path(path)
+        self.audit_days = audit_days
         self.synchronous = synchronous.upper()
         self.recovered = 0
         self.stats = SpoolStats()
@@ -159,16 +171,56 @@ class SqliteSpool:
             await self._call(_record, tuple(outcomes))
 
     async def list_messages(
-        self, *, status: s.RcptStatus | None = None, limit: int = 1000
+        self,
+        *,
+        status: s.RcptStatus | None = None,
+        domain: str | None = None,
+        received_before: float | None = None,
+        after: str = "",
+        limit: int = 1000,
     ) -> list[s.MessageInfo]:
-        return await self._call(_list, status, limit, None)
+        where = _Where(
+            None if status is None else s.RcptStatus(status).value,
+            domain,
+            received_before,
+            after or None,
+        )
+        return await self._call(_list, where, limit)
 
     async def get(self, queue_id: str) -> s.MessageInfo | None:
-        found = await self._call(_list, None, 1, queue_id)
+        found = await self._call(_list, _Where(queue_id=queue_id), 1)
         return found[0] if found else None
 
-    async def release(self, queue_id: str) -> int:
-        return await self._call(_release, queue_id, time.time())
+    async def history(self, queue_id: str) -> list[s.HistoryEntry]:
+        found = await self._call(history.entries, (queue_id,))
+        return found.get(queue_id, [])
+
+    async def hold(
+        self, queue_id: str, rcpts: Sequence[str] | None, decision: s.Decision
+    ) -> s.Change:
+        return await self._decide(s.Action.HOLD, queue_id, rcpts, decision)
+
+    async def release(
+        self, queue_id: str, rcpts: Sequence[str] | None, decision: s.Decision
+    ) -> s.Change:
+        return await self._decide(s.Action.RELEASE, queue_id, rcpts, decision)
+
+    async def delete(
+        self, queue_id: str, rcpts: Sequence[str] | None, decision: s.Decision
+    ) -> s.Change:
+        return await self._decide(s.Action.DELETE, queue_id, rcpts, decision)
+
+    async def reveal(self, queue_id: str, decision: s.Decision) -> bytes | None:
+        return await self._call(history.reveal, queue_id, decision)
+
+    async def claim_unlogged(self, limit: int) -> list[s.HistoryEntry]:
+        return await self._call(history.claim_unlogged, limit) if limit > 0 else []
+
+    async def _decide(
+        self, action: s.Action, queue_id: str, rcpts: Sequence[str] | None, decision: s.Decision
+    ) -> s.Change:
+        names = None if rcpts is None else tuple(rcpts)
+        return await self._call(history.change, action, queue_id, names, decision, time.time())
 
     async def hand_off(self, queue_id: str, rcpts: Sequence[str], stage: str, reason: str) -> int:
         if not stage.strip() or not reason.strip():
@@ -177,9 +229,6 @@ class SqliteSpool:
             return 0
         detail = f"handed off to {stage}: {reason}"
         return await self._call(_hand_off, queue_id, tuple(rcpts), detail, time.time())
-
-    async def delete(self, queue_id: str) -> bool:
-        return await self._call(_delete, queue_id)
 
     async def flush(self) -> int:
         """Make every waiting recipient due now; returns how many were waiting."""
@@ -204,6 +253,8 @@ class SqliteSpool:
     def _run(self, ready: concurrent.futures.Future[int]) -> None:
         try:
             self._conn = self._connect()
+            if self.audit_days is not None:
+                history.prune(self._conn, time.time() - self.audit_days * 86400)
             ready.set_result(self._recover(self._conn))
         except BaseException as exc:
             ready.set_exception(_wrap("open", exc))
@@ -422,7 +473,7 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
         [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
           o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
-    _remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+    remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
 
 
 def _hand_off(
@@ -438,38 +489,41 @@ def _hand_off(
         for rcpt in dict.fromkeys(rcpts)
     )
     if moved:
-        _remove_if_final(conn, {queue_id})
+        remove_if_final(conn, {queue_id})
     return moved
 
 
-def _remove_if_final(conn: sqlite3.Connection, queue_ids: set[str]) -> None:
-    """Delete each message whose recipients are all final, and count it as done."""
-    done = 0
-    for queue_id in sorted(queue_ids):
-        done += conn.execute(
-            "DELETE FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients"  # noqa: S608
-            f" WHERE queue_id = ? AND status NOT IN ({FINAL_SQL}))",
-            (queue_id, queue_id),
-        ).rowcount
-    if done:
-        conn.execute("UPDATE meta SET value = CAST(value AS INT) + ? WHERE key='done'", (done,))
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Which messages and recipients ``_list`` returns (named SQL parameters)."""
+
+    status: str | None = None
+    domain: str | None = None
+    received_before: float | None = None
+    after: str | None = None
+    queue_id: str | None = None
 
 
-def _list(
-    conn: sqlite3.Connection, status: s.RcptStatus | None, limit: int, queue_id: str | None
-) -> list[s.MessageInfo]:
-    where, params = "", ()
-    if queue_id is not None:
-        where, params = "WHERE id = ?", (queue_id,)
-    elif status is not None:
-        where = "WHERE id IN (SELECT queue_id FROM recipients WHERE status = ?)"
-        params = (s.RcptStatus(status).value,)
+def _list(conn: sqlite3.Connection, where: _Where, limit: int) -> list[s.MessageInfo]:
+    """Messages in id order, each with its recipients that match ``where`` (a message
+    with none is left out), and its history."""
+    params = {"limit": limit, **asdict(where)}
+    rcpt = " AND ".join(
+        f"r.{column} = :{column}" for column in ("status", "domain") if params[column] is not None
+    ) or "1"  # fmt: skip
+    message = " AND ".join(
+        condition
+        for condition, param in (("id = :queue_id", "queue_id"), ("id > :after", "after"),
+                                 ("received < :received_before", "received_before"))
+        if params[param] is not None
+    ) or "1"  # fmt: skip
     rows = conn.execute(
         "SELECT m.*, r.rcpt, r.domain, r.status, r.tls, r.reason, r.attempts, r.next_attempt,"  # noqa: S608
         " r.last_error, r.updated FROM (SELECT id, sender, received, size, client, auth_user,"
-        f" sensitivity FROM messages {where} ORDER BY id LIMIT ?) m"
-        " JOIN recipients r ON r.queue_id = m.id ORDER BY m.id, r.rowid",
-        (*params, limit),
+        f" sensitivity FROM messages WHERE {message} AND EXISTS (SELECT 1 FROM recipients r"
+        f" WHERE r.queue_id = id AND {rcpt}) ORDER BY id LIMIT :limit) m"
+        f" JOIN recipients r ON r.queue_id = m.id WHERE {rcpt} ORDER BY m.id, r.rowid",
+        params,
     ).fetchall()
     found: dict[str, tuple[Any, list[s.RcptState]]] = {}
     for row in rows:
@@ -478,19 +532,11 @@ def _list(
                 row[7], row[8], s.RcptStatus(row[9]), TlsLevel.from_label(row[10]), *row[11:]
             )
         )
-    return [s.MessageInfo(*head, recipients=tuple(rcpts)) for head, rcpts in found.values()]
-
-
-def _release(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
-    return conn.execute(
-        "UPDATE recipients SET status = 'queued', next_attempt = ?1, updated = ?1"
-        " WHERE queue_id = ?2 AND status = 'held'",
-        (now, queue_id),
-    ).rowcount
-
-
-def _delete(conn: sqlite3.Connection, queue_id: str) -> bool:
-    return conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,)).rowcount > 0
+    decided = history.entries(conn, found)
+    return [
+        s.MessageInfo(*head, recipients=tuple(rcpts), history=tuple(decided.get(head[0], ())))
+        for head, rcpts in found.values()
+    ]
 
 
 def _flush(conn: sqlite3.Connection, now: float) -> int:

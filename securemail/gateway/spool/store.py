@@ -12,7 +12,7 @@ between the incoming, active, deferred and hold queues::
     QUEUED ──claim──▶ DELIVERING ──record──▶ DELIVERED | BOUNCED   (final: message removed
       ▲                   │                                          once all are final)
       └──── due ── DEFERRED ◀─┘
-    HELD ──release──▶ QUEUED
+    QUEUED | DEFERRED ──hold──▶ HELD ──release──▶ QUEUED            (operator decisions)
     HELD | QUEUED | DEFERRED ──hand_off──▶ HANDED_OFF               (final: a later stage,
                                                                       e.g. the portal, has it)
 
@@ -23,6 +23,14 @@ be secure (the decision names no level, since nothing is to be sent yet) is stor
 least ``VERIFIED``. So an operator's release can never send it in plain text or to an
 unverified server: it goes out under forced TLS or waits. (When the level was a string,
 ``None`` for held mail read as "opportunistic" after a release.)
+
+**Operator decisions** (``hold``, ``release``, ``delete``, and ``reveal`` of a message's
+text) carry a ``Decision``: who, why, when. Each writes its state change and a
+``HistoryEntry`` in one transaction, so the spool never shows a change nobody answers
+for. History is kept apart from the message (a deleted or delivered message keeps it,
+as ``queue show`` reports) for ``[spool] audit_days``, and the gateway writes one log
+line per entry (``claim_unlogged``). Like ``postsuper -h``, a hold never touches a
+DELIVERING recipient: an attempt is on the wire and its result must be recorded.
 
 Queue ids sort by arrival time, like Postfix's long queue ids, so listing the queue in id
 order lists it oldest first without a separate index.
@@ -73,6 +81,89 @@ OUTCOMES = frozenset(
 )
 # Not DELIVERING: an attempt is on the wire, and its result must not be overwritten.
 HANDED_OFF_FROM = frozenset({RcptStatus.QUEUED, RcptStatus.DEFERRED, RcptStatus.HELD})
+
+
+class Action(StrEnum):
+    """What an operator did. The values are stored and logged, so they do not change."""
+
+    HOLD = "hold"
+    RELEASE = "release"
+    DELETE = "delete"
+    REVEAL = "reveal"  # read the message with NHS numbers shown (``queue cat --reveal``)
+
+
+# The states each state-changing action moves a recipient out of; the one table both the
+# spool (what it changes) and ``queue`` (what it counts before asking) read. A delete
+# removes a recipient in any state, as ``postsuper -d`` does; a late result for it is
+# then ignored (``record`` only changes DELIVERING rows that still exist).
+MOVES_FROM: dict[Action, frozenset[RcptStatus]] = {
+    Action.HOLD: frozenset({RcptStatus.QUEUED, RcptStatus.DEFERRED}),
+    Action.RELEASE: frozenset({RcptStatus.HELD}),
+    Action.DELETE: frozenset(RcptStatus),
+}
+OPERATOR_MAX = 200  # characters
+REASON_MAX = 1000
+
+
+def _check_text(what: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters; at most {limit}")
+    if not value.isprintable():  # line breaks, ESC, bidi overrides: one plain line only
+        raise ValueError(f"{what} must be one line without control characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Who took an operator action, why, and when (epoch seconds, the caller's clock).
+
+    Checked when made, so the spool, the history and the log line never hold an empty
+    reason, an unbounded one, or one that could forge a line in a log or a terminal.
+    """
+
+    operator: str
+    reason: str
+    at: float
+
+    def __post_init__(self) -> None:
+        _check_text("operator", self.operator, OPERATOR_MAX)
+        _check_text("reason", self.reason, REASON_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One operator decision as the spool keeps it (``rcpt`` "" = the whole message)."""
+
+    queue_id: str
+    rcpt: str
+    at: float
+    action: Action
+    operator: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one ``hold``, ``release`` or ``delete`` did to one message.
+
+    Nothing changes when the message is not in the spool (``found`` false) or when a
+    named recipient is not one of its recipients (``unknown``): a typo in one address
+    must not half-apply a decision. ``unmoved`` are recipients the action was aimed at
+    but leaves alone because of their state (a DELIVERING one for ``hold``).
+    """
+
+    queue_id: str
+    action: Action
+    found: bool
+    changed: tuple[str, ...] = ()
+    unmoved: tuple[tuple[str, RcptStatus], ...] = ()
+    unknown: tuple[str, ...] = ()
+    removed: bool = False  # the message left the spool (its last recipients deleted)
+
+    @property
+    def count(self) -> int:
+        return len(self.changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +239,8 @@ class MessageInfo:
     client: str
     auth_user: str
     sensitivity: str
-    recipients: tuple[RcptState, ...]
+    recipients: tuple[RcptState, ...]  # all of them, or those a listing's filters chose
+    history: tuple[HistoryEntry, ...] = ()  # operator decisions, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +263,10 @@ class Outcome:
 class Spool(Protocol):
     """The durable queue. Every method is safe to call concurrently from one event loop.
 
-    ``store``, ``record`` and ``hand_off`` return only after their change is durable;
-    callers never need a separate commit or sync. Statistics a backend keeps about itself
-    (e.g. ``SqliteSpool.stats``) are not part of the protocol.
+    ``store``, ``record``, ``hand_off`` and the operator decisions (``hold``,
+    ``release``, ``delete``, ``reveal``: each with its history row) return only after
+    their change is durable; callers never need a separate commit or sync. Statistics a
+    backend keeps about itself (e.g. ``SqliteSpool.stats``) are not part of the protocol.
     """
 
     recovered: int  # recipients put back from DELIVERING to QUEUED by the last open()
@@ -185,17 +278,52 @@ class Spool(Protocol):
     async def message_data(self, queue_id: str) -> bytes | None: ...
     async def record(self, outcomes: Sequence[Outcome]) -> None: ...
     async def list_messages(
-        self, *, status: RcptStatus | None = None, limit: int = 1000
-    ) -> list[MessageInfo]: ...
+        self,
+        *,
+        status: RcptStatus | None = None,
+        domain: str | None = None,
+        received_before: float | None = None,
+        after: str = "",
+        limit: int = 1000,
+    ) -> list[MessageInfo]:
+        """Up to ``limit`` messages with ids above ``after`` (so a caller pages through
+        a large queue), oldest first, each with the recipients the filters select (all
+        of them without filters): ``status`` exactly, destination ``domain`` exactly,
+        and messages received before an epoch time. A message with no selected
+        recipient is left out."""
+
     async def get(self, queue_id: str) -> MessageInfo | None: ...
-    async def release(self, queue_id: str) -> int: ...
+    async def history(self, queue_id: str) -> list[HistoryEntry]:
+        """Every decision kept for ``queue_id``, whether or not it is still in the spool."""
+
+    async def hold(self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision) -> Change:
+        """QUEUED | DEFERRED → HELD; a DELIVERING recipient is left alone (``unmoved``).
+        Named ``rcpts`` that are not the message's change nothing (``unknown``)."""
+
+    async def release(
+        self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision
+    ) -> Change:
+        """HELD → QUEUED, due now, each keeping its ``TlsLevel`` (the release rule).
+        ``rcpts`` None: every recipient of the message (and one history entry for it)."""
+
+    async def delete(
+        self, queue_id: str, rcpts: Sequence[str] | None, decision: Decision
+    ) -> Change:
+        """Remove the recipients (no DSN), and the message once none remain."""
+
+    async def reveal(self, queue_id: str, decision: Decision) -> bytes | None:
+        """The message's data, recorded in its history as read unmasked."""
+
+    async def claim_unlogged(self, limit: int) -> list[HistoryEntry]:
+        """History entries not yet logged, oldest first, marked logged in the same
+        transaction, so two readers never both log one."""
+
     async def hand_off(self, queue_id: str, rcpts: Sequence[str], stage: str, reason: str) -> int:
         """Give ``rcpts`` of ``queue_id`` to a later ``stage`` (the portal): they become
         ``HANDED_OFF``, final, with "handed off to STAGE: REASON" and the time recorded,
         and the message goes once every recipient is final. Only waiting recipients
         (``HANDED_OFF_FROM``) move; returns how many did."""
 
-    async def delete(self, queue_id: str) -> bool: ...
     async def flush(self) -> int: ...
     async def next_due(self) -> float | None: ...
     async def counts(self) -> dict[str, int]: ...
