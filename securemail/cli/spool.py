@@ -2,7 +2,7 @@
 
 A file copy (``cp``, a nightly file-system backup) of a live SQLite database in WAL mode
 can catch the database and its ``-wal`` file at different moments and restore as a
-corrupt spool; this uses SQLite's online backup instead (``spool.sqlite.backup``).
+corrupt spool; this uses SQLite's online backup instead (``spool.backup.backup``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def backup(
     the copy in place of the spool file (removing its -wal and -shm files).
     """
     from securemail.gateway.spool import spool_path
-    from securemail.gateway.spool.sqlite import backup as backup_spool
+    from securemail.gateway.spool.backup import backup as backup_spool
 
     cfg = load_config(config)
     source = spool_path(cfg.spool.url, base=cfg.source.resolve().parent if cfg.source else None)

@@ -534,9 +534,9 @@ async def test_newer_schema_refused(tmp_path):
     with pytest.raises(SpoolError, match="schema version 99"):
         await SqliteSpool(path).open()
     with sqlite3.connect(path) as db:  # the version is PRAGMA user_version since v2
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        db.execute("PRAGMA user_version = 4")
-    with pytest.raises(SpoolError, match="schema version 4; this securemail reads version 3"):
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        db.execute("PRAGMA user_version = 5")
+    with pytest.raises(SpoolError, match="schema version 5; this securemail reads version 4"):
         await SqliteSpool(path).open()
     with pytest.raises(ValueError, match="synchronous"):
         SqliteSpool(path, synchronous="SOMETIMES")

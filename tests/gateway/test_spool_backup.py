@@ -1,4 +1,4 @@
-"""``spool.sqlite.backup`` and ``securemail spool backup``: consistent copies of a live spool."""
+"""``spool.backup.backup`` and ``securemail spool backup``: consistent copies of a live spool."""
 
 import asyncio
 import sqlite3
@@ -9,7 +9,7 @@ from harness.cli import run_cli
 
 from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, SpoolError, SqliteSpool
-from securemail.gateway.spool.sqlite import backup
+from securemail.gateway.spool.backup import backup
 
 
 def message(n: int) -> NewMessage:

@@ -16,12 +16,14 @@ from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import (
     Action,
     Decision,
+    NewMessage,
+    NewRecipient,
     Outcome,
     RcptStatus,
     SpoolError,
     SqliteSpool,
 )
-from securemail.gateway.spool.schema import SCHEMA_VERSION
+from securemail.gateway.spool.schema import _MIGRATIONS, SCHEMA_VERSION
 
 # securemail/gateway/spool/sqlite.py at schema version 1, verbatim.
 V1_SCHEMA = """
@@ -133,7 +135,10 @@ async def test_v1_spool_upgraded_in_place(tmp_path):
         index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'recipients_due'")
         assert "(status, next_attempt)" in index.fetchone()[0]
         # The new column refuses what version 1 wrote: a string level cannot come back.
-        db.execute("INSERT INTO messages VALUES ('X', '', 0, 0, '', '', '', x'')")
+        db.execute(
+            "INSERT INTO messages (id, sender, received, size, client, auth_user,"
+            " sensitivity, data) VALUES ('X', '', 0, 0, '', '', '', x'')"
+        )
         for bad in ("required", None, "none"):
             with pytest.raises(sqlite3.IntegrityError, match=r"NOT NULL|CHECK"):
                 db.execute(
@@ -246,7 +251,7 @@ async def test_v2_spool_gains_a_history_in_place(tmp_path):
         await spool.close()
     assert {"history", "history_queue_id", "history_unlogged"} <= tables(path)
     cols, version, meta = columns(path)
-    assert (version, meta) == (SCHEMA_VERSION, str(SCHEMA_VERSION)) == (3, "3")
+    assert (version, meta) == (SCHEMA_VERSION, str(SCHEMA_VERSION)) == (4, "4")
     assert cols["tls"] == ("TEXT", True)  # recipients untouched by this step
 
 
@@ -269,7 +274,7 @@ async def test_v2_upgrade_is_one_transaction(tmp_path):
         assert len(info.recipients) == len(V2_ROWS)
     finally:
         await spool.close()
-    assert columns(path)[1:] == (3, "3")
+    assert columns(path)[1:] == (4, "4")
 
 
 async def test_v1_spool_goes_straight_to_the_current_version(tmp_path):
@@ -283,4 +288,43 @@ async def test_v1_spool_goes_straight_to_the_current_version(tmp_path):
         assert [h.rcpt for h in await spool.history(MESSAGE)] == ["gp@nhs.net"]
     finally:
         await spool.close()
-    assert "history" in tables(path) and columns(path)[1:] == (3, "3")
+    assert "history" in tables(path) and columns(path)[1:] == (4, "4")
+
+
+def write_v3_spool(path):
+    """Version 3 is version 2 plus the history table: built by its own upgrade step."""
+    write_v2_spool(path)
+    with sqlite3.connect(path) as db:
+        for statement in _MIGRATIONS[2]:
+            db.execute(statement)
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("PRAGMA user_version = 3")
+
+
+async def test_v3_spool_gains_transport_flags_and_the_mta_sts_cache(tmp_path):
+    path = tmp_path / "spool.db"
+    write_v3_spool(path)
+    assert columns(path)[1:] == (3, "3") and "mta_sts" not in tables(path)
+    spool = SqliteSpool(path, synchronous="NORMAL")
+    await spool.open()
+    try:
+        [old] = await spool.list_messages()
+        assert (old.requiretls, old.tls_required_no) == (False, False)  # the default
+        new = NewMessage(
+            sender="jo@example.nhs.uk",
+            recipients=(
+                NewRecipient("gp@nhs.net", "nhs.net", RcptStatus.QUEUED, TlsLevel.VERIFIED, "x"),
+            ),
+            data=DATA,
+            requiretls=True,
+            tls_required_no=True,
+        )
+        queue_id = await spool.store(new)
+        info = await spool.get(queue_id)
+        assert info is not None and (info.requiretls, info.tls_required_no) == (True, True)
+        claimed = {d.queue_id: d for d in await spool.claim_due(time.time() + 1, 10)}
+        assert claimed[queue_id].requiretls and claimed[queue_id].tls_required_no
+        assert not claimed[MESSAGE].requiretls
+    finally:
+        await spool.close()
+    assert "mta_sts" in tables(path) and columns(path)[1:] == (4, "4")

@@ -12,6 +12,11 @@ upgrade maps NULL and anything unknown to ``verified`` under the release rule (s
 Version 3 adds ``history``, the operator decisions (hold, release, delete, reveal). It
 has no foreign key to ``messages`` on purpose: deleting or delivering a message must not
 delete the record of who released or deleted it. ``history.py`` keeps it bounded.
+
+Version 4 adds what transport security needs: per message, the sender's REQUIRETLS flag
+(RFC 8689: verified TLS on every hop) and whether it carried ``TLS-Required: No``; and
+``mta_sts``, the MTA-STS policy cache (RFC 8461 §5.1), kept here so it survives restarts
+and every process using the spool shares one fetch per policy.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from securemail.core.levels import TlsLevel
 from securemail.gateway.spool import store as s
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _LEVELS = ", ".join(f"'{level.label}'" for level in TlsLevel if level > TlsLevel.NONE)
 FINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(s.FINAL))
 _RECIPIENTS = f"""
@@ -43,15 +48,28 @@ _HISTORY = (
     "CREATE INDEX history_queue_id ON history (queue_id)",
     "CREATE INDEX history_unlogged ON history (id) WHERE logged = 0",
 )
+# domain: the policy domain; policy_id: the TXT record's id the body was fetched for;
+# policy: the body as fetched (parsed by mech.mta_sts.parse when read); expires: fetched +
+# max_age, after which it is neither used nor refreshed-around (RFC 8461 §5.1).
+_MTA_STS = (
+    "CREATE TABLE mta_sts (domain TEXT PRIMARY KEY, policy_id TEXT NOT NULL,"
+    " policy TEXT NOT NULL, fetched REAL NOT NULL, expires REAL NOT NULL)",
+)
+_TRANSPORT_FLAGS = (
+    "ALTER TABLE messages ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE messages ADD COLUMN tls_required_no INTEGER NOT NULL DEFAULT 0",
+)
 _CREATE = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # data last: listing the queue reads the small columns, not the body's pages.
     "CREATE TABLE messages (id TEXT PRIMARY KEY, sender TEXT NOT NULL,"
     " received REAL NOT NULL, size INTEGER NOT NULL, client TEXT NOT NULL,"
     " auth_user TEXT NOT NULL, sensitivity TEXT NOT NULL, data BLOB NOT NULL)",
+    *_TRANSPORT_FLAGS,  # the same columns, in the same order, as an upgraded spool's
     _RECIPIENTS.format(name="recipients"),
     _DUE_INDEX,
     *_HISTORY,
+    *_MTA_STS,
     f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('done', '0')",  # noqa: S608
 )
 # Version 1 -> 2: SQLite cannot change a column's type or constraints, so the recipients
@@ -66,6 +84,7 @@ _MIGRATIONS = {
         _DUE_INDEX,
     ),
     2: _HISTORY,  # Version 2 -> 3: a new table, nothing rewritten
+    3: (*_TRANSPORT_FLAGS, *_MTA_STS),  # Version 3 -> 4: columns with defaults, a table
 }
 
 

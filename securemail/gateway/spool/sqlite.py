@@ -422,9 +422,11 @@ def _wrap(operation: str, exc: BaseException) -> BaseException:
 def _store(conn: sqlite3.Connection, queue_id: str, message: s.NewMessage) -> str:
     now, data = time.time(), bytes(message.data)
     conn.execute(
-        "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (id, sender, received, size, client, auth_user, sensitivity,"
+        " data, requiretls, tls_required_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (queue_id, message.sender, message.received or now, len(data), message.client,
-         message.auth_user, message.sensitivity, data),
+         message.auth_user, message.sensitivity, data, message.requiretls,
+         message.tls_required_no),
     )  # fmt: skip
     conn.executemany(
         "INSERT INTO recipients (queue_id, rcpt, domain, status, tls, reason, next_attempt,"
@@ -442,7 +444,8 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
     for status in _DUE:
         rows += conn.execute(
             "SELECT r.next_attempt, r.rowid, r.queue_id, m.sender, r.rcpt, r.domain, r.tls,"
-            " r.attempts, m.received, m.size, r.notified FROM recipients r JOIN messages m"
+            " r.attempts, m.received, m.size, r.notified, m.requiretls, m.tls_required_no"
+            " FROM recipients r JOIN messages m"
             " ON m.id = r.queue_id WHERE r.status = ? AND r.next_attempt <= ?"
             " ORDER BY r.next_attempt, r.rowid LIMIT ?",
             (status, now, limit),
@@ -453,7 +456,14 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
         [(token, time.time(), row[1]) for row in rows],
     )
     return [
-        s.Delivery(*row[2:6], TlsLevel.from_label(row[6]), *row[7:10], notified=bool(row[10]))
+        s.Delivery(
+            *row[2:6],
+            TlsLevel.from_label(row[6]),
+            *row[7:10],
+            notified=bool(row[10]),
+            requiretls=bool(row[11]),
+            tls_required_no=bool(row[12]),
+        )
         for row in rows
     ]
 
@@ -520,21 +530,28 @@ def _list(conn: sqlite3.Connection, where: _Where, limit: int) -> list[s.Message
     rows = conn.execute(
         "SELECT m.*, r.rcpt, r.domain, r.status, r.tls, r.reason, r.attempts, r.next_attempt,"  # noqa: S608
         " r.last_error, r.updated FROM (SELECT id, sender, received, size, client, auth_user,"
-        f" sensitivity FROM messages WHERE {message} AND EXISTS (SELECT 1 FROM recipients r"
+        " sensitivity, requiretls, tls_required_no FROM messages"
+        f" WHERE {message} AND EXISTS (SELECT 1 FROM recipients r"
         f" WHERE r.queue_id = id AND {rcpt}) ORDER BY id LIMIT :limit) m"
         f" JOIN recipients r ON r.queue_id = m.id WHERE {rcpt} ORDER BY m.id, r.rowid",
         params,
     ).fetchall()
     found: dict[str, tuple[Any, list[s.RcptState]]] = {}
     for row in rows:
-        found.setdefault(row[0], (row[:7], []))[1].append(
+        found.setdefault(row[0], (row[:9], []))[1].append(
             s.RcptState(
-                row[7], row[8], s.RcptStatus(row[9]), TlsLevel.from_label(row[10]), *row[11:]
+                row[9], row[10], s.RcptStatus(row[11]), TlsLevel.from_label(row[12]), *row[13:]
             )
         )
     decided = history.entries(conn, found)
     return [
-        s.MessageInfo(*head, recipients=tuple(rcpts), history=tuple(decided.get(head[0], ())))
+        s.MessageInfo(
+            *head[:7],
+            recipients=tuple(rcpts),
+            history=tuple(decided.get(head[0], ())),
+            requiretls=bool(head[7]),
+            tls_required_no=bool(head[8]),
+        )
         for head, rcpts in found.values()
     ]
 
@@ -560,38 +577,3 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     done = conn.execute("SELECT value FROM meta WHERE key = 'done'").fetchone()
     counts["done"] = int(done[0]) if done else 0
     return counts
-
-
-def backup(source: Path, target: Path) -> int:
-    """Copy the spool at ``source`` to a new file ``target`` while a gateway may be
-    writing to it; return the number of messages copied.
-
-    SQLite's online backup API through a separate connection: in WAL mode a reader
-    sees one committed snapshot and never blocks the writer, and copying every page in
-    one step keeps that snapshot for the whole copy, so the result is consistent (a
-    message is in it whole or not at all). ``target`` must not exist: a backup never
-    overwrites anything, least of all an earlier backup.
-    """
-    if not source.is_file():
-        raise s.SpoolError(f"spool {source} does not exist")
-    try:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # mail: owner only
-    except FileExistsError:
-        raise s.SpoolError(f"{target} already exists; not overwriting it") from None
-    os.close(fd)
-    try:
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            src.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            dst = sqlite3.connect(target)
-            try:
-                src.backup(dst)  # pages=-1: all of it in one step, one snapshot
-                dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-                return int(dst.execute("SELECT count(*) FROM messages").fetchone()[0])
-            finally:
-                dst.close()
-        finally:
-            src.close()
-    except sqlite3.Error as exc:
-        target.unlink(missing_ok=True)
-        raise s.SpoolError(f"backup of {source} failed: {exc}") from exc

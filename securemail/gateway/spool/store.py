@@ -187,6 +187,8 @@ class NewMessage:
     # "" lets the spool assign one; the gateway assigns it first when the id must appear
     # in the Received: header it adds (as Postfix's does) before the message is stored.
     queue_id: str = ""
+    requiretls: bool = False  # MAIL FROM … REQUIRETLS (RFC 8689): verified TLS every hop
+    tls_required_no: bool = False  # the header TLS-Required: No (RFC 8689 §5)
 
     def check(self) -> None:
         """Refuse, before anything is queued, a message no recipient could ever leave."""
@@ -215,6 +217,8 @@ class Delivery:
     received: float
     size: int
     notified: bool = False  # the sender has had a delay notice (forced-TLS failures)
+    requiretls: bool = False  # the message's REQUIRETLS flag (see NewMessage)
+    tls_required_no: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +245,8 @@ class MessageInfo:
     sensitivity: str
     recipients: tuple[RcptState, ...]  # all of them, or those a listing's filters chose
     history: tuple[HistoryEntry, ...] = ()  # operator decisions, oldest first
+    requiretls: bool = False
+    tls_required_no: bool = False
 
 
 @dataclass(frozen=True, slots=True)
