@@ -27,6 +27,7 @@ from pathlib import Path
 
 from securemail.config_checks import (
     data_fits_a_message,
+    logs_somewhere,
     no_public_suffix,
     no_shared_domain,
     spool_url,
@@ -45,6 +46,8 @@ from securemail.config_values import (
     _optional_address,
     _recipients,
     _selectors,
+    _syslog_facility,
+    _syslog_target,
     _then,
     _tls_policy,
     _zero_or_between,
@@ -174,6 +177,9 @@ class PolicyConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "text"  # "text" (one line per event) or "json" (one object per line)
+    stderr: bool = True  # false: syslog only (under systemd both reach the journal)
+    syslog: str = ""  # "": off; a Unix socket ("/dev/log") or "udp:HOST:PORT"
+    syslog_facility: str = "mail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,12 +249,15 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
     ("policy", "unscannable"): _one_of("sensitive", "ignore"),
     ("log", "format"): _one_of("text", "json"),
+    ("log", "syslog"): _syslog_target,
+    ("log", "syslog_facility"): _syslog_facility,
 }
 
 # Checks across the keys of one section, run once it is built; each raises
 # ValueError(message) about the key it is listed under.
 _RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
     ("listen", "max_data_in_flight"): data_fits_a_message,
+    ("log", "stderr"): logs_somewhere,
 }
 
 

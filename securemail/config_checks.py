@@ -11,6 +11,7 @@ var/tls/cert.pem: no such file`` replaces a bare ``tls: None: no such file`` at 
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +22,7 @@ from securemail.errors import ConfigError, SecuremailError
 from securemail.mech.psl import is_public_suffix
 
 if TYPE_CHECKING:
-    from securemail.config import Config, ListenConfig
+    from securemail.config import Config, ListenConfig, LogConfig
 
 
 # --- dangerous values: used by config._CHECKS, each given the cleaned value -----------
@@ -78,6 +79,13 @@ def data_fits_a_message(listen: object) -> None:
         )
 
 
+def logs_somewhere(log: object) -> None:
+    """``[log] stderr = false`` needs a syslog target, or the gateway logs nowhere."""
+    section = cast("LogConfig", log)
+    if not section.stderr and not section.syslog:
+        raise ValueError("false with no [log] syslog target: the gateway would log nowhere")
+
+
 # --- the files the configuration names ------------------------------------------------
 
 
@@ -110,6 +118,7 @@ def check_files(cfg: Config) -> list[Finding]:
         *_users_file(cfg),
         *_dkim_keys(cfg),
         *_accredited_list(cfg),
+        *_syslog_socket(cfg),
     ]
 
 
@@ -258,4 +267,26 @@ def _accredited_list(cfg: Config) -> list[Finding]:
         load_accredited(path, today=datetime.now(UTC).date())
     except (SecuremailError, OSError) as exc:
         return [_error("policy.accredited_list", str(exc))]
+    return []
+
+
+def _syslog_socket(cfg: Config) -> list[Finding]:
+    """A Unix socket target that is not there (yet): a warning, never an error, because
+    logging must not stop mail; the gateway keeps trying it (``gateway/logs.py``)."""
+    from securemail.gateway.logs import parse_syslog_target
+
+    if not cfg.log.syslog:
+        return []
+    target = parse_syslog_target(cfg.log.syslog)
+    if isinstance(target, tuple):
+        return []  # a UDP collector cannot be asked whether it listens
+    path = Path(target)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is None or not stat.S_ISSOCK(mode):
+        state = "no such socket" if mode is None else "not a socket"
+        return [_warning("log.syslog", f"{path}: {state}; syslog records are dropped until "
+                         "it is there")]  # fmt: skip
     return []

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from securemail import __version__
-from securemail.cli.common import ConfigOpt, run_async, tell
+from securemail.cli.common import ConfigOpt, run_async
 from securemail.config import load_config
 from securemail.config_checks import require_files
 from securemail.errors import InputError
@@ -49,18 +48,14 @@ def serve(
     import signal
 
     from securemail.gateway.app import Gateway
+    from securemail.gateway.logs import configure_logging
 
     cfg = load_config(config)
     warnings = [*cfg.warnings, *map(str, require_files(cfg))]  # errors stop here
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
-    from securemail.gateway.events import log_formatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(log_formatter(cfg.log.format))
-    logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    configure_logging(cfg.log, level)
     log = logging.getLogger("securemail.gateway")
     log.info("%s", raise_open_files_limit())
     for warning in warnings:
@@ -79,13 +74,17 @@ def serve(
             await gateway.stop(grace=0)
             raise InputError(f"cannot listen: {exc.strerror or exc}") from None
         inbound = cfg.listen.inbound
-        tell(
-            f"securemail {__version__} ready: inbound {inbound}, submission "
-            f"{cfg.listen.submission}; e.g. swaks --server {inbound} --to someone@"
-            f"{cfg.organisation.domains[0] if cfg.organisation.domains else 'example.org'}"
+        log.info(
+            "securemail %s ready: inbound %s, submission %s; e.g. swaks --server %s --to "
+            "someone@%s",
+            __version__,
+            inbound,
+            cfg.listen.submission,
+            inbound,
+            cfg.organisation.domains[0] if cfg.organisation.domains else "example.org",
         )
         await stop.wait()
-        tell("stopping…")
+        log.info("stopping…")
         await gateway.stop()
 
     run_async(run())

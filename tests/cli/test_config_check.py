@@ -118,6 +118,8 @@ def test_json_has_values_and_problems(conf, tmp_path):
             "[listen]\nmax_message_size = 4096\nmax_data_in_flight = 2048\n",
             "listen.max_data_in_flight: 2048 is below max_message_size (4096)",
         ),
+        ('[log]\nsyslog = "tcp:logs:514"\n', "log.syslog: 'tcp:logs:514': expected"),
+        ("[log]\nstderr = false\n", "log.stderr: false with no [log] syslog target"),
     ],
 )
 def test_dangerous_values_are_refused_with_the_reason(tmp_path, text, message):
