@@ -27,6 +27,7 @@ from pathlib import Path
 
 from securemail.config_checks import (
     data_fits_a_message,
+    group_needs_user,
     logs_somewhere,
     no_public_suffix,
     no_shared_domain,
@@ -34,6 +35,7 @@ from securemail.config_checks import (
 )
 from securemail.config_values import (
     _OTHER_VARIABLES,
+    _account_name,
     _between,
     _domain_patterns,
     _domains,
@@ -183,6 +185,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    group: str = ""  # the primary group after the switch ("": the user's own)
+    user: str = ""  # started as root, serve binds its ports, then runs as this user
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     organisation: OrganisationConfig = field(default_factory=OrganisationConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -197,6 +205,7 @@ class Config:
     check: CheckConfig = field(default_factory=CheckConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
     """The file this was loaded from (None: built-in defaults)."""
     warnings: tuple[str, ...] = ()
@@ -251,6 +260,8 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("log", "format"): _one_of("text", "json"),
     ("log", "syslog"): _syslog_target,
     ("log", "syslog_facility"): _syslog_facility,
+    ("service", "group"): _account_name,
+    ("service", "user"): _account_name,
 }
 
 # Checks across the keys of one section, run once it is built; each raises
@@ -258,6 +269,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
 _RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
     ("listen", "max_data_in_flight"): data_fits_a_message,
     ("log", "stderr"): logs_somewhere,
+    ("service", "group"): group_needs_user,
 }
 
 

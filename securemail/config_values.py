@@ -190,6 +190,19 @@ def _syslog_facility(value: object) -> object:
     return value
 
 
+# What useradd(8) accepts, less the trailing "$" of Samba machine accounts.
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _account_name(value: object) -> object:
+    """A user or group name (looked up by ``config check`` and ``serve``, not at load:
+    the machine running ``classify`` need not have the service user)."""
+    assert isinstance(value, str)
+    if value and not _ACCOUNT.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user or group name")
+    return value
+
+
 # Read by the CLI itself, not settings: never reported as misspelt.
 _OTHER_VARIABLES = ("SECUREMAIL_DEBUG", "SECUREMAIL_KEEP_TMP")
 

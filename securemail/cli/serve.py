@@ -40,18 +40,24 @@ def serve(
 ) -> None:
     """Run the gateway: inbound and submission listeners, spool and delivery.
 
-    Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
+    Started as root with [service] user set, it binds its ports, then runs as that
+    user. Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
     transaction finish, deliveries in flight finish or are retried on the next start.
     """
     import asyncio
     import logging
+    import os
     import signal
 
-    from securemail.gateway.app import Gateway
+    from securemail import privileges
+    from securemail.gateway.app import Gateway, bind_listeners
     from securemail.gateway.logs import configure_logging
 
     cfg = load_config(config)
-    warnings = [*cfg.warnings, *map(str, require_files(cfg))]  # errors stop here
+    # Errors stop here, before anything is bound: who to run as, then what it opens.
+    user = privileges.lookup_service_user(cfg.service.user, cfg.service.group)
+    switch = privileges.plan_switch(user, os.geteuid(), os.getegid())
+    warnings = [*cfg.warnings, *map(str, require_files(cfg))]
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
@@ -60,9 +66,18 @@ def serve(
     log.info("%s", raise_open_files_limit())
     for warning in warnings:
         log.warning("config: %s", warning)
+    if switch is privileges.Switch.KEEP_ROOT:
+        log.warning("running as root; set [service] user to bind as root and run as that user")
 
     async def run() -> None:
-        gateway = Gateway(cfg)
+        try:
+            listeners = await bind_listeners(cfg)
+        except OSError as exc:
+            raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+        if switch is privileges.Switch.DROP:
+            assert user is not None
+            privileges.drop_privileges(user)  # before any key, list, spool or worker
+        gateway = Gateway(cfg, listeners=listeners)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +87,7 @@ def serve(
             await gateway.start()
         except OSError as exc:
             await gateway.stop(grace=0)
-            raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+            raise InputError(f"cannot start: {exc.strerror or exc}") from None
         inbound = cfg.listen.inbound
         log.info(
             "securemail %s ready: inbound %s, submission %s; e.g. swaks --server %s --to "

@@ -2,17 +2,24 @@
 
 listeners → accept pipeline → spool → queue manager → delivery, in one process. Nothing
 here decides anything: each stage lives in its own package (``inbound/``, ``spool/``,
-``queue/``, ``outbound/``) and reports through one ``EventSink``. Start order is spool
-(recovery of interrupted deliveries), queue manager, then listeners; stop order is the
-reverse, so a SIGTERM never loses mail: listeners stop accepting, open sessions get
-``grace`` seconds to finish, in-flight deliveries finish or stay ``delivering`` for the
-next start, and the spool is flushed and closed.
+``queue/``, ``outbound/``) and reports through one ``EventSink``.
+
+Start is in steps. ``bind_listeners`` creates the listening sockets (not accepting yet):
+the one step that may need root, so ``securemail serve`` runs it before it gives root
+up, and only then builds the ``Gateway``, which reads the keys, lists and users as the
+service user. ``start`` then opens the spool (recovery of interrupted deliveries),
+starts the queue manager, and lets the listeners accept (binding them first when
+nothing did: tests, and any caller that needs no root). Stop order is the reverse, so
+a SIGTERM never loses mail: listeners stop accepting, open sessions get ``grace``
+seconds to finish, in-flight deliveries finish or stay ``delivering`` for the next
+start, and the spool is flushed and closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import date
@@ -37,6 +44,7 @@ from securemail.gateway.queue.notify import Notifier
 from securemail.gateway.spool import open_spool, spool_path
 from securemail.loaders import classifier_from_config, policy_from_config
 from securemail.mech.dkim import load_keys
+from securemail.privileges import describe_uid
 from securemail.tls import (
     opportunistic_client_context,
     pinned_client_context,
@@ -55,7 +63,11 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         today: Callable[[], date] = date.today,
         events: EventSink | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
+        """Wire the stages; reads the TLS key, DKIM keys and accredited list (so, under
+        ``serve``, after the switch to the service user). ``listeners``: those
+        ``bind_listeners`` bound, else new ones that ``start`` binds."""
         cfg = self.config = config
         self.clock = clock
         self.events = events or LogSink()
@@ -134,20 +146,7 @@ class Gateway:
             clock=clock,
             events=self.events,
         )
-        self.listeners = Listeners(
-            ListenSettings(
-                hostname=cfg.organisation.hostname,
-                max_message_size=cfg.listen.max_message_size,
-                timeout=cfg.listen.timeout,
-                max_connections=cfg.listen.max_connections,
-                max_connections_per_ip=cfg.listen.max_connections_per_ip,
-                max_data_in_flight=cfg.listen.data_in_flight,
-                greet_pause=cfg.listen.greet_pause,
-                trusted_networks=tuple(cfg.relay.networks),
-            ),
-            self.tls,
-            self.events,
-        )
+        self.listeners = listeners or Listeners(_listen_settings(cfg))
         self._queue_task: asyncio.Task[None] | None = None
 
     def reload(self) -> None:
@@ -182,8 +181,21 @@ class Gateway:
         return self.listeners.addresses
 
     async def start(self) -> None:
+        """Say what this gateway runs with, open the spool, start the queue, accept mail."""
         for fact, warning in self.startup_facts():
             self.events.emit(Lifecycle(fact, warning=warning))
+        await self._open_spool()
+        self._queue_task = asyncio.ensure_future(self.queue.run())
+        await self._accept()
+        listening = ", ".join(
+            f"{role} {host}:{port}" for role, (host, port) in self.addresses.items()
+        )
+        self.events.emit(
+            Lifecycle(f"listening on {listening}; running as {describe_uid(os.geteuid())}")
+        )
+
+    async def _open_spool(self) -> None:
+        """Open the spool; deliveries a previous process left ``delivering`` are retried."""
         await self.spool.open()
         if self.spool.recovered:
             self.events.emit(
@@ -192,7 +204,9 @@ class Gateway:
                     warning=True,
                 )
             )
-        self._queue_task = asyncio.ensure_future(self.queue.run())
+
+    async def _accept(self) -> None:
+        """Both listeners accept connections, each with its role's SMTP handler."""
         cfg = self.config
         limiter = AuthLimiter(
             AuthLimits(
@@ -209,7 +223,7 @@ class Gateway:
             deliver_to=_split(cfg.inbound.deliver_to),
             helo=cfg.organisation.hostname,
         )
-        for role, address in zip(ROLES, (cfg.listen.inbound, cfg.listen.submission), strict=True):
+        for role, (host, port) in _listen_addresses(cfg):
             handler = GatewayHandler(
                 role,
                 classify=self.classifier.classify,
@@ -224,8 +238,8 @@ class Gateway:
                 senders=self.users.owned,
                 postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
             )
-            host, port = _split(address)
-            await self.listeners.listen(role, host, port, handler)
+            await self.listeners.bind(role, host, port)  # unless bind_listeners did
+            await self.listeners.serve(role, handler, self.tls)
 
     def startup_facts(self) -> list[tuple[str, bool]]:
         """What this gateway runs with, as (fact, warning) for the start-up log: which
@@ -288,6 +302,40 @@ def _certificate_fact(path: Path, now: float) -> tuple[str, bool]:
         f"{'EXPIRED' if expired else 'expires'} {expires.isoformat()}",
         expired,
     )
+
+
+async def bind_listeners(config: Config) -> Listeners:
+    """Both listening sockets, bound but not accepting: the step that may need root.
+
+    Raises ``OSError`` (address in use, permission) with nothing left bound.
+    """
+    listeners = Listeners(_listen_settings(config))
+    try:
+        for role, (host, port) in _listen_addresses(config):
+            await listeners.bind(role, host, port)
+    except OSError:
+        await listeners.stop(0)
+        raise
+    return listeners
+
+
+def _listen_settings(cfg: Config) -> ListenSettings:
+    return ListenSettings(
+        hostname=cfg.organisation.hostname,
+        max_message_size=cfg.listen.max_message_size,
+        timeout=cfg.listen.timeout,
+        max_connections=cfg.listen.max_connections,
+        max_connections_per_ip=cfg.listen.max_connections_per_ip,
+        max_data_in_flight=cfg.listen.data_in_flight,
+        greet_pause=cfg.listen.greet_pause,
+        trusted_networks=tuple(cfg.relay.networks),
+    )
+
+
+def _listen_addresses(cfg: Config) -> list[tuple[str, tuple[str, int]]]:
+    """(role, (host, port)) for each listener, in ``ROLES`` order."""
+    addresses = (cfg.listen.inbound, cfg.listen.submission)
+    return [(role, _split(address)) for role, address in zip(ROLES, addresses, strict=True)]
 
 
 def _split(address: str) -> tuple[str, int]:

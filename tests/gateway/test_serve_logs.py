@@ -70,6 +70,9 @@ def test_syslog_gets_each_line_tagged_and_a_dead_syslog_stops_no_mail(
         )
         send(gateway)
         wait_for("accepted, in syslog", lambda: any(accepted.match(d) for d in daemon.got))
+        # run as root with no [service] user: said, as a warning (mail.warning: 20)
+        warned = b"<20>" + tag + b"WARNING securemail.gateway: running as root; set [service] user"
+        assert any(d.startswith(warned) for d in daemon.got)
         daemon.close()  # syslog goes away: closed and unlinked
         send(gateway)
         send(gateway)
