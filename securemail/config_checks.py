@@ -407,12 +407,10 @@ def _needs(cfg: Config) -> list[_Need]:
         needs.append(_Need("inbound.recipients", recipients, read, error))
     if cfg.policy.accredited_list is not None:
         needs.append(_Need("policy.accredited_list", cfg.policy.accredited_list, read, error))
-    if cfg.dkim.sign:
-        keys = cfg.dkim.key_dir
-        needs.append(_Need("dkim.key_dir", keys, read | search, error))
-        pem = f"{cfg.dkim.selector}.pem"
-        for domain in cfg.organisation.domains:
-            needs.append(_Need("dkim.key_dir", keys / domain / pem, read, error))
+    keys, pem = cfg.dkim.key_dir, f"{cfg.dkim.selector}.pem"  # loaded if present, sign or not
+    needs.append(_Need("dkim.key_dir", keys, read | search, error))
+    for domain in cfg.organisation.domains:
+        needs.append(_Need("dkim.key_dir", keys / domain / pem, read, error))
     spool = spool_path(cfg.spool.url, base=cfg.source.resolve().parent if cfg.source else None)
     directory = spool.parent
     while not _exists(directory) and directory != directory.parent:

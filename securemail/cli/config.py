@@ -40,7 +40,8 @@ def config_init(
 
 @app.command("check")
 def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Validate the configuration and the files it names; print the values in effect.
+    """Validate the configuration and the files it names; print the values in effect,
+    who serve runs as and whether it must be started as root.
 
     Exit status 2 if anything would stop ``serve`` (or make it run other than
     configured); warnings alone leave it 0.
