@@ -27,12 +27,15 @@ from pathlib import Path
 
 from securemail.config_checks import (
     data_fits_a_message,
+    group_needs_user,
+    logs_somewhere,
     no_public_suffix,
     no_shared_domain,
     spool_url,
 )
 from securemail.config_values import (
     _OTHER_VARIABLES,
+    _account_name,
     _between,
     _domain_patterns,
     _domains,
@@ -45,6 +48,8 @@ from securemail.config_values import (
     _optional_address,
     _recipients,
     _selectors,
+    _syslog_facility,
+    _syslog_target,
     _then,
     _tls_policy,
     _zero_or_between,
@@ -177,12 +182,18 @@ class PolicyConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "text"  # "text" (one line per event) or "json" (one object per line)
+    stderr: bool = True  # false: syslog only (under systemd both reach the journal)
+    syslog: str = ""  # "": off; a Unix socket ("/dev/log") or "udp:HOST:PORT"
+    syslog_facility: str = "mail"
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """How a running gateway is found by ``securemail reload`` and ``accredited import``."""
+    """Who the gateway runs as, and how ``securemail reload`` and ``accredited import``
+    find the running one."""
 
+    group: str = ""  # the primary group after the switch ("": the user's own)
+    user: str = ""  # started as root, serve binds its ports, then runs as this user
     pid_file: Path = Path("var/securemail.pid")  # written once listening, removed at stop
 
     @property
@@ -261,12 +272,18 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("policy", "unknown_sensitive_action"): _one_of("hold", "reject", "portal"),
     ("policy", "unscannable"): _one_of("sensitive", "ignore"),
     ("log", "format"): _one_of("text", "json"),
+    ("log", "syslog"): _syslog_target,
+    ("log", "syslog_facility"): _syslog_facility,
+    ("service", "group"): _account_name,
+    ("service", "user"): _account_name,
 }
 
 # Checks across the keys of one section, run once it is built; each raises
 # ValueError(message) about the key it is listed under.
 _RELATIONS: Mapping[tuple[str, str], Callable[[object], None]] = {
     ("listen", "max_data_in_flight"): data_fits_a_message,
+    ("log", "stderr"): logs_somewhere,
+    ("service", "group"): group_needs_user,
 }
 
 

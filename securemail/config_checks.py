@@ -7,10 +7,20 @@ they stop every command, not only ``config check``. Files the configuration name
 once at ``serve`` start and in ``config check``, never at every load, because most
 commands read none of them. Each finding names the key to edit, so ``tls.cert:
 var/tls/cert.pem: no such file`` replaces a bare ``tls: None: no such file`` at start.
+
+``check_files`` also checks ``[service] user`` (it exists, is not root) and, as that
+user, that it can read and write what the gateway will once ``serve`` has switched to
+it: the switch comes after binding, and a file it cannot open would otherwise be a
+traceback after the switch instead of one line naming the file and the user.
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import stat
+import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +31,8 @@ from securemail.errors import ConfigError, SecuremailError
 from securemail.mech.psl import is_public_suffix
 
 if TYPE_CHECKING:
-    from securemail.config import Config, ListenConfig
+    from securemail.config import Config, ListenConfig, LogConfig, ServiceConfig
+    from securemail.privileges import ServiceUser
 
 
 # --- dangerous values: used by config._CHECKS, each given the cleaned value -----------
@@ -78,6 +89,20 @@ def data_fits_a_message(listen: object) -> None:
         )
 
 
+def logs_somewhere(log: object) -> None:
+    """``[log] stderr = false`` needs a syslog target, or the gateway logs nowhere."""
+    section = cast("LogConfig", log)
+    if not section.stderr and not section.syslog:
+        raise ValueError("false with no [log] syslog target: the gateway would log nowhere")
+
+
+def group_needs_user(service: object) -> None:
+    """``[service] group`` is the group ``serve`` switches to with the user, never alone."""
+    section = cast("ServiceConfig", service)
+    if section.group and not section.user:
+        raise ValueError(f"{section.group!r} without [service] user: nothing switches to it")
+
+
 # --- the files the configuration names ------------------------------------------------
 
 
@@ -110,6 +135,8 @@ def check_files(cfg: Config) -> list[Finding]:
         *_users_file(cfg),
         *_dkim_keys(cfg),
         *_accredited_list(cfg),
+        *_syslog_socket(cfg),
+        *_service_user(cfg),
     ]
 
 
@@ -190,17 +217,25 @@ def _tls_files(cfg: Config) -> list[Finding]:
 def _recipient_list(cfg: Config) -> list[Finding]:
     """``[inbound] recipients`` naming a file: unreadable, every inbound recipient would
     be deferred (the gateway cannot tell ours from unknown ones), so an error."""
-    setting = cfg.inbound.recipients
-    if setting in ("any", "verify"):
+    path = _recipient_file(cfg)
+    if path is None:
         return []
-    path = Path(setting)  # relative to the config file, as recipient_check reads it
-    if not path.is_absolute() and cfg.source is not None:
-        path = cfg.source.resolve().parent / path
     found = _read("inbound.recipients", path)
     if isinstance(found, Finding):
         why = "; every inbound recipient would be deferred"
         return [Finding(found.severity, found.key, found.message + why)]
     return []
+
+
+def _recipient_file(cfg: Config) -> Path | None:
+    """The file ``[inbound] recipients`` names, if it names one (not verify or any)."""
+    setting = cfg.inbound.recipients
+    if setting in ("any", "verify"):
+        return None
+    path = Path(setting)  # relative to the config file, as recipient_check reads it
+    if not path.is_absolute() and cfg.source is not None:
+        path = cfg.source.resolve().parent / path
+    return path
 
 
 def _users_file(cfg: Config) -> list[Finding]:
@@ -259,3 +294,230 @@ def _accredited_list(cfg: Config) -> list[Finding]:
     except (SecuremailError, OSError) as exc:
         return [_error("policy.accredited_list", str(exc))]
     return []
+
+
+def _syslog_socket(cfg: Config) -> list[Finding]:
+    """A Unix socket target that is not there (yet): a warning, never an error, because
+    logging must not stop mail; the gateway keeps trying it (``gateway/logs.py``)."""
+    from securemail.gateway.logs import parse_syslog_target
+
+    if not cfg.log.syslog:
+        return []
+    target = parse_syslog_target(cfg.log.syslog)
+    if isinstance(target, tuple):
+        return []  # a UDP collector cannot be asked whether it listens
+    path = Path(target)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is None or not stat.S_ISSOCK(mode):
+        state = "no such socket" if mode is None else "not a socket"
+        return [_warning("log.syslog", f"{path}: {state}; syslog records are dropped until "
+                         "it is there")]  # fmt: skip
+    return []
+
+
+# --- the service user -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Need:
+    """A file the gateway opens after the switch, and how."""
+
+    key: str
+    path: Path
+    mode: int  # os.R_OK / os.W_OK / os.X_OK, as os.access takes them
+    severity: Severity
+    why: str = ""
+
+
+def _service_user(cfg: Config) -> list[Finding]:
+    """``[service] user`` exists, is not root, and can open what the gateway will.
+
+    Access is checked as the user (``privileges.acting_as``) when we are root, as
+    ourselves when we are that user; as anyone else it cannot be (serve would refuse
+    to switch anyway: ``privileges.plan_switch``).
+    """
+    from securemail import privileges
+
+    try:
+        user = privileges.lookup_service_user(cfg.service.user, cfg.service.group)
+    except ConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        return [_error(key, message)]
+    if user is None:
+        return []
+    needs = _needs(cfg)  # which files exist is decided with our own eyes
+    euid = os.geteuid()
+    if euid == user.uid:
+        denied = _denied(needs)
+    elif euid == 0:
+        try:
+            with privileges.acting_as(user):
+                denied = _denied(needs)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            return [_error("service.user", f"cannot act as {user} to check its access: {why}")]
+    else:
+        return []
+    found, blockers = [], set()
+    for need, blocker in denied:
+        where = "" if blocker == need.path else f": it cannot enter {blocker}"
+        if where and (need.key, blocker) in blockers:
+            continue  # one line per directory in the way (sys.path has many below /root)
+        blockers.add((need.key, blocker))
+        message = f"{need.path}: not {_verb(need)} by {user}{where}{_owner(blocker)}{need.why}"
+        found.append(Finding(need.severity, need.key, message))
+    return found
+
+
+def _denied(needs: list[_Need]) -> list[tuple[_Need, Path]]:
+    """The needs the kernel refuses the effective user (ACLs and groups included), each
+    with what to fix: the first directory on the way it cannot enter, else the file."""
+    denied = []
+    for need in needs:
+        if not os.access(need.path, need.mode, effective_ids=True):
+            parents = reversed(Path(os.path.realpath(need.path)).parents)  # "/" first
+            closed = (d for d in parents if not os.access(d, os.X_OK, effective_ids=True))
+            denied.append((need, next(closed, need.path)))
+    return denied
+
+
+def _needs(cfg: Config) -> list[_Need]:
+    """Every file and directory the gateway reads or writes after the switch."""
+    from securemail.gateway.logs import parse_syslog_target
+    from securemail.gateway.spool import spool_path
+
+    read, write, search, error = os.R_OK, os.W_OK, os.X_OK, Severity.ERROR
+    users = cfg.relay.users_file
+    needs = [
+        _Need("tls.cert", cfg.tls.cert, read, error),
+        _Need("tls.key", cfg.tls.key, read, error),
+        _Need("relay.users_file", users, read, error),
+        _Need("relay.users_file", users.parent, write | search, Severity.WARNING,
+              "; AUTH lockouts are not kept across restarts"),
+    ]  # fmt: skip
+    if cfg.source is not None:
+        why = "; a reload (SIGHUP) cannot re-read it"
+        needs.append(_Need("config", cfg.source, read, Severity.WARNING, why))
+    if cfg.tls.ca_file is not None:
+        needs.append(_Need("tls.ca_file", cfg.tls.ca_file, read, error))
+    if (recipients := _recipient_file(cfg)) is not None:
+        needs.append(_Need("inbound.recipients", recipients, read, error))
+    if cfg.policy.accredited_list is not None:
+        needs.append(_Need("policy.accredited_list", cfg.policy.accredited_list, read, error))
+    keys, pem = cfg.dkim.key_dir, f"{cfg.dkim.selector}.pem"  # loaded if present, sign or not
+    needs.append(_Need("dkim.key_dir", keys, read | search, error))
+    for domain in cfg.organisation.domains:
+        needs.append(_Need("dkim.key_dir", keys / domain / pem, read, error))
+    spool = spool_path(cfg.spool.url, base=cfg.source.resolve().parent if cfg.source else None)
+    directory = spool.parent
+    while not _exists(directory) and directory != directory.parent:
+        directory = directory.parent  # the spool creates the rest, in the nearest that exists
+    needs.append(_Need("spool.url", directory, write | search, error))
+    for path in (spool, *spool.parent.glob(f"{spool.name}-*")):  # -wal, -shm, -owner-…
+        needs.append(_Need("spool.url", path, read | write, error))
+    # The pid and state files are written after the switch (and at every reload).
+    pid_dir = cfg.service.pid_file.parent
+    while not _exists(pid_dir) and pid_dir != pid_dir.parent:
+        pid_dir = pid_dir.parent
+    needs.append(_Need("service.pid_file", pid_dir, write | search, error))
+    if cfg.log.syslog and isinstance(target := parse_syslog_target(cfg.log.syslog), str):
+        why = "; syslog cannot be reconnected after it restarts"
+        needs.append(_Need("log.syslog", Path(target), write, Severity.WARNING, why))
+    # The code itself: the CPU workers start the interpreter, and modules are imported
+    # as they are first needed (a Python under /root is out of a service user's reach).
+    needs.append(_Need("service.user", Path(sys.executable), search, error,
+                       "; the CPU workers run it"))  # fmt: skip
+    code = "; Python code is loaded from it after the switch"
+    needs += [_Need("service.user", entry, read | search, error, code) for entry in _code_dirs()]
+    return [need for need in needs if _exists(need.path)]
+
+
+def _code_dirs() -> list[Path]:
+    """The ``sys.path`` entries code has been loaded from: the standard library, the
+    site-packages, ours (not every entry: an unreadable one, such as the directory
+    serve was started in, is skipped by imports without harm)."""
+    entries = [Path(e) for e in dict.fromkeys(sys.path) if e and Path(e).is_absolute()]
+    used: dict[Path, None] = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            used.update(dict.fromkeys(e for e in entries if Path(file).is_relative_to(e)))
+    return list(used)
+
+
+def _exists(path: Path) -> bool:
+    """Like ``Path.exists``, but False (not PermissionError) for what we cannot see."""
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
+def _verb(need: _Need) -> str:
+    if need.mode & os.W_OK:
+        return "writable"
+    return "readable" if need.mode & os.R_OK else "executable"
+
+
+def _owner(path: Path) -> str:
+    """`` (owned by root:root, mode 0600)``: usually all it takes to see the fix."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ""
+    try:
+        user = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        user = str(info.st_uid)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return f" (owned by {user}:{group}, mode {info.st_mode & 0o7777:04o})"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReport:
+    """What ``config check`` says about who ``serve`` will run as."""
+
+    user: ServiceUser | None
+    configured: str  # [service] user as written ("": not set)
+    problem: str  # why it cannot be used ("": it can, or none is set)
+    root_needed: tuple[str, ...]  # why serve must be started as root, if it must
+
+    def __str__(self) -> str:
+        if self.user is not None:
+            who = f"user {self.user.name} (uid {self.user.uid}, gid {self.user.gid}) exists"
+        elif self.configured:
+            who = f"user {self.configured}: {self.problem}"
+        else:
+            who = "no [service] user: serve runs as whoever starts it (root stays root)"
+        needed = "; ".join(self.root_needed) if self.root_needed else "no"
+        return f"{who}; root needed: {needed}"
+
+
+def describe_service(cfg: Config) -> ServiceReport:
+    """The service user and why ``serve`` needs root, if it does: to bind a port below
+    the kernel's unprivileged start (1024 unless changed) without CAP_NET_BIND_SERVICE,
+    and to switch to the user unless it is started as that user."""
+    from securemail import privileges
+
+    user, problem = None, ""
+    try:
+        user = privileges.lookup_service_user(cfg.service.user, cfg.service.group)
+    except ConfigError as exc:
+        problem = str(exc).partition(": ")[2]
+    low = privileges.first_unprivileged_port()
+    listeners = {"listen.inbound": cfg.listen.inbound, "listen.submission": cfg.listen.submission}
+    needed = [
+        f"to bind {key} port {port} (below {low}; or CAP_NET_BIND_SERVICE)"
+        for key, address in listeners.items()
+        if 0 < (port := int(address.rpartition(":")[2])) < low
+    ]
+    if user is not None:
+        needed.append(f"to switch to {user.name} (none if started as {user.name})")
+    return ServiceReport(user, cfg.service.user, problem, tuple(needed))

@@ -169,6 +169,40 @@ def _tls_policy(value: object) -> object:
     return value
 
 
+def _syslog_target(value: object) -> object:
+    """``""`` (off), a Unix socket path or ``udp:HOST:PORT``, read as the handler reads it."""
+    # Imported here: config stays importable without the gateway behind it.
+    from securemail.gateway.logs import parse_syslog_target
+
+    assert isinstance(value, str)
+    if value:
+        parse_syslog_target(value)
+    return value
+
+
+def _syslog_facility(value: object) -> object:
+    """A facility name syslog(3) knows (``mail``, ``daemon``, ``local0``…``local7``, …)."""
+    from logging.handlers import SysLogHandler
+
+    names = SysLogHandler.facility_names
+    if value not in names:
+        raise ValueError(f"expected a syslog facility: {', '.join(sorted(names))}")
+    return value
+
+
+# What useradd(8) accepts, less the trailing "$" of Samba machine accounts.
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _account_name(value: object) -> object:
+    """A user or group name (looked up by ``config check`` and ``serve``, not at load:
+    the machine running ``classify`` need not have the service user)."""
+    assert isinstance(value, str)
+    if value and not _ACCOUNT.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user or group name")
+    return value
+
+
 # Read by the CLI itself, not settings: never reported as misspelt.
 _OTHER_VARIABLES = ("SECUREMAIL_DEBUG", "SECUREMAIL_KEEP_TMP")
 

@@ -17,7 +17,7 @@ import typer
 
 from securemail.cli.common import ConfigOpt, JsonOpt, print_json, say, tell, warn
 from securemail.config import Config, default_config_text, find_config, load_config
-from securemail.config_checks import Finding, Severity, check_files
+from securemail.config_checks import Finding, Severity, check_files, describe_service
 
 app = typer.Typer(
     rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
@@ -40,7 +40,8 @@ def config_init(
 
 @app.command("check")
 def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Validate the configuration and the files it names; print the values in effect.
+    """Validate the configuration and the files it names; print the values in effect,
+    who serve runs as and whether it must be started as root.
 
     Exit status 2 if anything would stop ``serve`` (or make it run other than
     configured); warnings alone leave it 0.
@@ -52,11 +53,20 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     ]
     errors = sum(f.severity is Severity.ERROR for f in findings)
     source = find_config(config)
+    service = describe_service(cfg)
     if json_out:
+        user = service.user
         print_json({
             "config": str(source) if source else None,
             "ok": not errors,
             "values": _config_dict(cfg),
+            "service": {
+                "user": service.configured,
+                "exists": user is not None,
+                "uid": user.uid if user else None,
+                "gid": user.gid if user else None,
+                "root_needed": list(service.root_needed),
+            },
             "problems": [dataclasses.asdict(f) for f in findings],
         })  # fmt: skip
     else:
@@ -65,6 +75,7 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         for section, values in _config_dict(cfg).items():
             for key, value in typing.cast(dict[str, object], values).items():
                 say(f"  {section}.{key} = {_toml(value)}")
+        say(f"service: {service}")
         for finding in findings:
             if finding.severity is Severity.ERROR:
                 tell(("error:", "red"), " ", str(finding))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from securemail import __version__
-from securemail.cli.common import ConfigOpt, run_async, tell
+from securemail.cli.common import ConfigOpt, run_async
 from securemail.config import load_config
 from securemail.config_checks import require_files
 from securemail.errors import InputError, SecuremailError
@@ -42,7 +41,8 @@ def serve(
 ) -> None:
     """Run the gateway: inbound and submission listeners, spool and delivery.
 
-    Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
+    Started as root with [service] user set, it binds its ports, then runs as that
+    user. Stops gracefully on SIGTERM or Ctrl-C: no new connections, sessions in a
     transaction finish, deliveries in flight finish or are retried on the next start.
     SIGHUP (or 'securemail reload') re-reads the configuration and the files it names
     without dropping sessions. Writes [service] pid_file once listening, and refuses to
@@ -50,28 +50,38 @@ def serve(
     """
     import asyncio
     import logging
+    import os
     import signal
 
-    from securemail.gateway.app import Gateway
+    from securemail import privileges
+    from securemail.gateway.app import Gateway, bind_listeners
+    from securemail.gateway.logs import configure_logging
 
     cfg = load_config(config)
-    warnings = [*cfg.warnings, *map(str, require_files(cfg))]  # errors stop here
+    # Errors stop here, before anything is bound: who to run as, then what it opens.
+    user = privileges.lookup_service_user(cfg.service.user, cfg.service.group)
+    switch = privileges.plan_switch(user, os.geteuid(), os.getegid())
+    warnings = [*cfg.warnings, *map(str, require_files(cfg))]
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InputError(f"--log-level {log_level!r}: expected debug, info, warning or error")
-    from securemail.gateway.events import log_formatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(log_formatter(cfg.log.format))
-    logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    configure_logging(cfg.log, level)
     log = logging.getLogger("securemail.gateway")
     log.info("%s", raise_open_files_limit())
     for warning in warnings:
         log.warning("config: %s", warning)
+    if switch is privileges.Switch.KEEP_ROOT:
+        log.warning("running as root; set [service] user to bind as root and run as that user")
 
     async def run() -> None:
-        gateway = Gateway(cfg, service=ServiceFiles(cfg.service))
+        try:
+            listeners = await bind_listeners(cfg)
+        except OSError as exc:
+            raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+        if switch is privileges.Switch.DROP:
+            assert user is not None
+            privileges.drop_privileges(user)  # before any key, list, spool or worker
+        gateway = Gateway(cfg, service=ServiceFiles(cfg.service), listeners=listeners)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,18 +98,22 @@ def serve(
             await gateway.start()
         except OSError as exc:
             await gateway.stop(grace=0)
-            raise InputError(f"cannot listen: {exc.strerror or exc}") from None
+            raise InputError(f"cannot start: {exc.strerror or exc}") from None
         except SecuremailError:  # another gateway runs; the pid file cannot be written
             await gateway.stop(grace=0)
             raise
         inbound = cfg.listen.inbound
-        tell(
-            f"securemail {__version__} ready: inbound {inbound}, submission "
-            f"{cfg.listen.submission}; e.g. swaks --server {inbound} --to someone@"
-            f"{cfg.organisation.domains[0] if cfg.organisation.domains else 'example.org'}"
+        log.info(
+            "securemail %s ready: inbound %s, submission %s; e.g. swaks --server %s --to "
+            "someone@%s",
+            __version__,
+            inbound,
+            cfg.listen.submission,
+            inbound,
+            cfg.organisation.domains[0] if cfg.organisation.domains else "example.org",
         )
         await stop.wait()
-        tell("stopping…")
+        log.info("stopping…")
         await gateway.stop()
 
     run_async(run())

@@ -2,11 +2,17 @@
 
 listeners → accept pipeline → spool → queue manager → delivery, in one process. Nothing
 here decides anything: each stage lives in its own package (``inbound/``, ``spool/``,
-``queue/``, ``outbound/``) and reports through one ``EventSink``. Start order is spool
-(recovery of interrupted deliveries), queue manager, then listeners; stop order is the
-reverse, so a SIGTERM never loses mail: listeners stop accepting, open sessions get
-``grace`` seconds to finish, in-flight deliveries finish or stay ``delivering`` for the
-next start, and the spool is flushed and closed.
+``queue/``, ``outbound/``) and reports through one ``EventSink``.
+
+Start is in steps. ``bind_listeners`` creates the listening sockets (not accepting yet):
+the one step that may need root, so ``securemail serve`` runs it before it gives root
+up, and only then builds the ``Gateway``, which reads the keys, lists and users as the
+service user. ``start`` then opens the spool (recovery of interrupted deliveries),
+starts the queue manager, and lets the listeners accept (binding them first when
+nothing did: tests, and any caller that needs no root). Stop order is the reverse, so
+a SIGTERM never loses mail: listeners stop accepting, open sessions get ``grace``
+seconds to finish, in-flight deliveries finish or stay ``delivering`` for the next
+start, and the spool is flushed and closed.
 
 What the stages take from the config is built by ``reload.build``, at start and again
 on every reload (SIGHUP), which swaps the new pieces in without a restart; the pid and
@@ -17,6 +23,7 @@ state files through which ``securemail reload`` finds and hears from this proces
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -34,8 +41,16 @@ from securemail.gateway.inbound.server import GatewayHandler
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.notify import Notifier
-from securemail.gateway.reload import build, config_base, load_fresh, split_address, swap
+from securemail.gateway.reload import (
+    build,
+    config_base,
+    listen_settings,
+    load_fresh,
+    split_address,
+    swap,
+)
 from securemail.gateway.spool import open_spool, spool_path
+from securemail.privileges import describe_uid
 from securemail.tls import served_certificate
 
 
@@ -48,9 +63,13 @@ class Gateway:
         today: Callable[[], date] = date.today,
         events: EventSink | None = None,
         service: ServiceFiles | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
-        """``service``: the pid and state files (``securemail serve`` passes them); None
-        for a gateway embedded in a test or benchmark, which nothing outside signals."""
+        """Wire the stages; reads the TLS key, DKIM keys and accredited list (so, under
+        ``serve``, after the switch to the service user). ``service``: the pid and state
+        files (``securemail serve`` passes them); None for a gateway embedded in a test or
+        benchmark, which nothing outside signals. ``listeners``: those ``bind_listeners``
+        bound, else new ones that ``start`` binds."""
         self.clock = clock
         self.today = today
         self.events = events or LogSink()
@@ -95,7 +114,7 @@ class Gateway:
             clock=clock,
             events=self.events,
         )
-        self.listeners = Listeners(live.listen, live.tls, self.events)
+        self.listeners = listeners or Listeners(live.listen)
         self.handlers: list[GatewayHandler] = []
         self.limiter: AuthLimiter | None = None
         self.generation = 0  # reload attempts so far (the state file's generation)
@@ -203,6 +222,12 @@ class Gateway:
                 )
             self._queue_task = asyncio.ensure_future(self.queue.run())
             await self._listen()
+            listening = ", ".join(
+                f"{role} {host}:{port}" for role, (host, port) in self.addresses.items()
+            )
+            self.events.emit(
+                Lifecycle(f"listening on {listening}; running as {describe_uid(os.geteuid())}")
+            )
             self.started = self._now()
             if self.service is not None:
                 self.service.publish()
@@ -213,7 +238,7 @@ class Gateway:
         self.limiter = AuthLimiter(
             live.auth_limits, files=LockoutFiles(cfg.relay.users_file), events=self.events
         )
-        for role, address in zip(ROLES, (cfg.listen.inbound, cfg.listen.submission), strict=True):
+        for role, (host, port) in _listen_addresses(cfg):
             handler = GatewayHandler(
                 role,
                 classify=self.classify,
@@ -229,8 +254,8 @@ class Gateway:
                 postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
             )
             self.handlers.append(handler)
-            host, port = split_address(address)
-            await self.listeners.listen(role, host, port, handler)
+            await self.listeners.bind(role, host, port)  # unless bind_listeners did
+            await self.listeners.serve(role, handler, live.tls)
 
     def startup_facts(self) -> list[tuple[str, bool]]:
         """What this gateway runs with, as (fact, warning) for the start-up log: which
@@ -289,3 +314,24 @@ class Gateway:
         if self.service is not None and self.started:
             self.service.withdraw()
         self.events.emit(Lifecycle("stopped"))
+
+
+async def bind_listeners(config: Config) -> Listeners:
+    """Both listening sockets, bound but not accepting: the step that may need root.
+
+    Raises ``OSError`` (address in use, permission) with nothing left bound.
+    """
+    listeners = Listeners(listen_settings(config))
+    try:
+        for role, (host, port) in _listen_addresses(config):
+            await listeners.bind(role, host, port)
+    except OSError:
+        await listeners.stop(0)
+        raise
+    return listeners
+
+
+def _listen_addresses(cfg: Config) -> list[tuple[str, tuple[str, int]]]:
+    """(role, (host, port)) for each listener, in ``ROLES`` order."""
+    addresses = (cfg.listen.inbound, cfg.listen.submission)
+    return [(role, split_address(address)) for role, address in zip(ROLES, addresses, strict=True)]

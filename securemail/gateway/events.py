@@ -246,7 +246,9 @@ def escape_controls(text: str) -> str:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-"""The gateway's log line (``securemail serve``, its CPU workers)."""
+"""The gateway's log line (``securemail serve``, its CPU workers' records included)."""
+SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+"""The same line for syslog, which adds its own time (and ``securemail[PID]:``)."""
 
 
 def iso_time(record: logging.LogRecord) -> str:
@@ -288,16 +290,22 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # a CPU worker's record carries only the text
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
 
 
-def log_formatter(kind: str) -> logging.Formatter:
-    """The formatter for ``[log] format`` (``text`` or ``json``, checked by the config)."""
+def log_formatter(kind: str, *, timestamp: bool = True) -> logging.Formatter:
+    """The formatter for ``[log] format`` (``text`` or ``json``, checked by the config).
+
+    ``timestamp=False`` drops the text line's leading time (syslog stamps each record
+    itself); a JSON object keeps its ``time`` field, which a shipper reads.
+    """
     if kind == "json":
         return JsonLineFormatter()
-    return OneLineFormatter(LOG_FORMAT)
+    return OneLineFormatter(LOG_FORMAT if timestamp else SYSLOG_FORMAT)
 
 
 def _decisions(decisions: Sequence[RcptDecision]) -> str:

@@ -82,6 +82,11 @@ RESTART_ONLY: Mapping[str, str] = {
     "delivery.per_destination": "the queue manager's connection slots are made at start",
     "log.format": "securemail serve installs the log handler before the gateway starts",
     "service.pid_file": "securemail reload finds the gateway through the file it wrote",
+    "service.user": "the switch from root happens once, after binding; it cannot be undone",
+    "service.group": "the switch from root happens once, after binding; it cannot be undone",
+    "log.stderr": "securemail serve installs the log handlers before the gateway starts",
+    "log.syslog": "securemail serve installs the log handlers before the gateway starts",
+    "log.syslog_facility": "securemail serve installs the log handlers before the gateway starts",
 }
 
 # Settings a reload puts in force at once (the rest of the configuration). ``check.*`` is
@@ -204,16 +209,7 @@ def build(config: Config, *, today: Callable[[], date], events: EventSink) -> Pi
         keys=keys,
         users=read_users_file(config.relay.users_file),
         tls=server_context(config.tls.cert, config.tls.key, config.tls.min_version),
-        listen=ListenSettings(
-            hostname=org.hostname,
-            max_message_size=listen.max_message_size,
-            timeout=listen.timeout,
-            max_connections=listen.max_connections,
-            max_connections_per_ip=listen.max_connections_per_ip,
-            max_data_in_flight=listen.data_in_flight,
-            greet_pause=listen.greet_pause,
-            trusted_networks=tuple(config.relay.networks),
-        ),
+        listen=listen_settings(config),
         recipients=recipient_check(
             config.inbound.recipients,
             base=config_base(config),
@@ -335,3 +331,18 @@ def split_address(address: str) -> tuple[str, int]:
 def config_base(config: Config) -> Path | None:
     """Where relative paths in the file are anchored (None: built-in defaults)."""
     return config.source.resolve().parent if config.source else None
+
+
+def listen_settings(config: Config) -> ListenSettings:
+    """What each new connection is made with (``Listeners``), from ``[listen]``."""
+    listen = config.listen
+    return ListenSettings(
+        hostname=config.organisation.hostname,
+        max_message_size=listen.max_message_size,
+        timeout=listen.timeout,
+        max_connections=listen.max_connections,
+        max_connections_per_ip=listen.max_connections_per_ip,
+        max_data_in_flight=listen.data_in_flight,
+        greet_pause=listen.greet_pause,
+        trusted_networks=tuple(config.relay.networks),
+    )

@@ -2,6 +2,7 @@
 first and named by its key; values print as they would be written."""
 
 import json
+import pwd
 
 import pytest
 from harness.cli import run_cli
@@ -118,6 +119,9 @@ def test_json_has_values_and_problems(conf, tmp_path):
             "[listen]\nmax_message_size = 4096\nmax_data_in_flight = 2048\n",
             "listen.max_data_in_flight: 2048 is below max_message_size (4096)",
         ),
+        ('[log]\nsyslog = "tcp:logs:514"\n', "log.syslog: 'tcp:logs:514': expected"),
+        ("[log]\nstderr = false\n", "log.stderr: false with no [log] syslog target"),
+        ('[service]\nuser = "-x"\n', "service.user: '-x' is not a user or group name"),
     ],
 )
 def test_dangerous_values_are_refused_with_the_reason(tmp_path, text, message):
@@ -151,3 +155,30 @@ def test_serve_stops_before_listening_on_a_file_error(conf, tmp_path):
     assert proc.stderr.decode().strip() == (
         f"securemail: error: tls.cert: {tmp_path / 'cert.pem'}: not a PEM certificate"
     )
+
+
+def test_who_serve_runs_as_and_why_it_needs_root(conf, tmp_path):
+    """The service user exists, is reported with its ids, and is checked as itself: the
+    fixture's files sit in pytest's private (0700) directory, out of nobody's reach."""
+    nobody = pwd.getpwnam("nobody")
+    conf.write_text(conf.read_text() + '[service]\nuser = "nobody"\n')
+    status, out, err = check(conf)
+    assert status == 2
+    assert (
+        f"service: user nobody (uid {nobody.pw_uid}, gid {nobody.pw_gid}) exists; root "
+        "needed: to switch to nobody (none if started as nobody)"
+    ) in " ".join(out.split())
+    assert f"error: tls.key: {tmp_path / 'key.pem'}: not readable by user nobody" in err
+    report = json.loads(check(conf, "--json")[1])
+    assert report["service"] == {
+        "user": "nobody",
+        "exists": True,
+        "uid": nobody.pw_uid,
+        "gid": nobody.pw_gid,
+        "root_needed": ["to switch to nobody (none if started as nobody)"],
+    }
+    conf.write_text(conf.read_text().replace('"nobody"', '"sm-no-such-user"'))
+    status, out, err = check(conf)
+    assert status == 2
+    assert "error: service.user: no such user 'sm-no-such-user' on this system" in err
+    assert json.loads(check(conf, "--json")[1])["service"]["exists"] is False

@@ -9,6 +9,7 @@ each call site answers 451 when its step cannot be finished.
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import smtplib
@@ -22,10 +23,12 @@ from securemail.core.message import read_headers
 from securemail.core.sensitivity import scan_message
 from securemail.cpu import run_inline
 from securemail.dns import Resolver
+from securemail.gateway.events import log_formatter
 from securemail.gateway.inbound.offload import (
     INLINE_MAX_BYTES,
     INLINE_MAX_DELIMITERS,
     INLINE_MAX_FIELDS,
+    LOG_RECORDS_PER_STEP,
     BudgetExceeded,
     Offload,
     OffloadError,
@@ -97,13 +100,47 @@ async def test_what_a_step_raises_is_raised_to_the_caller(offload):
         await runner(offload, heavy())("int", partial(int, "x"))
 
 
-async def test_a_worker_logs_as_the_gateway_does_one_line_per_record(offload, capfd):
-    warn = logging.getLogger("securemail.mech.arc.dkimpy").warning
-    await runner(offload, heavy())("log", partial(warn, "bad b= in\r\nFAKE: line"))
-    assert (
-        "WARNING securemail.mech.arc.dkimpy: bad b= in\\x0d\\x0aFAKE: line\n"
-        in capfd.readouterr().err
+def in_worker(code: str):
+    """A step running ``code`` (the worker runs ``python -P``: tests are not importable)."""
+    return partial(exec, f"import logging\n{code}")
+
+
+async def test_a_workers_records_are_logged_by_the_gateway_itself(offload, caplog):
+    """What a library logs in a worker comes back as the record it was (logger, level,
+    message, the worker's time, the traceback's text) and goes through the gateway's
+    own handlers, so ``[log] format`` and syslog apply to it as to any other line."""
+    caplog.set_level(logging.WARNING)
+    before = time.time()
+    run = runner(offload, heavy())
+    await run("log", in_worker('logging.getLogger("pypdf").warning("bad %s in\\r\\nFAKE", "xref")'))
+    await run("fail", in_worker("try:\n 1/0\nexcept ZeroDivisionError:\n logging.exception('x')"))
+    warned, failed = caplog.records
+    assert (warned.name, warned.levelname, warned.getMessage()) == (
+        "pypdf",
+        "WARNING",
+        "bad xref in\r\nFAKE",
     )
+    assert before <= warned.created <= time.time()
+    line = log_formatter("text").format(warned)
+    assert line.endswith(" WARNING pypdf: bad xref in\\x0d\\x0aFAKE") and "\n" not in line
+    assert (failed.name, failed.levelname) == ("root", "ERROR")
+    assert "ZeroDivisionError" in json.loads(log_formatter("json").format(failed))["exception"]
+
+
+async def test_a_step_logs_at_most_its_share_then_one_line_says_how_many_more(offload, caplog):
+    caplog.set_level(logging.WARNING)
+    many = LOG_RECORDS_PER_STEP + 7
+    await runner(offload, heavy())(
+        "chatty", in_worker(f"for i in range({many}): logging.getLogger('pypdf').warning('r%d', i)")
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:LOG_RECORDS_PER_STEP] == [f"r{i}" for i in range(LOG_RECORDS_PER_STEP)]
+    assert lines[LOG_RECORDS_PER_STEP:] == [
+        f"a CPU step logged 7 more records, not shown (at most {LOG_RECORDS_PER_STEP} per step)"
+    ]
+    caplog.clear()  # the next step starts counting anew
+    await runner(offload, heavy())("one", in_worker("logging.getLogger('pypdf').warning('r')"))
+    assert [r.getMessage() for r in caplog.records] == ["r"]
 
 
 async def test_a_worker_that_dies_is_an_offload_error_and_is_replaced(offload):

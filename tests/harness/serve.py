@@ -41,6 +41,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_low_port() -> int:
+    """A free port below 1024 on 127.0.0.1 (binding it needs root): like 25 and 587."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(600, 1024)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024")
+
+
 def greets(port: int) -> bool:
     """Does an SMTP server answer 220 on 127.0.0.1:port?"""
     try:

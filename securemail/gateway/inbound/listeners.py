@@ -9,6 +9,11 @@ What every connection shares is bounded here, once for both roles: connections o
 (in total and per client address) and DATA bytes in flight (``limits``). Each connection
 is made with the settings and TLS context current when it arrives (``_protocol``), which
 is how a reload reaches new connections without touching open ones.
+
+Binding and accepting are two steps: ``bind`` creates a role's socket (bound, not yet
+listening: a client is refused, never queued), ``serve`` starts accepting on it. Between
+them ``securemail serve`` gives up root (``privileges``), so ports below 1024 are bound
+as root and every connection is served by the service user.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from securemail.gateway.events import EventSink, Lifecycle
 from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
 from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
 
@@ -38,12 +42,12 @@ class ListenSettings:
 
 
 class Listeners:
-    def __init__(self, settings: ListenSettings, tls: ssl.SSLContext, events: EventSink) -> None:
+    def __init__(self, settings: ListenSettings) -> None:
         self.settings = settings
-        self.tls = tls
-        self.events = events
-        self.servers: list[asyncio.Server] = []
+        self.servers: dict[str, asyncio.Server] = {}  # role → its server, once bound
         self.addresses: dict[str, tuple[str, int]] = {}  # role → bound (host, port)
+        self._handlers: dict[str, GatewayHandler] = {}  # role → handler, once serving
+        self._tls: ssl.SSLContext | None = None  # given with the handlers, to ``serve``
         self._sessions: set[GatewaySMTP] = set()
         self.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_ip, settings.trusted_networks
@@ -57,24 +61,35 @@ class Listeners:
         sessions keep what they started with. What all connections share (connection
         counts, the DATA budget) was sized at start and stays: the reload keeps the
         settings it was sized from (``gateway.reload.RESTART_ONLY``)."""
-        self.settings, self.tls = settings, tls
+        self.settings, self._tls = settings, tls
         self.pregreet.pause = settings.greet_pause
 
-    async def listen(self, role: str, host: str, port: int, handler: GatewayHandler) -> None:
+    async def bind(self, role: str, host: str, port: int) -> None:
+        """Create ``role``'s socket on ``host:port``, bound but not accepting yet (if it
+        is not bound already: ``serve`` binds before it gives up root)."""
+        if role in self.servers:
+            return
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: self._protocol(handler, role), host, port)
-        self.servers.append(server)
+        server = await loop.create_server(
+            lambda: self._protocol(role), host, port, start_serving=False
+        )
+        self.servers[role] = server
         bound = server.sockets[0].getsockname()
         self.addresses[role] = (bound[0], bound[1])
-        self.events.emit(Lifecycle(f"listening role={role} address={bound[0]}:{bound[1]}"))
 
-    def _protocol(self, handler: GatewayHandler, role: str) -> GatewaySMTP:
+    async def serve(self, role: str, handler: GatewayHandler, tls: ssl.SSLContext) -> None:
+        """Accept connections on ``role``'s bound socket, each served by ``handler``."""
+        self._handlers[role] = handler
+        self._tls = tls
+        await self.servers[role].start_serving()
+
+    def _protocol(self, role: str) -> GatewaySMTP:
         s = self.settings
         protocol = GatewaySMTP(
-            handler,
+            self._handlers[role],
             hostname=s.hostname,
             ident="securemail",
-            tls_context=self.tls,
+            tls_context=self._tls,
             require_starttls=role == "submission",
             auth_required=role == "submission",
             auth_require_tls=True,
@@ -92,7 +107,7 @@ class Listeners:
 
     async def stop(self, grace: float) -> float:
         """Close, drain, and return the monotonic deadline the rest of the stop may use."""
-        for server in self.servers:
+        for server in self.servers.values():
             server.close()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:

@@ -16,7 +16,11 @@ budget and a fresh one takes its place. Workers are started when first needed, a
 most ``WORKERS`` at a time, each ``python -P -c ...`` importing this module; a task goes
 over its stdin and its outcome comes back over its stdout (length-prefixed pickles, our
 own two ends: nothing from the network is unpickled). Workers run at a lower priority,
-so the event loop wins the CPU when both want it.
+so the event loop wins the CPU when both want it. A worker's log records (a library's
+complaint about a signature or a PDF) come back over the same stream and are logged by
+the gateway, through its handlers and formatter (JSON, syslog), at most
+``LOG_RECORDS_PER_STEP`` per step: a crafted message must not turn one step into a
+flood of lines for the event loop to write.
 
 **Which messages.** Small, simple ones stay inline: a round trip to a worker is cheap
 (~0.2 ms) but not free, and the relay benchmark's 10 KB messages must not pay it.
@@ -44,12 +48,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO, TypeVar, cast
 
 from securemail.core.message import HeaderBlock
 from securemail.cpu import RunCpu, run_inline
 from securemail.errors import SecuremailError
-from securemail.gateway.events import LOG_FORMAT, OneLineFormatter
 
 T = TypeVar("T")
 
@@ -59,6 +63,7 @@ INLINE_MAX_DELIMITERS = 16
 """Lines starting ``--`` (MIME boundaries, and a few others): the stdlib's cost per part."""
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 WORKER_NICENESS = 5
+LOG_RECORDS_PER_STEP = 50
 _MAX_FRAME = 1 << 30  # a task carries one message (≤ 1 GiB by config); a result is small
 _FRAME = struct.Struct(">Q")
 _WORKER_COMMAND = (
@@ -192,9 +197,11 @@ class _Worker:
 
     @classmethod
     async def start(cls) -> _Worker:
+        level = logging.getLogger().getEffectiveLevel()  # the worker logs what we would
         try:
             proc = await asyncio.create_subprocess_exec(
                 *_WORKER_COMMAND,
+                str(level),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a ^C at the terminal is for the gateway, not us
@@ -224,6 +231,12 @@ class _Worker:
         return await self._receive()
 
     async def _receive(self) -> tuple[bool, object]:
+        """The outcome of the task sent, logging the worker's records on the way."""
+        while isinstance(answer := await self._receive_one(), _LogRecord):
+            answer.log()
+        return answer
+
+    async def _receive_one(self) -> tuple[bool, object] | _LogRecord:
         stdout = self.proc.stdout
         assert stdout is not None
         try:
@@ -234,7 +247,7 @@ class _Worker:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise await self._died(exc) from exc
         try:  # our own child's answer to a task we sent: not input from the network
-            return cast(tuple[bool, object], pickle.loads(data))  # noqa: S301
+            return cast(tuple[bool, object] | _LogRecord, pickle.loads(data))  # noqa: S301
         except Exception as exc:  # e.g. an exception class that does not rebuild
             raise OffloadError(f"CPU worker's answer could not be read: {exc!r}") from exc
 
@@ -259,31 +272,124 @@ class _Worker:
 # --- the worker process ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _LogRecord:
+    """A worker's log record on its way to the gateway: what the formatters read."""
+
+    name: str
+    levelno: int
+    levelname: str
+    message: str  # already merged with its arguments: those may not pickle
+    created: float
+    exc_text: str | None
+
+    @classmethod
+    def of(cls, record: logging.LogRecord, formatter: logging.Formatter) -> _LogRecord:
+        exc_text = record.exc_text
+        if record.exc_info and not exc_text:
+            exc_text = formatter.formatException(record.exc_info)
+        return cls(
+            record.name,
+            record.levelno,
+            record.levelname,
+            record.getMessage(),
+            record.created,
+            exc_text,
+        )
+
+    def log(self) -> None:
+        """Log it here, as if this process had made it (its time is the worker's)."""
+        logger = logging.getLogger(self.name)
+        if logger.isEnabledFor(self.levelno):
+            record = logging.makeLogRecord({
+                "name": self.name,
+                "levelno": self.levelno,
+                "levelname": self.levelname,
+                "msg": self.message,
+                "args": None,
+                "created": self.created,
+                "msecs": (self.created - int(self.created)) * 1000,
+                "exc_text": self.exc_text,
+            })  # fmt: skip
+            logger.handle(record)
+
+
+class _Answers:
+    """The worker's end of the answer stream: frames written whole, one at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()  # a library may log from a thread of its own
+
+    def send(self, item: tuple[bool, object] | _LogRecord) -> None:
+        try:
+            data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an exception (or result) that does not pickle
+            if isinstance(item, _LogRecord):
+                return  # plain fields: cannot happen, and is no outcome to stand in for
+            error = RuntimeError(f"{type(item[1]).__name__} could not be returned: {exc}")
+            data = pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._stream.write(_FRAME.pack(len(data)))
+            self._stream.write(data)
+            self._stream.flush()
+
+
+class _ToGateway(logging.Handler):
+    """Each record to the gateway, at most ``LOG_RECORDS_PER_STEP`` per step."""
+
+    def __init__(self, answers: _Answers) -> None:
+        super().__init__()
+        self._answers = answers
+        self._plain = logging.Formatter()  # only for a traceback's text
+        self.sent = self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.sent >= LOG_RECORDS_PER_STEP:
+            self.dropped += 1
+            return
+        self.sent += 1
+        self._answers.send(_LogRecord.of(record, self._plain))
+
+    def step_done(self) -> None:
+        """Say how many records the step's limit held back, then start counting anew."""
+        dropped, self.sent, self.dropped = self.dropped, 0, 0
+        if dropped:
+            log.warning(
+                "a CPU step logged %d more records, not shown (at most %d per step)",
+                dropped,
+                LOG_RECORDS_PER_STEP,
+            )
+
+
 def worker_main() -> None:
     """A worker: run each task read from stdin, write its outcome to stdout, until EOF.
 
     Only frames go to the real stdout; anything a library prints goes to stderr (the
-    gateway's log), so it cannot corrupt the answer stream. Log records (dkimpy's
-    complaints about a signature, quoting the message) are written as the gateway
-    writes its own, control characters escaped. If the gateway dies (even by SIGKILL)
-    the worker exits within a second, busy or not.
+    gateway's log), so it cannot corrupt the answer stream. Log records (dkimpy's or
+    pypdf's complaints, quoting the message) go to the gateway as frames, at the level
+    it passed as our one argument, and are written by its handlers, so they are in its
+    format (text or JSON) and reach syslog. If the gateway dies (even by SIGKILL) the
+    worker exits within a second, busy or not.
     """
-    answers = os.fdopen(os.dup(1), "wb")
+    answers = _Answers(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    to_gateway = _ToGateway(answers)
+    level = int(sys.argv[1]) if len(sys.argv) > 1 else logging.WARNING
+    logging.basicConfig(level=level, handlers=[to_gateway], force=True)
+    logging.captureWarnings(True)
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     tasks = sys.stdin.buffer
-    _send(answers, (True, "ready"))
+    answers.send((True, "ready"))
     while (payload := _read_frame(tasks)) is not None:
         try:
             outcome: tuple[bool, object] = (True, pickle.loads(payload)())  # noqa: S301
         except Exception as exc:  # the caller gets it, as if the call were local
             outcome = (False, exc)
-        _send(answers, outcome)
+        to_gateway.step_done()
+        answers.send(outcome)
 
 
 def _exit_with(parent: int) -> None:
@@ -302,14 +408,3 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
         raise SystemExit(f"CPU worker: frame of {size} bytes")
     data = stream.read(size)
     return data if len(data) == size else None
-
-
-def _send(stream: BinaryIO, outcome: tuple[bool, object]) -> None:
-    try:
-        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # an exception (or result) that does not pickle
-        error = RuntimeError(f"{type(outcome[1]).__name__} could not be returned: {exc}")
-        data = pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_FRAME.pack(len(data)))
-    stream.write(data)
-    stream.flush()
