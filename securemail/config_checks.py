@@ -412,16 +412,12 @@ def _needs(cfg: Config) -> list[_Need]:
     for domain in cfg.organisation.domains:
         needs.append(_Need("dkim.key_dir", keys / domain / pem, read, error))
     spool = spool_path(cfg.spool.url, base=cfg.source.resolve().parent if cfg.source else None)
-    directory = spool.parent
-    while not _exists(directory) and directory != directory.parent:
-        directory = directory.parent  # the spool creates the rest, in the nearest that exists
-    needs.append(_Need("spool.url", directory, write | search, error))
+    # The spool creates missing directories, in the nearest one that exists.
+    needs.append(_Need("spool.url", _nearest_existing(spool.parent), write | search, error))
     for path in (spool, *spool.parent.glob(f"{spool.name}-*")):  # -wal, -shm, -owner-…
         needs.append(_Need("spool.url", path, read | write, error))
     # The pid and state files are written after the switch (and at every reload).
-    pid_dir = cfg.service.pid_file.parent
-    while not _exists(pid_dir) and pid_dir != pid_dir.parent:
-        pid_dir = pid_dir.parent
+    pid_dir = _nearest_existing(cfg.service.pid_file.parent)
     needs.append(_Need("service.pid_file", pid_dir, write | search, error))
     if cfg.log.syslog and isinstance(target := parse_syslog_target(cfg.log.syslog), str):
         why = "; syslog cannot be reconnected after it restarts"
@@ -446,6 +442,13 @@ def _code_dirs() -> list[Path]:
         if isinstance(file, str):
             used.update(dict.fromkeys(e for e in entries if Path(file).is_relative_to(e)))
     return list(used)
+
+
+def _nearest_existing(directory: Path) -> Path:
+    """``directory``, or its nearest ancestor that exists (where it would be created)."""
+    while not _exists(directory) and directory != directory.parent:
+        directory = directory.parent
+    return directory
 
 
 def _exists(path: Path) -> bool:
