@@ -151,7 +151,7 @@ def _access_config(base: Path, service: str) -> Path:
     path = base / "securemail.toml"
     path.write_text(
         '[tls]\ncert = "cert.pem"\nkey = "key.pem"\n[spool]\nurl = "sqlite:///spool/s.db"\n'
-        f'[dkim]\nsign = false\n[service]\nuser = "{service}"\n'
+        f'[dkim]\nsign = false\n[service]\nuser = "{service}"\npid_file = "spool/sm.pid"\n'
     )
     return path
 

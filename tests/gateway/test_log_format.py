@@ -88,7 +88,8 @@ def test_operator_decision_is_one_line_in_either_format(kind: str) -> None:
     handler.emit = lambda rec: lines.append(handler.format(rec))  # type: ignore[method-assign]
     logger = logging.getLogger("securemail.queue")
     logger.addHandler(handler)
-    old_level, logger.level = logger.level, logging.INFO
+    old_level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the level cache
     try:
         LogSink().emit(
             OperatorDecision("01M8PCH772DZ9QJB", "", "release", "alice x", "ok\r\nforged", 0.0)
