@@ -219,3 +219,8 @@ def fail(message: str, status: int = 2) -> NoReturn:
     sys.stdout.flush()
     print(f"securemail: error: {safe(message)}", file=sys.stderr)
     raise SystemExit(status)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 recipient``, ``2 recipients``: a person reads these lines (a script, --json)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

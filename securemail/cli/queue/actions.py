@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from securemail.cli.common import ConfigOpt, JsonOpt, err, print_json, say, text, warn
+from securemail.cli.common import ConfigOpt, JsonOpt, err, plural, print_json, say, text, warn
 from securemail.cli.queue.shared import (
     ByOpt,
     DomainOpt,
@@ -229,7 +229,8 @@ def _bulk(
         return []
     count = sum(len(rcpts) for _, rcpts in chosen)
     if not yes:
-        _confirm(f"{action.value} {count} recipients of {len(chosen)} messages?")
+        messages = plural(len(chosen), "message")
+        _confirm(f"{action.value} {plural(count, 'recipient')} of {messages}?")
 
     async def act(spool: Spool) -> list[Change]:
         apply, changes = _apply(spool, action), []
@@ -291,11 +292,11 @@ def _report(
     if single and not named and action is Action.DELETE:
         say(f"deleted {changes[0].queue_id}")
     elif single:
-        say(f"{past} {count} recipients of {changes[0].queue_id}")
+        say(f"{past} {plural(count, 'recipient')} of {changes[0].queue_id}")
         if changes[0].removed:
             say(f"{changes[0].queue_id}: no recipients left; the message is gone")
     elif count:
-        say(f"{past} {count} recipients of {messages} messages")
+        say(f"{past} {plural(count, 'recipient')} of {plural(messages, 'message')}")
     else:
         say(f"no recipients to {action.value}")
     for c in changes:  # what changed since ALL counted (one message: refused in _check)

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from securemail.cli.common import ConfigOpt, JsonOpt, lines, out, plain_line, print_json, say, text
+from securemail.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    lines,
+    out,
+    plain_line,
+    plural,
+    print_json,
+    say,
+    text,
+)
 from securemail.cli.queue.shared import (
     ByOpt,
     DomainOpt,
@@ -66,9 +76,10 @@ def queue_list(
         say("no recipients match" if selected.any else "the spool is empty")
         return
     rcpts = sum(len(m.recipients) for m in messages)
-    table = Table(title=text(f"{len(messages)} messages, {rcpts} recipients"), expand=True)
+    title = f"{plural(len(messages), 'message')}, {plural(rcpts, 'recipient')}"
+    table = Table(title=text(title), expand=True)
     # Fits 80 columns: ids and times never wrap, addresses end in "…" rather than push
-    # the table wider (--json has them whole), errors fold onto more lines.
+    # the table wider, errors are cut short and fold (--json has everything whole).
     table.add_column("queue id / received", no_wrap=True)
     table.add_column("from / to", ratio=1, overflow="ellipsis", no_wrap=True)
     table.add_column("status / tls", min_width=10)
@@ -79,9 +90,19 @@ def queue_list(
                 lines(text(m.queue_id), text(utc_stamp(m.received))),
                 lines(text(m.sender or "<>"), text(f"→ {r.rcpt}")),
                 lines(text(r.status.value), text(r.tls.label), text(f"{r.attempts} tries")),
-                text(r.last_error or r.reason),
+                text(_brief(r.last_error or r.reason)),
             )
     out.print(table)
+
+
+def _brief(detail: str, limit: int = 64) -> str:
+    """At most ``limit`` characters (three lines of the last column at 80 columns), cut
+    at a word, so one recipient stays a few lines like mailq's; ``queue show`` and
+    ``--json`` have it whole."""
+    if len(detail) <= limit:
+        return detail
+    cut = detail.rfind(" ", 0, limit - 1)
+    return detail[: cut if cut > limit // 2 else limit - 1].rstrip(" ,;:") + "…"
 
 
 def queue_show(queue_id: QueueIdArg, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
