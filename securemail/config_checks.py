@@ -417,7 +417,7 @@ def _needs(cfg: Config) -> list[_Need]:
     for path in (spool, *spool.parent.glob(f"{spool.name}-*")):  # -wal, -shm, -owner-…
         needs.append(_Need("spool.url", path, read | write, error))
     # The pid and state files are written after the switch (and at every reload).
-    pid_dir = _nearest_existing(cfg.service.pid_file.parent)
+    pid_dir = _nearest_existing(cfg.service.pid_file.absolute().parent)
     needs.append(_Need("service.pid_file", pid_dir, write | search, error))
     if cfg.log.syslog and isinstance(target := parse_syslog_target(cfg.log.syslog), str):
         why = "; syslog cannot be reconnected after it restarts"

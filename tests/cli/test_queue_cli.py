@@ -100,7 +100,7 @@ def test_release_one_message_on_the_record(rig):
     status, out, err = rig.run(
         "release", qid, "--reason", "checked with the IG lead", "--by", "alice"
     )
-    assert (status, out.strip()) == (0, f"released 1 recipients of {qid}"), err
+    assert (status, out.strip()) == (0, f"released 1 recipient of {qid}"), err
     status, out, _ = rig.run("show", qid)
     assert status == 0
     assert "<carer@gmail.test> queued tls=verified" in " ".join(out.split())
@@ -158,7 +158,7 @@ def test_the_audit_row_survives_delete(rig):
 def test_delete_some_recipients_then_the_message_goes(rig):
     qid = rig.store(rcpt("a@gmail.test"), rcpt("b@gmail.test"))
     status, out, _ = rig.run("delete", qid, "a@gmail.test", "--reason", "left the practice")
-    assert status == 0 and f"deleted 1 recipients of {qid}" in out
+    assert status == 0 and f"deleted 1 recipient of {qid}" in out
     status, out, _ = rig.run("delete", qid, "b@gmail.test", "--reason", "left too")
     assert status == 0 and "the message is gone" in out
     [gone] = rig.json("show", qid)
@@ -180,7 +180,7 @@ async def test_hold_refuses_a_delivering_recipient(rig):
         assert status == 2
         assert "not held: gp@nhs.net being delivered (an attempt is on the wire" in err
         status, out, err = await asyncio.to_thread(rig.run, "hold", qid, "--reason", "query")
-        assert status == 0 and f"held 1 recipients of {qid}" in out
+        assert status == 0 and f"held 1 recipient of {qid}" in out
         assert f"{qid} <gp@nhs.net>: being delivered, not held" in err
         states = await asyncio.to_thread(rig.states)
         assert states == {(qid, "gp@nhs.net"): "delivering", (qid, "pal@gmail.test"): "held"}

@@ -84,7 +84,7 @@ def configure(base: Path, pki, dns_server, internal, user: str) -> GatewayProces
     config = write_config(
         base, pki=pki, dns_server=dns_server, delivery_port=25, internal_port=internal.port,
         inbound=f"127.0.0.1:{inbound}", submission=f"127.0.0.1:{submission}",
-        extra=f'[service]\nuser = "{user}"\n',
+        extra=f'[service]\nuser = "{user}"\npid_file = "spool/securemail.pid"\n',
     )  # fmt: skip
     tls = load_config(config, environ={}).tls
     text = config.read_text().replace('"sqlite:///spool.db"', '"sqlite:///spool/spool.db"')
