@@ -47,6 +47,7 @@ from securemail.config_values import (
     _one_of,
     _optional_address,
     _recipients,
+    _require_tls_from,
     _selectors,
     _syslog_facility,
     _syslog_target,
@@ -118,6 +119,10 @@ class InboundConfig:
     # How we know our users (refused at RCPT, never bounced): "verify" asks deliver_to,
     # "any" accepts every local part, anything else is a file listing them.
     recipients: str = "verify"
+    # Forced TLS inbound (SCCI1596, core/inbound_tls.py): "secure" refuses plain-text
+    # mail from every domain classified secure, "none" from none, and a list of domain
+    # patterns from those domains as well as from every secure one.
+    require_tls_from: str | tuple[str, ...] = "secure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("spool", "audit_days"): _between(1, 36500),
     ("inbound", "deliver_to"): _host_port,
     ("inbound", "recipients"): _recipients,
+    ("inbound", "require_tls_from"): _require_tls_from,
     ("relay", "networks"): _networks,
     ("relay", "auth_failures_per_login"): _between(1, 1000),
     ("relay", "auth_failures_per_client"): _between(1, 100_000),
@@ -433,6 +439,12 @@ def _coerce(value: object, hint: object, base: Path) -> object:
         if value in ("", None):
             return None
         hint = next(a for a in args if a is not type(None))
+    if set(args) == {str, tuple[str, ...]}:  # a word or a list ([inbound] require_tls_from)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"expected a string or a list of strings, got {_tname(value)}")
     if hint is Path:
         if not isinstance(value, str):
             raise ValueError(f"expected a path string, got {_tname(value)}")
@@ -475,7 +487,10 @@ def _coerce(value: object, hint: object, base: Path) -> object:
 
 
 def _from_env(text: str, hint: object) -> object:
-    """Environment values are strings; read them as the declared type would be in TOML."""
+    """Environment values are strings; read them as the declared type would be in TOML.
+    Where a key takes a word or a list, a comma makes it a list (``partner.org,``)."""
+    if str in typing.get_args(hint) and "," in text:
+        return [item.strip() for item in text.split(",") if item.strip()]
     if typing.get_origin(hint) is tuple:
         return [item.strip() for item in text.split(",") if item.strip()]
     if hint is int and re.fullmatch(r"-?\d+", text.strip()):

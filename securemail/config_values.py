@@ -127,6 +127,21 @@ def _domain_patterns(value: object) -> object:
     return tuple(out)
 
 
+def _require_tls_from(value: object) -> object:
+    """``[inbound] require_tls_from``: ``"secure"``, ``"none"``, or domain patterns as
+    ``_domain_patterns`` reads them. A public suffix is not refused here, unlike in
+    ``[policy] secure_domains``: listing one only asks more senders for TLS, it never
+    makes anyone trusted."""
+    if isinstance(value, str):
+        if value not in ("secure", "none"):
+            raise ValueError(
+                'expected "secure", "none" or a list of domain patterns '
+                '(in the environment, a list has a comma: "partner.org,")'
+            )
+        return value
+    return _domain_patterns(value)
+
+
 def _domains(value: object) -> object:
     assert isinstance(value, tuple)
     try:

@@ -56,7 +56,7 @@ def internal():
 async def gateway_factory(tmp_path, pki, dns_server, internal):
     """Start in-process gateways configured for the loopback DNS, sinks and test CA:
     ``await gateway_factory(delivery_port=..., extra="[section]\\n...", delivery_extra=...,
-    listen_extra="key = value")``.
+    listen_extra="key = value", inbound_extra="key = value")``.
     Every gateway started is stopped afterwards."""
     from harness.gatewaykit import PASSWORD, start_gateway, write_config
 
@@ -64,7 +64,9 @@ async def gateway_factory(tmp_path, pki, dns_server, internal):
 
     started = []
 
-    async def make(delivery_port=25, extra="", delivery_extra="", listen_extra=""):
+    async def make(
+        delivery_port=25, extra="", delivery_extra="", listen_extra="", inbound_extra=""
+    ):
         path = write_config(
             tmp_path,
             pki=pki,
@@ -74,6 +76,7 @@ async def gateway_factory(tmp_path, pki, dns_server, internal):
             extra=extra,
             delivery_extra=delivery_extra,
             listen_extra=listen_extra,
+            inbound_extra=inbound_extra,
         )
         add_user(tmp_path / "users.toml", "alice", PASSWORD)
         gateway = await start_gateway(path)

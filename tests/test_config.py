@@ -28,6 +28,7 @@ def test_template_loads_to_the_defaults(tmp_path):
     assert cfg.tls.cert == tmp_path / "var/tls/cert.pem"  # relative to the file
     assert cfg.tls.ca_file is None
     assert cfg.policy.accredited_list == tmp_path / "var/accredited.csv"
+    assert cfg.inbound == defaults.inbound and cfg.inbound.require_tls_from == "secure"
 
 
 def test_values_are_typed_and_normalised(tmp_path):
@@ -88,6 +89,10 @@ ERRORS = [
     ("[listen]\ngreet_pause = -1\n", "listen.greet_pause: must be between 0 and 60"),
     ("[spool]\naudit_days = 0\n", "securemail.toml:2: spool.audit_days: must be between 1 and 36500"),
     ("[spool]\naudit_days = 1.5\n", "spool.audit_days: expected a whole number"),
+    ("[inbound]\nrequire_tls_from = \"all\"\n", 'securemail.toml:2: inbound.require_tls_from: expected "secure", "none" or a list of domain patterns'),
+    ("[inbound]\nrequire_tls_from = \"partner.org\"\n", 'in the environment, a list has a comma: "partner.org,"'),
+    ("[inbound]\nrequire_tls_from = true\n", "inbound.require_tls_from: expected a string or a list of strings, got a boolean"),
+    ("[inbound]\nrequire_tls_from = [\"a@b.org\"]\n", "inbound.require_tls_from: 'a@b.org'"),
 ]  # fmt: skip
 
 
@@ -97,6 +102,24 @@ def test_errors_name_file_line_and_key(tmp_path, text, message):
         load_config(write(tmp_path, text), environ={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_require_tls_from_a_word_or_domain_patterns(tmp_path):
+    """Patterns are cleaned as ``[policy] secure_domains`` are (one checker): case, a
+    final dot and Unicode labels become the ASCII form the classifier compares."""
+    text = '[inbound]\nrequire_tls_from = ["Partner.ORG.", "*.bücher.example"]\n'
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert cfg.inbound.require_tls_from == ("partner.org", "*.xn--bcher-kva.example")
+    text = '[inbound]\nrequire_tls_from = "none"\n'
+    assert load_config(write(tmp_path, text), environ={}).inbound.require_tls_from == "none"
+    # A public suffix only asks more senders for TLS: allowed here, unlike secure_domains.
+    text = '[inbound]\nrequire_tls_from = ["*.co.uk"]\n'
+    assert load_config(write(tmp_path, text), environ={}).inbound.require_tls_from == ("*.co.uk",)
+    env = "SECUREMAIL_INBOUND_REQUIRE_TLS_FROM"
+    assert load_config(None, environ={env: "none"}).inbound.require_tls_from == "none"
+    listed = load_config(None, environ={env: "a.org, *.B.org"}).inbound.require_tls_from
+    assert listed == ("a.org", "*.b.org")
+    assert load_config(None, environ={env: "a.org,"}).inbound.require_tls_from == ("a.org",)
 
 
 def test_listen_limits_defaults_and_data_in_flight(tmp_path):

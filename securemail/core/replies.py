@@ -97,6 +97,36 @@ def bad_recipient(problem: str) -> SmtpReply:
     return SmtpReply(550, "5.1.3", _one_line(f"Bad recipient address: {problem}"))
 
 
+# --- TLS in a session (RFC 3207 §4, RFC 8689) ------------------------------------------
+def starttls_required(domain: str) -> SmtpReply:
+    """Mail from a domain that must arrive over TLS (``core.inbound_tls``), in a session
+    without it: at MAIL for the envelope sender, at end of DATA for the header From.
+    RFC 3207 §4's reply; permanent, so the sending MTA bounces at once and its sender
+    learns now that the message did not arrive. ``domain`` is a normalised (ASCII,
+    validated) domain, never the client's text as sent."""
+    return SmtpReply(
+        530,
+        "5.7.0",
+        _one_line(
+            f"Must issue a STARTTLS command first (mail from {domain} must arrive over TLS: "
+            "SCCI1596 forced TLS)"
+        ),
+        check="forced-tls",
+    )
+
+
+REQUIRETLS_WITHOUT_TLS = SmtpReply(
+    530,
+    "5.7.0",
+    "Must issue a STARTTLS command first (REQUIRETLS is only accepted over TLS: RFC 8689)",
+    check="requiretls",
+)
+"""``MAIL FROM:<…> REQUIRETLS`` outside TLS. RFC 8689 §2: the option may only be given
+in a session that uses TLS (and we advertise it only there); the RFC names no reply
+for a server that receives it anyway (its 5.7.30 is for a message that could not be
+relayed onwards), so this is RFC 3207's 530."""
+
+
 # --- DATA ---------------------------------------------------------------------------
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"  # 3xx: RFC 3463 has no enhanced code
 NEED_RCPT = SmtpReply(503, "5.5.1", "Error: need RCPT command")

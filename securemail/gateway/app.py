@@ -132,10 +132,10 @@ class Gateway:
         every session and delivery (``gateway/reload.py`` says how).
 
         In force at once: the configuration's decision inputs (accredited list, local
-        policy lists, audience, policy and authentication settings), the users file, the
-        server certificate and key (new connections), the DKIM keys, the delivery TLS
-        contexts, policy map, port and retry schedule, DNS, recipient check and AUTH
-        limits. An invalid configuration, an unreadable file, or a key that does not
+        policy lists, audience, policy, authentication and forced TLS inbound settings),
+        the users file, the server certificate and key (new connections), the DKIM keys,
+        the delivery TLS contexts, policy map, port and retry schedule, DNS, recipient
+        check and AUTH limits. An invalid configuration, an unreadable file, or a key that does not
         match its certificate refuses the reload with one warning line, and the running
         configuration stays. Settings only a restart can change (``RESTART_ONLY``:
         listen addresses, spool, connection limits, ...) keep their running values, and
@@ -252,6 +252,7 @@ class Gateway:
                 recipients=live.recipients,
                 senders=self.users.owned,
                 postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
+                inbound_tls=lambda: self.pipeline.rules.inbound_tls,  # a reload's, at once
             )
             self.handlers.append(handler)
             await self.listeners.bind(role, host, port)  # unless bind_listeners did
@@ -299,6 +300,9 @@ class Gateway:
                 f"{len(cfg.policy.deny_domains)}",
                 False,
             )
+        )
+        facts.append(
+            (f"forced TLS inbound: {self.live.rules.inbound_tls.summary} (SCCI1596)", False)
         )
         return facts
 

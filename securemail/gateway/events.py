@@ -58,6 +58,23 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class ForcedTlsRefused:
+    """Mail from a domain that must arrive over TLS (``core.inbound_tls``) in a session
+    without it, refused before anything was stored: at MAIL (``identity`` "MAIL FROM")
+    or at end of DATA ("header From"). ``rule`` names what forced it
+    (``guidance:nhs.net``, ``accredited``, ``local secure_domains``,
+    ``require_tls_from:*.partner.org``)."""
+
+    identity: str
+    domain: str
+    rule: str
+    client: str
+    sender: str  # the envelope sender ("" for the null sender)
+    reply: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuthJudged:
     queue_id: str
     sender: str
@@ -190,6 +207,7 @@ class Lifecycle:
 Event = (
     Accepted
     | Refused
+    | ForcedTlsRefused
     | AuthJudged
     | NoticeQueued
     | NoticeSkipped
@@ -348,6 +366,15 @@ def _line(event: Event) -> _Line:
                 _GW,
                 "refused from=<%s> client=%s check=%s reply=%r reason=%r",
                 (e.sender, e.client, e.check or "-", e.reply, e.reason),
+            )
+        case ForcedTlsRefused():
+            e = event
+            return (
+                logging.WARNING,
+                _SMTP,
+                "forced TLS inbound: refused %s domain=%s rule=%s client=%s from=<%s> "
+                "reply=%r reason=%r",
+                (e.identity, e.domain, e.rule, e.client, e.sender, e.reply, e.reason),
             )
         case AuthJudged():
             e = event

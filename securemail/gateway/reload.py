@@ -6,9 +6,9 @@ A reload (SIGHUP, ``securemail reload``) is all or nothing:
 
 1. **build** everything from the file as it is now (``load_fresh``): the config and the
    files it names (``config_checks.require_files``), the classifier with the accredited
-   list, policy and authentication policy, the users file, the server TLS context, the
-   DKIM keys, the delivery contexts and TLS policy map. Any error refuses the reload,
-   and nothing has changed yet;
+   list, policy, authentication policy and forced TLS inbound, the users file, the
+   server TLS context, the DKIM keys, the delivery contexts and TLS policy map. Any
+   error refuses the reload, and nothing has changed yet;
 2. **compare** the settings that only a restart can change (``RESTART_ONLY``, each with
    the reason). They keep their running values in what is built, so every piece agrees
    with the listeners, spool and limits that keep running, and are named in the result;
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from securemail.config import Config, load_config
 from securemail.config_checks import require_files
 from securemail.core.classify import Classifier
+from securemail.core.inbound_tls import InboundTlsPolicy
 from securemail.dns import Resolver
 from securemail.gateway.control import CertFacts, InForce, ListFacts
 from securemail.gateway.events import EventSink
@@ -103,6 +104,7 @@ LIVE: frozenset[str] = frozenset(
         "dns.timeout",
         "inbound.deliver_to",
         "inbound.recipients",
+        "inbound.require_tls_from",
         *(f"relay.{key}" for key in ("auth_failures_per_login", "auth_failures_per_client")),
         "relay.auth_failure_window",
         *(
@@ -197,6 +199,7 @@ def build(config: Config, *, today: Callable[[], date], events: EventSink) -> Pi
         ),
         resolver=resolver,
         keys=keys,
+        inbound_tls=InboundTlsPolicy.of(config.inbound.require_tls_from, own),
     )
     ca_file = config.tls.ca_file
     deliver_to = split_address(config.inbound.deliver_to)

@@ -44,6 +44,20 @@ def test_values_print_as_written_in_the_file(conf):
     assert "Audience" not in out and "PosixPath" not in out
 
 
+def test_forced_tls_inbound_prints_as_written(conf):
+    _, out, _ = check(conf)
+    assert '  inbound.require_tls_from = "secure"' in out
+    conf.write_text(
+        conf.read_text() + '[inbound]\nrequire_tls_from = ["Partner.org", "*.bücher.example"]\n'
+    )
+    status, out, err = check(conf)
+    assert status == 0, err
+    assert '  inbound.require_tls_from = ["partner.org", "*.xn--bcher-kva.example"]' in out
+    _, out, _ = check(conf, "--json")
+    values = json.loads(out)["values"]["inbound"]
+    assert values["require_tls_from"] == ["partner.org", "*.xn--bcher-kva.example"]
+
+
 def test_missing_files_are_warnings_naming_the_key(conf):
     status, _out, err = check(conf)
     assert status == 0

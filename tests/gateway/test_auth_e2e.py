@@ -54,11 +54,12 @@ def nhs_zone(dns_server, dmarc="v=DMARC1; p=reject"):
     dns_server.add("_dmarc.nhs.net", "TXT", dmarc)
 
 
-async def test_spoofed_nhs_net_refused_at_smtp(gateway_factory, dns_server, internal):
+async def test_spoofed_nhs_net_refused_at_smtp(gateway_factory, dns_server, internal, pki):
     nhs_zone(dns_server)
     gateway = await gateway_factory()
+    spoof = mail("Chief Exec <ceo@nhs.net>")  # over TLS: plain text gets 530 at MAIL first
     with pytest.raises(smtplib.SMTPDataError) as info:
-        await asyncio.to_thread(send, gateway, "ceo@nhs.net", mail("Chief Exec <ceo@nhs.net>"))
+        await asyncio.to_thread(send, gateway, "ceo@nhs.net", spoof, tls=True, pki=pki)
     assert info.value.smtp_code == 550
     assert b"5.7.1" in info.value.smtp_error and b"DMARC policy of nhs.net" in info.value.smtp_error
     assert internal.messages == []
@@ -99,7 +100,11 @@ async def test_unencrypted_or_unauthenticated_mail_is_marked_external(
     gateway_factory, dns_server, internal
 ):
     nhs_zone(dns_server, "v=DMARC1; p=none")
-    gateway = await gateway_factory(extra="[auth]\nsecure_senders_must_pass = false\n")
+    # Forced TLS inbound off: what the trust mark says of a plain-text secure sender.
+    gateway = await gateway_factory(
+        extra="[auth]\nsecure_senders_must_pass = false\n",
+        inbound_extra='require_tls_from = "none"',
+    )
     data = mail("someone@nhs.net") + b""
     await asyncio.to_thread(send, gateway, "someone@nhs.net", data)
     received = await asyncio.to_thread(internal.wait, 1)
@@ -107,11 +112,14 @@ async def test_unencrypted_or_unauthenticated_mail_is_marked_external(
     assert b"dmarc=fail" in received[0].data
 
 
-async def test_secure_sender_failing_dmarc_refused_even_with_p_none(gateway_factory, dns_server):
+async def test_secure_sender_failing_dmarc_refused_even_with_p_none(
+    gateway_factory, dns_server, pki
+):
     nhs_zone(dns_server, "v=DMARC1; p=none")
     gateway = await gateway_factory()
+    data = mail("someone@nhs.net")
     with pytest.raises(smtplib.SMTPDataError) as info:
-        await asyncio.to_thread(send, gateway, "someone@nhs.net", mail("someone@nhs.net"))
+        await asyncio.to_thread(send, gateway, "someone@nhs.net", data, tls=True, pki=pki)
     assert info.value.smtp_code == 550 and b"must pass DMARC" in info.value.smtp_error
 
 

@@ -17,6 +17,7 @@ async def test_startup_names_config_spool_certificate_keys_and_policy(gateway_fa
     policy = next(m for m in logged if m.startswith("policy: "))
     assert f"audience {cfg.organisation.audience.value}" in policy
     assert f"unknown recipient: {cfg.policy.unknown_sensitive_action}" in policy
+    assert "forced TLS inbound: from secure domains (SCCI1596)" in logged
     facts = gateway.startup_facts()
     assert not any(warning for fact, warning in facts if fact.startswith("certificate"))
     assert [fact for fact, _ in facts] == logged[: len(facts)]  # one Lifecycle each, first

@@ -34,6 +34,7 @@ def write_config(
     extra: str = "",
     delivery_extra: str = "",
     listen_extra: str = "",
+    inbound_extra: str = "",
 ) -> Path:
     cert, key = pki.server_cert(HOSTNAME)
     # No greeting pause: it would add 0.3 s to every connection of every test; the
@@ -72,6 +73,7 @@ url = "sqlite:///spool.db"
 
 [inbound]
 deliver_to = "127.0.0.1:{internal_port}"
+{inbound_extra}
 
 [relay]
 users_file = "users.toml"

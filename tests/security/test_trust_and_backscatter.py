@@ -14,6 +14,7 @@ from harness.gatewaykit import (
     HOSTNAME,
     ORG_DOMAIN,
     add_mx,
+    client_context,
     eventually,
     message,
     send_inbound,
@@ -77,7 +78,7 @@ async def test_signed_in_user_cannot_plant_trust(gateway_factory, internal, pki)
     assert _fields(got.data, "x-securemail-trust") == [b"secure"]
 
 
-async def test_unknown_local_users_are_refused_at_rcpt(gateway_factory, dns_server, internal):
+async def test_unknown_local_users_are_refused_at_rcpt(gateway_factory, dns_server, internal, pki):
     """The forged-sender, 100-unknown-users attack: refused at RCPT, nothing bounced."""
     internal.known = {f"jo@{ORG_DOMAIN}"}
     gateway = await gateway_factory()  # [inbound] recipients defaults to "verify"
@@ -85,6 +86,8 @@ async def test_unknown_local_users_are_refused_at_rcpt(gateway_factory, dns_serv
 
     def attack():
         with smtplib.SMTP(*gateway.addresses["inbound"], timeout=30) as smtp:
+            smtp.ehlo("mx.sender.test")
+            smtp.starttls(context=client_context(pki))  # nhs.net: forced TLS inbound
             smtp.ehlo("mx.sender.test")
             smtp.mail("gp.surgery@nhs.net")
             codes = [smtp.rcpt(v)[0] for v in victims]

@@ -2,12 +2,17 @@
 
 Postfix's smtpd → cleanup in one object. The stages, in order:
 
+0. **forced TLS inbound**: over a session without TLS, a header From whose domain must
+   use TLS (``core.inbound_tls``, the rule the listener applied to MAIL FROM) is refused
+   with ``530 5.7.0`` before anything else is done or stored;
 1. **authenticate** mail from other organisations (SPF, DKIM, DMARC, ARC → one
    Authentication-Results header, the trust mark, perhaps an ARC seal), or **sign** mail
    our own users and relay clients send (DKIM, for our domains), once a signed-in user's
    header From is known to be theirs (``core.senders``);
 2. **decide** per recipient (``core.policy``: the one table ``policy explain`` reads too);
-3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise).
+3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise), with
+   the message's RFC 8689 facts: ``MAIL FROM … REQUIRETLS`` and ``TLS-Required: No``,
+   each stored as it is (delivery, ``core.transport``, decides what they mean together).
 
 The CPU-heavy steps (verification, sealing, signing, the sensitivity scan) of a large or
 complex message run in worker processes, within ``[listen] cpu_budget`` seconds
@@ -28,7 +33,8 @@ from functools import partial
 
 from securemail.core import replies
 from securemail.core.classify import Classification
-from securemail.core.message import HeaderLimitError, read_headers, reparse_input
+from securemail.core.inbound_tls import InboundTlsPolicy, from_addresses, tls_required_no
+from securemail.core.message import HeaderBlock, HeaderLimitError, read_headers, reparse_input
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, header_from_refusal
@@ -82,6 +88,7 @@ class AcceptRules:
     auth_policy: auth.AuthPolicy
     resolver: Resolver
     keys: Mapping[str, SigningKey]
+    inbound_tls: InboundTlsPolicy = field(default_factory=InboundTlsPolicy)
     signer: DkimSigner = field(init=False)
     relay: Networks = field(init=False)
 
@@ -129,6 +136,10 @@ class AcceptPipeline:
             block = read_headers(t.data)
         except HeaderLimitError as exc:
             return self._refuse(t, replies.header_too_large(str(exc)))
+        if not t.tls and t.role != "dsn":  # our own DSNs never cross a network
+            forced = self._forced_tls(rules, t, block)
+            if forced is not None:
+                return forced
         if t.role == "submission":  # never sign or relay a From the user does not own
             not_theirs = header_from_refusal(self.senders(t.auth_user), block)
             if not_theirs is not None:
@@ -178,6 +189,8 @@ class AcceptPipeline:
             sensitivity=sensitivity.summary(),
             received=now,
             queue_id=queue_id,
+            requiretls=t.requiretls,
+            tls_required_no=tls_required_no(block),
         )
         try:
             await self.spool.store(message)
@@ -215,6 +228,24 @@ class AcceptPipeline:
     def _refuse(self, t: Transaction, reply: SmtpReply) -> SmtpReply:
         self.events.emit(ev.Refused(t.sender, t.peer, str(reply), reply.log, reply.check))
         return reply
+
+    def _forced_tls(
+        self, rules: AcceptRules, t: Transaction, block: HeaderBlock
+    ) -> SmtpReply | None:
+        """``530`` when the header From (as DMARC reads it) must arrive over TLS and this
+        message did not: the null sender and unrelated envelopes are caught here."""
+        trusted = t.role == "inbound" and t.peer in rules.relay
+        for address in from_addresses(block):
+            required = rules.inbound_tls.decide(
+                self.classify(address.addr_spec), trusted_client=trusted
+            )
+            if required is not None:
+                reply = replies.starttls_required(required.domain)
+                self.events.emit(ev.ForcedTlsRefused("header From", required.domain,
+                                                     required.rule, t.peer, t.sender,
+                                                     str(reply), required.reason))  # fmt: skip
+                return reply.logged(required.reason, reply.check)
+        return None
 
     # --- authentication ------------------------------------------------------------
 

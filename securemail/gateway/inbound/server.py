@@ -11,6 +11,13 @@ policy) what to do, and maps the answer to an SMTP reply. Two roles:
   user owns (``core.senders``: MAIL FROM here, the header From at end of DATA). Failed
   AUTH is limited per (client, login) and per client (``limits.AuthLimiter``).
 
+On both, a session without TLS may not carry mail from a domain that must use it
+(``core.inbound_tls``: secure domains, ``[inbound] require_tls_from``): ``MAIL FROM``
+such a sender gets ``530 5.7.0`` here, and the header From is judged the same way at end
+of DATA (``accept``). ``REQUIRETLS`` (RFC 8689) is advertised after STARTTLS only, and
+``MAIL FROM:<…> REQUIRETLS`` is taken only inside TLS; the flag travels with the message
+(``Transaction.requiretls``) to the spool.
+
 The protocol keeps aiosmtpd's command parsing and replaces what an attacker could abuse
 (see ``tests/security/test_listener_*``): DATA is read in one pass into one buffer
 (``data.DataReader``: only ``CRLF.CRLF`` ends it, bare CR/LF become CRLF, size and line
@@ -42,11 +49,13 @@ from securemail.core.addresses import (
     valid_helo_name,
 )
 from securemail.core.classify import Classification
+from securemail.core.inbound_tls import InboundTlsPolicy
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, mail_from_refusal
 from securemail.gateway.events import (
     ConnectionRefused,
     EventSink,
+    ForcedTlsRefused,
     LogSink,
     RcptRefused,
     Refused,
@@ -63,6 +72,7 @@ log = logging.getLogger("securemail.smtp")
 
 MAX_RECIPIENTS = 100
 DATA_CHUNK = 256 * 1024  # bytes taken from the connection at a time during DATA
+REQUIRETLS = "REQUIRETLS"  # RFC 8689 §2: the EHLO keyword and the MAIL parameter
 
 
 @dataclass(slots=True)
@@ -77,12 +87,14 @@ class Transaction:
     sender: str
     recipients: list[tuple[str, Classification]]
     data: bytes
+    requiretls: bool = False  # MAIL FROM … REQUIRETLS (RFC 8689), given inside TLS
 
 
 Accept = Callable[[Transaction], Awaitable[SmtpReply]]
 Classify = Callable[[str], Classification]
 Authenticate = Callable[[str, str], Awaitable[bool]]
 Senders = Callable[[str], OwnedAddresses]  # login -> the addresses that user may send as
+InboundTls = Callable[[], InboundTlsPolicy]  # the policy in force (a reload replaces it)
 
 
 class _PendingAuth:
@@ -231,6 +243,27 @@ class GatewaySMTP(SMTP):
         self._keep_idle_deadline()
         await super().smtp_VRFY(arg)
 
+    # --- MAIL parameters ------------------------------------------------------------
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter parsing, knowing REQUIRETLS (RFC 8689 §2) too.
+
+        aiosmtpd checks BODY, SMTPUTF8 and SIZE itself and answers ``555`` to any other
+        parameter before calling ``handle_MAIL``. REQUIRETLS is taken out of what it
+        checks here, so its own checks still run and every other unknown parameter still
+        gets ``555``; the option stays in the list ``handle_MAIL`` receives, which judges
+        it (inside TLS, or ``530``). It takes no value: ``REQUIRETLS=x`` is a syntax
+        error (``501``). On RCPT it reaches ``handle_RCPT``, which refuses every RCPT
+        parameter (``555``), this one included.
+        """
+        parsed = super()._getparams(params)
+        if parsed is None:
+            return None
+        given = parsed.pop(REQUIRETLS, None)
+        if given is not None and given is not True:
+            return None
+        return parsed
+
     # --- DATA -------------------------------------------------------------------------
 
     @syntax("DATA")
@@ -314,6 +347,7 @@ class GatewayHandler:
         recipients: RecipientCheck | None = None,
         senders: Senders | None = None,
         postmaster_domain: str = "",
+        inbound_tls: InboundTls | None = None,
     ) -> None:
         self.role = role
         self.classify = classify
@@ -327,6 +361,8 @@ class GatewayHandler:
         self.recipients = recipients or AnyRecipient()
         self.senders = senders or (lambda user: OwnedAddresses(user, frozenset()))
         self.postmaster_domain = postmaster_domain  # where a bare RCPT TO:<postmaster> goes
+        default_tls = InboundTlsPolicy(own_domains=self.own_domains)
+        self.inbound_tls = inbound_tls or (lambda: default_tls)  # [inbound] require_tls_from
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -336,6 +372,11 @@ class GatewayHandler:
             session.host_name = None  # type: ignore[assignment]
             return [str(replies.BAD_HELO)]
         session.host_name = hostname
+        if _tls_active(server):
+            # RFC 8689 §2: offered only once the session is encrypted; the MAIL command
+            # may be 11 characters longer (" REQUIRETLS"), as aiosmtpd does for SIZE.
+            responses.insert(len(responses) - 1, f"250-{REQUIRETLS}")
+            server.command_size_limits["MAIL"] += len(REQUIRETLS) + 1
         return responses
 
     async def handle_HELO(
@@ -380,17 +421,26 @@ class GatewayHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        tls = _tls_active(server)
+        if REQUIRETLS in options and not tls:
+            bare = replies.REQUIRETLS_WITHOUT_TLS.logged("MAIL FROM … REQUIRETLS without TLS")
+            self.events.emit(Refused(address, _peer_ip(session), str(bare), bare.log,
+                                     bare.check))  # fmt: skip
+            return str(bare)
         # The null sender stays "<>" in the envelope: aiosmtpd reads an empty mail_from
         # as "no MAIL command yet". handle_DATA turns it into "".
         if address in ("", "<>"):
             if self.role == "submission":
                 return str(replies.NULL_SENDER_REFUSED)
-            address = "<>"
+            address = "<>"  # no domain to judge for forced TLS: its header From is judged
         else:
             try:
                 sender = parse_address(address)
             except AddressError as exc:
                 return str(replies.bad_sender(str(exc)))
+            forced = None if tls else self._forced_tls(session, address)
+            if forced is not None:
+                return forced
             if self.role == "submission":
                 refused = mail_from_refusal(self.senders(_auth_user(session)), sender)
                 if refused is not None:
@@ -400,6 +450,19 @@ class GatewayHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return str(replies.MAIL_OK)
+
+    def _forced_tls(self, session: Session, address: str) -> str | None:
+        """``530`` when the envelope sender's domain must use TLS (``core.inbound_tls``)
+        and this session has none; the classification is the one RCPT would make."""
+        ip = _peer_ip(session)
+        trusted = self.role == "inbound" and ip in self.relay_networks
+        required = self.inbound_tls().decide(self.classify(address), trusted_client=trusted)
+        if required is None:
+            return None
+        reply = replies.starttls_required(required.domain)
+        self.events.emit(ForcedTlsRefused("MAIL FROM", required.domain, required.rule, ip,
+                                          address, str(reply), required.reason))  # fmt: skip
+        return str(reply)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -452,6 +515,7 @@ class GatewayHandler:
             sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
             recipients=[(c.address, c) for c in _recipients(envelope).values()],
             data=envelope.original_content or b"",
+            requiretls=REQUIRETLS in envelope.mail_options,
         )
         return str(await self.accept(transaction))
 
@@ -485,22 +549,32 @@ def _peer_ip(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
-def _tls_summary(server: SMTP) -> str:
+def _ssl_object(server: SMTP) -> Any:
     transport = server.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return transport.get_extra_info("ssl_object") if transport is not None else None
+
+
+def _tls_active(server: SMTP) -> bool:
+    """The session is encrypted (after STARTTLS; the listeners have no implicit TLS)."""
+    return _ssl_object(server) is not None
+
+
+def _tls_summary(server: SMTP) -> str:
+    ssl_object = _ssl_object(server)
     if ssl_object is None:
         return ""
     return f"{ssl_object.version()} {ssl_object.cipher()[0]}"
 
 
 def received_header(t: Transaction, hostname: str, queue_id: str, now: float) -> bytes:
-    """RFC 5321 §4.4 trace header, with TLS details as Postfix writes them."""
+    """RFC 5321 §4.4 trace header, with TLS details as Postfix writes them:
+    ``with ESMTPS (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)``."""
     protocol = "ESMTP"
     if t.tls:
         protocol += "S"
     if t.auth_user:
         protocol += "A"
-    tls = f" ({t.tls.replace(' ', ' with cipher ')})" if t.tls else ""
+    tls = f" (using {t.tls.replace(' ', ' with cipher ')})" if t.tls else ""
     helo = re.sub(r"[^\x21-\x7e]", "?", t.helo)[:255]
     single = f" for <{t.recipients[0][0]}>" if len(t.recipients) == 1 else ""
     return (
