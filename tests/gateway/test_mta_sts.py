@@ -8,9 +8,12 @@ policy and counts the requests; the sink records every byte it received in the c
 
 import asyncio
 import datetime as dt
+import json
 import logging
 
 import pytest
+from harness.cli import run_cli
+from harness.gatewaykit import ORG_DOMAIN, eventually, message, submit, write_config
 from harness.httpsserver import HttpsServer, Route
 from harness.smtpsink import SinkServer
 from harness.strip_proxy import StripTLSProxy
@@ -28,7 +31,7 @@ from securemail.gateway.events import (
 )
 from securemail.gateway.outbound.deliver import Deliverer, Item
 from securemail.gateway.outbound.mta_sts import StsPolicies
-from securemail.gateway.spool import SqliteSpool
+from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, SqliteSpool
 from securemail.mech.mta_sts import MAX_POLICY_BYTES, WELL_KNOWN
 from securemail.tls import opportunistic_client_context, verified_client_context
 
@@ -368,3 +371,125 @@ async def test_tls_required_no_relaxes_mta_sts_only_for_ordinary_mail(world, pki
     assert ordinary.transport == ("tls=opportunistic (MTA-STS enforce ignored: TLS-Required: No)")
     assert not forced.delivered and forced.tls_failure is TlsFailure.CERTIFICATE_HOST_MISMATCH
     assert forced.transport == "tls=required (secure recipient; MTA-STS enforce, id=20261130)"
+
+
+# --- the whole gateway: its log, its queue, the sender's notice ----------------------------
+
+
+def _log(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def test_the_gateway_enforces_says_so_and_tells_the_sender(
+    gateway_factory, dns_server, pki, internal, caplog, tmp_path
+):
+    """An ordinary recipient whose domain enforces MTA-STS, and an MX presenting a
+    certificate for another name: deferred (never sent), the label in the log and in
+    ``queue show``, and the delay notice forced TLS gives. ``TLS-Required: No`` on an
+    ordinary message lifts it; on a secure recipient's it does not."""
+    caplog.set_level(logging.INFO, logger="securemail")
+    dns_server.add(DOMAIN, "MX", f"10 {MX}.")
+    dns_server.add(MX, "A", "127.0.0.1")
+    dns_server.add(POLICY_HOST, "A", "127.0.0.1")
+    publish(dns_server, "20261130")
+    label = "tls=required (MTA-STS enforce, id=20261130)"
+    with (
+        HttpsServer(pki.server_context(POLICY_HOST), {WELL_KNOWN: Route(body=policy_text())})
+        as https,
+        SinkServer(hostname=MX, tls_context=pki.server_context("mx.other.example")) as sink,
+    ):  # fmt: skip
+        gateway = await gateway_factory(
+            sink.port, delivery_extra=f"https_port = {https.port}\ntls_failure_notify_after = 0"
+        )
+        alice = f"alice@{ORG_DOMAIN}"
+        await asyncio.to_thread(submit, gateway, pki, alice, [f"a@{DOMAIN}"], message())
+        [notice] = await asyncio.to_thread(internal.wait, 1)
+        await eventually(lambda: _log(caplog, f"transport={label!r}"))
+        line = _log(caplog, "deferred id=")[0]
+        assert "failure=certificate-host-mismatch" in line and line.endswith(f"transport={label!r}")
+        [queue_id] = [m.queue_id for m in await gateway.spool.list_messages(domain=DOMAIN)]
+        shown = await asyncio.to_thread(
+            run_cli, "queue", "show", queue_id, "-c", str(tmp_path / "securemail.toml"),
+            cwd=tmp_path, columns=200,
+        )  # fmt: skip
+        assert f"last: {label}; TLS handshake with {MX}" in shown.stdout.decode()
+
+        def stored(rcpt, tls, reason):
+            return NewMessage(alice, (NewRecipient(rcpt, DOMAIN, RcptStatus.QUEUED, tls, reason),),
+                              BODY, tls_required_no=True)  # fmt: skip
+
+        await gateway.spool.store(stored(f"b@{DOMAIN}", TlsLevel.OPPORTUNISTIC, "not sensitive"))
+        await gateway.spool.store(stored(f"c@{DOMAIN}", TlsLevel.VERIFIED, "secure recipient: x"))
+        gateway.queue.wake()
+        [received] = await asyncio.to_thread(sink.wait, 1)
+        relaxed = "tls=opportunistic (MTA-STS enforce ignored: TLS-Required: No)"
+        sent = f"result=sent reply='250 2.0.0 OK: stored' transport={relaxed!r}"
+        await eventually(
+            lambda: (
+                _log(caplog, f"rcpt=<c@{DOMAIN}> tls_failure=yes")
+                and _log(caplog, f"rcpt=<b@{DOMAIN}>")
+            )
+        )
+        assert _log(caplog, f"rcpt=<b@{DOMAIN}>")[0].endswith(sent)
+        [secure] = _log(caplog, f"rcpt=<c@{DOMAIN}> tls_failure=yes")[:1]
+        assert secure.endswith(
+            "transport='tls=required (secure recipient; MTA-STS enforce, id=20261130)'"
+        )
+    assert received.rcpt_tos == [f"b@{DOMAIN}"]  # a@ and c@ never reached the sink
+    assert b"Action: delayed" in notice.data and b"certificate" in notice.data
+    assert b"nothing was sent in the clear" in notice.data
+
+
+# --- policy explain: the same chain, looked up live ---------------------------------------
+
+
+async def test_policy_explain_shows_the_transport_decision_and_the_policy(
+    dns_server, pki, tmp_path
+):
+    dns_server.add(DOMAIN, "MX", f"10 {MX}.")
+    dns_server.add(POLICY_HOST, "A", "127.0.0.1")
+    publish(dns_server, "20261130")
+    eml = tmp_path / "letter.eml"
+    headers = f"From: alice@{ORG_DOMAIN}\r\nTo: a@{DOMAIN}, gp@nhs.net\r\nSubject: hi\r\n"
+    with HttpsServer(
+        pki.server_context(POLICY_HOST), {WELL_KNOWN: Route(body=policy_text())}
+    ) as https:
+        config = write_config(tmp_path, pki=pki, dns_server=dns_server, delivery_port=25,
+                              internal_port=2526, delivery_extra=f"https_port = {https.port}")  # fmt: skip
+
+        def explain(*args, data=headers):
+            eml.write_bytes(data.encode() + b"\r\nA note.\r\n")
+            proc = run_cli("policy", "explain", "-c", str(config), str(eml), *args, columns=120)
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout.decode()
+
+        looked_up = json.loads(await asyncio.to_thread(explain, "--lookup", "--json"))
+        text = await asyncio.to_thread(explain, "--lookup")
+        offline = await asyncio.to_thread(explain)
+        relaxed = json.loads(
+            await asyncio.to_thread(
+                explain, "--lookup", "--json", data=headers + "TLS-Required: No\r\n"
+            )
+        )
+        fetches = len(https.requests)
+    labels = {d["recipient"]: d["transport"]["label"] for d in looked_up["decisions"]}
+    assert labels == {
+        f"a@{DOMAIN}": "tls=required (MTA-STS enforce, id=20261130)",
+        "gp@nhs.net": "tls=required (secure recipient)",
+    }
+    sts = looked_up["mta_sts"][DOMAIN]
+    assert (sts["mode"], sts["id"], sts["mx"], sts["source"]) == (
+        "enforce", "20261130", [MX], "fetched"
+    )  # fmt: skip
+    assert looked_up["mta_sts"]["nhs.net"]["mode"] is None
+    assert f"a@{DOMAIN}: tls=required (MTA-STS enforce, id=20261130)" in text
+    assert f"MTA-STS {DOMAIN}: enforce, id=20261130, mx {MX}, max_age 86400" in text
+    assert "      - MTA-STS enforce, id=20261130" in text and "set by mta-sts" in text
+    assert "MTA-STS: not looked up" in offline and "tls=opportunistic" in offline
+    assert fetches == 3  # one per --lookup run: explain keeps no cache of its own
+    relaxed_labels = {d["recipient"]: d["transport"]["label"] for d in relaxed["decisions"]}
+    assert relaxed["tls_required_no"] is True
+    assert relaxed_labels == {
+        f"a@{DOMAIN}": "tls=opportunistic (MTA-STS enforce ignored: TLS-Required: No)",
+        "gp@nhs.net": "tls=required (secure recipient)",  # never relaxed
+    }
