@@ -148,6 +148,9 @@ class DeliveryConfig:
     # destination → Postfix-style policy string ("secure match=nexthop:dot-nexthop"),
     # checked at load; gateway/outbound/tls_policy.py parses and applies it.
     tls_policy: Mapping[str, str] = field(default_factory=dict)
+    # where MTA-STS policies are fetched (https://mta-sts.DOMAIN:PORT/.well-known/...);
+    # only tests point it elsewhere (gateway/outbound/mta_sts.py)
+    https_port: int = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("delivery", "per_destination"): _between(1, 1000),
     ("delivery", "tls_failure_notify_after"): _between(0, 5 * 86400),
     ("delivery", "tls_policy"): _tls_policy,
+    ("delivery", "https_port"): _PORT,
     ("dkim", "selector"): _selectors,
     ("check", "smtp_port"): _PORT,
     ("check", "https_port"): _PORT,

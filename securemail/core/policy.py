@@ -59,6 +59,18 @@ class Unscannable(StrEnum):
 OWN_DOMAIN_RULE = "own-domain"
 
 
+def headline(reason: str) -> str:
+    """What a stored decision ``reason`` is about, in a few words ("secure recipient",
+    "sensitive message"), for the transport decision's label (``core.transport``).
+
+    Every reason ``Policy.decide`` writes opens with that phrase and continues with a
+    parenthesis or ": what happens", so the phrase is cut there; delivery only has the
+    reason as the spool kept it.
+    """
+    cut = min((i for i in (reason.find(": "), reason.find(" (")) if i >= 0), default=len(reason))
+    return " ".join(reason[:cut].split())[:80]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     recipient: str

@@ -28,6 +28,7 @@ Precedence, strongest first (a rule can only raise the level, never lower it):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -143,3 +144,12 @@ def decide_transport(facts: TransportFacts) -> TransportDecision:
         sts_testing=sts_testing,
         relaxed=relaxed,
     )
+
+
+def tls_required_no(values: Sequence[str]) -> bool:
+    """Whether a message's ``TLS-Required`` header fields (their values, unfolded) ask
+    to relax recipient TLS policies: RFC 8689 §5 defines one field with the one value
+    ``No``. Anything else (no field, two fields, another value) asks nothing, so a
+    malformed header can never relax a policy.
+    """
+    return len(values) == 1 and values[0].strip().lower() == "no"

@@ -74,15 +74,16 @@ class Gateway:
         self.today = today
         self.events = events or LogSink()
         self.service = service
-        live = self.live = build(config, today=today, events=self.events)
+        # The spool first: it also keeps the MTA-STS policies the deliverer uses.
+        self.spool = open_spool(
+            config.spool.url, base=config_base(config), audit_days=config.spool.audit_days
+        )
+        live = self.live = build(config, today=today, events=self.events, sts_store=self.spool)
         for note in live.notes:
             self.events.emit(Lifecycle(note, warning=True))
         cfg = self.config = live.config
         self.classifier = live.classifier
         self.own_domains = frozenset(cfg.organisation.domains)
-        self.spool = open_spool(
-            cfg.spool.url, base=config_base(cfg), audit_days=cfg.spool.audit_days
-        )
         self.users = UserStore(cfg.relay.users_file, cfg.organisation.domains)
         self.users.adopt(live.users)
         self.offload = Offload(cfg.listen.cpu_budget)
@@ -150,7 +151,11 @@ class Gateway:
             self.generation += 1
             try:
                 new = await asyncio.to_thread(
-                    load_fresh, self.config, today=self.today, events=self.events
+                    load_fresh,
+                    self.config,
+                    today=self.today,
+                    events=self.events,
+                    sts_store=self.spool,
                 )
             except Exception as exc:  # whatever it is, the running configuration stays
                 why = str(exc) if isinstance(exc, SecuremailError) else repr(exc)

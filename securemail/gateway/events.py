@@ -149,6 +149,7 @@ class DeliveryAttempt:
     result: str  # sent | deferred | bounced
     reply: str
     verified_by: str = ""  # which check verified the peer ("pkix:mx-hostname"), or ""
+    transport: str = ""  # the transport decision's label: "tls=required (secure recipient)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,7 @@ class Deferred:
     tls_failure: TlsFailure | None
     retry_in: float
     reason: str
+    transport: str = ""  # the transport decision's label, as for DeliveryAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,39 @@ class Bounced:
     queue_id: str
     rcpt: str
     reason: str
+    transport: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsFetched:
+    """A destination's MTA-STS policy fetched and put in force (RFC 8461 §3.3)."""
+
+    domain: str
+    policy_id: str
+    mode: str
+    max_age: int
+    mx: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsFailure:
+    """What an MTA-STS policy would have refused, or a policy that could not be had.
+
+    Two kinds, both in RFC 8460 §4.3 terms for the TLS-RPT reports to come: a failed
+    fetch or refresh (``sts-policy-fetch-error``, ``sts-webpki-invalid``,
+    ``sts-policy-invalid``; ``mx`` empty, ``kept`` the id of the cached policy still in
+    force, if any), and a delivery under a ``testing`` policy that ``enforce`` would
+    have refused (``mx`` the host; the mail went as before). Refusals under ``enforce``
+    are ``Deferred`` events, whose label names the policy.
+    """
+
+    domain: str
+    failure: TlsFailure
+    detail: str
+    policy_id: str = ""
+    mode: str = ""
+    mx: str = ""
+    kept: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +255,8 @@ Event = (
     | Bounced
     | TlsAlert
     | OperatorDecision
+    | MtaStsFetched
+    | MtaStsFailure
     | Lifecycle
 )
 
@@ -332,6 +369,7 @@ def _decisions(decisions: Sequence[RcptDecision]) -> str:
 
 _Line = tuple[int, str, str, tuple[object, ...]]  # level, logger, format, arguments
 _GW, _SMTP, _QUEUE = "securemail.gateway", "securemail.smtp", "securemail.queue"
+_DELIVERY = "securemail.delivery"
 
 
 def _line(event: Event) -> _Line:
@@ -441,8 +479,9 @@ def _line(event: Event) -> _Line:
             e = event
             return (
                 logging.INFO,
-                "securemail.delivery",
-                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r",
+                _DELIVERY,
+                "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r"
+                " transport=%r",
                 (
                     e.queue_id,
                     e.rcpt,
@@ -456,6 +495,7 @@ def _line(event: Event) -> _Line:
                     e.delay,
                     e.result,
                     e.reply[:200],
+                    e.transport or "-",
                 ),
             )
         case Deferred():
@@ -464,7 +504,8 @@ def _line(event: Event) -> _Line:
             return (
                 logging.INFO,
                 _QUEUE,
-                "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r",
+                "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r"
+                " transport=%r",
                 (
                     e.queue_id,
                     e.rcpt,
@@ -472,6 +513,7 @@ def _line(event: Event) -> _Line:
                     failure,
                     e.retry_in,
                     e.reason,
+                    e.transport or "-",
                 ),
             )
         case Bounced():
@@ -479,8 +521,8 @@ def _line(event: Event) -> _Line:
             return (
                 logging.WARNING,
                 _QUEUE,
-                "bounced id=%s rcpt=<%s> reason=%r",
-                (e.queue_id, e.rcpt, e.reason),
+                "bounced id=%s rcpt=<%s> reason=%r transport=%r",
+                (e.queue_id, e.rcpt, e.reason, e.transport or "-"),
             )
         case TlsAlert():
             e = event
@@ -506,6 +548,23 @@ def _line(event: Event) -> _Line:
                 "operator decision queue_id=%s rcpt=%s action=%s by=%r reason=%r at=%s",
                 (e.queue_id, f"<{e.rcpt}>" if e.rcpt else "*", e.action, e.operator, e.reason,
                  utc_stamp(e.at)),
+            )  # fmt: skip
+        case MtaStsFetched():
+            e = event
+            return (
+                logging.INFO,
+                _DELIVERY,
+                "mta-sts policy domain=%s id=%s mode=%s max_age=%d mx=%s",
+                (e.domain, e.policy_id, e.mode, e.max_age, ",".join(e.mx) or "-"),
+            )
+        case MtaStsFailure():
+            e = event
+            return (
+                logging.WARNING,
+                _DELIVERY,
+                "mta-sts failure domain=%s failure=%s mode=%s id=%s mx=%s kept=%s detail=%r",
+                (e.domain, e.failure.value, e.mode or "-", e.policy_id or "-", e.mx or "-",
+                 e.kept or "-", e.detail),
             )  # fmt: skip
         case Lifecycle():
             level = logging.WARNING if event.warning else logging.INFO

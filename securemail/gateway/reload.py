@@ -46,6 +46,7 @@ from securemail.gateway.inbound.listeners import ListenSettings
 from securemail.gateway.inbound.recipients import RecipientCheck, recipient_check
 from securemail.gateway.inbound.users import UsersFile, read_users_file
 from securemail.gateway.outbound.deliver import Deliverer
+from securemail.gateway.outbound.mta_sts import StsPolicies, StsStore
 from securemail.gateway.outbound.tls_policy import TlsPolicyMap
 from securemail.gateway.queue.schedule import Schedule
 from securemail.loaders import classifier_from_config, policy_from_config
@@ -116,6 +117,7 @@ LIVE: frozenset[str] = frozenset(
                 "retry_max",
                 "max_lifetime",
                 "tls_policy",
+                "https_port",
             )
         ),
         *(f"dkim.{key}" for key in ("key_dir", "selector", "sign")),
@@ -169,9 +171,16 @@ class Fresh:
     warnings: tuple[str, ...]
 
 
-def build(config: Config, *, today: Callable[[], date], events: EventSink) -> Pieces:
+def build(
+    config: Config,
+    *,
+    today: Callable[[], date],
+    events: EventSink,
+    sts_store: StsStore | None = None,
+) -> Pieces:
     """Every piece ``config`` describes; raises (``SecuremailError`` mostly) if any
-    cannot be built. Blocking file reads: a reload runs it in a thread."""
+    cannot be built. Blocking file reads: a reload runs it in a thread. ``sts_store``
+    keeps MTA-STS policies (the gateway's spool, which a reload does not replace)."""
     notes: list[str] = []
     classifier = classifier_from_config(
         config,
@@ -234,6 +243,13 @@ def build(config: Config, *, today: Callable[[], date], events: EventSink) -> Pi
             opportunistic=opportunistic_client_context(),
             internal=dict.fromkeys(own, deliver_to),
             tls_policy=TlsPolicyMap.parse(delivery.tls_policy),
+            sts=StsPolicies(
+                resolver,
+                store=sts_store,
+                https_port=delivery.https_port,
+                ca_file=ca_file,
+                events=events,
+            ),
             events=events,
         ),
         schedule=Schedule(
@@ -247,13 +263,20 @@ def build(config: Config, *, today: Callable[[], date], events: EventSink) -> Pi
     )
 
 
-def load_fresh(running: Config, *, today: Callable[[], date], events: EventSink) -> Fresh:
+def load_fresh(
+    running: Config,
+    *,
+    today: Callable[[], date],
+    events: EventSink,
+    sts_store: StsStore | None = None,
+) -> Fresh:
     """Read the running configuration's file again and build from it (step 1 and 2)."""
     new = load_config(running.source)
     changed = restart_needed(running, new)
     effective = keep_running(new, running, changed)
     warnings = tuple(str(finding) for finding in require_files(effective))  # errors raise
-    return Fresh(build(effective, today=today, events=events), changed, warnings)
+    built = build(effective, today=today, events=events, sts_store=sts_store)
+    return Fresh(built, changed, warnings)
 
 
 def restart_needed(running: Config, new: Config) -> tuple[str, ...]:

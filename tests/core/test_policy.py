@@ -7,7 +7,7 @@ from policy_cases import CASES, OWN, UNKNOWN, UNSCANNABLE_CASES
 
 from securemail.core.classify import Classifier
 from securemail.core.levels import TlsLevel
-from securemail.core.policy import Action, Policy, Unscannable
+from securemail.core.policy import Action, Policy, Unscannable, headline
 from securemail.core.rules import Audience, Status
 from securemail.core.sensitivity import NOT_SENSITIVE, Kind, Marker, Sensitivity
 
@@ -39,6 +39,22 @@ def test_reasons_say_why():
     assert "forced TLS" in secure.reason
     invalid = hold.decide(CLASSIFIER.classify("a@[1.2.3.4]"), NOT_SENSITIVE)
     assert "IP-literal" in invalid.reason
+
+
+def test_every_forced_reason_has_a_short_headline_for_the_transport_label():
+    """Delivery has only the stored reason; its label names the rule in a few words."""
+    hold = Policy.of(OWN_DOMAINS, "hold")
+    decide = hold.decide
+    assert headline(decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE).reason) == (
+        "secure recipient"
+    )
+    assert headline(decide(CLASSIFIER.classify("a@gmail.com"), SENSITIVE).reason) == (
+        "sensitive message"
+    )
+    assert headline(decide(CLASSIFIER.classify("a@gmail.com"), UNSCANNABLE).reason) == (
+        "message with unscannable content"
+    )
+    assert headline("") == "" and len(headline("x" * 500)) == 80
 
 
 def test_tls_levels_are_ordered():

@@ -17,6 +17,7 @@ from securemail.core.transport import (
     StsMode,
     TransportFacts,
     decide_transport,
+    tls_required_no,
 )
 
 COMBINATIONS = [
@@ -109,3 +110,20 @@ def test_tls_required_no_relaxes_mta_sts_for_ordinary_mail_only() -> None:
         TlsLevel.OPPORTUNISTIC, requiretls=True, tls_required_no=True, sts_mode=StsMode.ENFORCE
     )
     assert decide_transport(flagged).level is TlsLevel.MTA_STS
+
+
+@pytest.mark.parametrize(
+    ("values", "relaxes"),
+    [
+        (["No"], True),
+        ([" no "], True),
+        (["NO"], True),
+        ([], False),  # no field
+        (["No", "No"], False),  # RFC 8689 §5 defines one field: two ask nothing
+        (["Yes"], False),
+        (["No; please"], False),
+        ([""], False),
+    ],
+)
+def test_only_one_tls_required_no_field_relaxes(values, relaxes):
+    assert tls_required_no(values) is relaxes

@@ -14,6 +14,7 @@ from harness.gatewaykit import add_mx
 from harness.smtpsink import SinkServer
 
 from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.core.transport import StsMode, TransportFacts, decide_transport
 from securemail.dns import Resolver
 from securemail.gateway.outbound.client import TlsFacts, handshake_failure
 from securemail.gateway.outbound.deliver import Deliverer, Item
@@ -46,8 +47,9 @@ def deliverer(dns_server, pki, port, policy=None):
 
 
 async def deliver(d, level, rcpt="gp@nhs.net"):
+    facts = TransportFacts(level, why="secure recipient" if level.forced else "")
     try:
-        return await d.deliver("nhs.net", level, [Item("Q1", "jo@example.nhs.uk", (rcpt,), BODY)])
+        return await d.deliver("nhs.net", facts, [Item("Q1", "jo@example.nhs.uk", (rcpt,), BODY)])
     finally:
         await d.close()
 
@@ -122,33 +124,34 @@ UNVERIFIED = Accepted()
 
 @dataclass
 class Link:
-    """A scripted link recording what it was asked."""
+    """A scripted link recording what it was asked (the levels it saw)."""
 
-    prepare_to: TlsLevel | Refusal | None = None
+    prepare_to: TransportFacts | Refusal | None = None
     mx_to: TlsLevel | Refusal | None = None
     conn: Accepted | Refusal = UNVERIFIED
 
     def __post_init__(self):
         self.asked: list[tuple] = []
 
-    async def prepare(self, domain, level):
-        self.asked.append(("prepare", domain, level))
-        return level if self.prepare_to is None else self.prepare_to
+    async def prepare(self, domain, facts):
+        self.asked.append(("prepare", domain, facts.recipient, facts.sts_mode))
+        return facts if self.prepare_to is None else self.prepare_to
 
-    async def check_mx(self, domain, mx, level):
-        self.asked.append(("check_mx", domain, mx, level))
-        return level if self.mx_to is None else self.mx_to
+    async def check_mx(self, domain, mx, decision):
+        self.asked.append(("check_mx", domain, mx, decision.level))
+        return decision.level if self.mx_to is None else self.mx_to
 
-    def handshake(self, domain, mx, level):
+    def handshake(self, domain, mx, decision):
         return None  # no opinion: the chain's default for the level
 
-    async def check_conn(self, domain, mx, facts, level):
-        self.asked.append(("check_conn", domain, mx, level))
+    async def check_conn(self, domain, mx, facts, decision):
+        self.asked.append(("check_conn", domain, mx, decision.level))
         return self.conn
 
 
 async def test_a_link_raises_the_level_and_names_its_check(dns_server, pki):
-    sts = Link(prepare_to=TlsLevel.MTA_STS, conn=Accepted("mta-sts:enforce"))
+    enforce = TransportFacts(TlsLevel.OPPORTUNISTIC, sts_mode=StsMode.ENFORCE, sts_id="1")
+    sts = Link(prepare_to=enforce, conn=Accepted("mta-sts:enforce"))
     after = Link()
     chain = PolicyChain([ForcedTls(), sts, after])
     with SinkServer(hostname=MX, tls_context=pki.server_context(MX)) as sink:
@@ -156,15 +159,17 @@ async def test_a_link_raises_the_level_and_names_its_check(dns_server, pki):
         [result] = await deliver(d, TlsLevel.OPPORTUNISTIC)
         sink.wait(1)
     assert result.delivered and result.verified_by == "mta-sts:enforce"
+    assert result.transport == "tls=required (MTA-STS enforce, id=1)"
     assert after.asked == [
-        ("prepare", "nhs.net", TlsLevel.MTA_STS),
+        ("prepare", "nhs.net", TlsLevel.OPPORTUNISTIC, StsMode.ENFORCE),  # facts, not levels
         ("check_mx", "nhs.net", MX, TlsLevel.MTA_STS),
         ("check_conn", "nhs.net", MX, TlsLevel.MTA_STS),
     ]
 
 
 async def test_a_link_cannot_lower_the_level(dns_server, pki):
-    lax = Link(prepare_to=TlsLevel.OPPORTUNISTIC, mx_to=TlsLevel.NONE)
+    # A link that rewrote the message's own facts (the recipient's level) is overruled.
+    lax = Link(prepare_to=TransportFacts(TlsLevel.OPPORTUNISTIC), mx_to=TlsLevel.NONE)
     with SinkServer(hostname=MX) as plain:  # no STARTTLS
         d = deliverer(dns_server, pki, plain.port, PolicyChain([lax, ForcedTls()]))
         [result] = await deliver(d, TlsLevel.VERIFIED)
@@ -188,7 +193,7 @@ async def test_a_refusal_at_prepare_covers_every_recipient(dns_server, pki):
     fetch = Refusal(TlsFailure.STS_POLICY_FETCH_ERROR, "policy fetch failed", check="mta-sts")
     d = deliverer(dns_server, pki, 9, PolicyChain([Link(prepare_to=fetch), ForcedTls()]))
     items = [Item(f"Q{n}", "jo@example.nhs.uk", ("a@nhs.net", "b@nhs.net"), BODY) for n in (1, 2)]
-    results = await d.deliver("nhs.net", TlsLevel.VERIFIED, items)
+    results = await d.deliver("nhs.net", TransportFacts(TlsLevel.VERIFIED), items)
     assert [(r.queue_id, r.rcpt) for r in results] == [
         ("Q1", "a@nhs.net"), ("Q1", "b@nhs.net"), ("Q2", "a@nhs.net"), ("Q2", "b@nhs.net")
     ]  # fmt: skip
@@ -221,8 +226,9 @@ PEER = "mx.nhs.net[192.0.2.7]:25"
     ],
 )  # fmt: skip
 async def test_forced_tls_rule(facts, level, expected):
-    assert await ForcedTls().check_conn("nhs.net", MX, facts, level) == expected
-    assert await default_policy().check_conn("nhs.net", MX, facts, level) == expected
+    decision = decide_transport(TransportFacts(level, why="secure recipient"))
+    assert await ForcedTls().check_conn("nhs.net", MX, facts, decision) == expected
+    assert await default_policy().check_conn("nhs.net", MX, facts, decision) == expected
 
 
 @pytest.mark.parametrize(

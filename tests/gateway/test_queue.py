@@ -23,14 +23,17 @@ SENDER = "jo@example.nhs.uk"
 
 
 class ScriptedDeliverer:
-    """Records each call; answers every recipient with ``answer(rcpt)``."""
+    """Records each call (the recipients' level from the transport facts); answers
+    every recipient with ``answer(rcpt)``."""
 
     def __init__(self, answer):
         self.answer = answer
         self.calls: list[tuple[str, TlsLevel, list[str]]] = []
+        self.facts: list = []
 
-    async def deliver(self, domain, level, items, *, report=None):
-        self.calls.append((domain, level, sorted(r for i in items for r in i.rcpts)))
+    async def deliver(self, domain, facts, items, *, report=None):
+        self.facts.append(facts)
+        self.calls.append((domain, facts.recipient, sorted(r for i in items for r in i.rcpts)))
         return [self.answer(i.queue_id, r) for i in items for r in i.rcpts]
 
     async def close(self):

@@ -25,6 +25,7 @@ from securemail.gateway.spool import (
     SpoolClosedError,
     SpoolError,
     SqliteSpool,
+    StsPolicyRecord,
     new_queue_id,
     open_spool,
     spool_path,
@@ -89,6 +90,31 @@ async def test_store_claim_deliver_removes_message(spool):
     counts = await spool.counts()
     assert counts["messages"] == 0 and counts["done"] == 1
     assert sum(counts[s] for s in RcptStatus) == 0
+
+
+async def test_a_claimed_recipient_carries_its_policy_reason(spool):
+    await spool.store(msg("a@nhs.net"))
+    [claimed] = await spool.claim_due(time.time(), 10)
+    assert claimed.reason == "reason for a@nhs.net"  # the transport decision's "why"
+
+
+async def test_mta_sts_policies_are_cached_and_the_newer_fetch_wins(spool, tmp_path):
+    assert await spool.sts_get("nhs.net") is None
+    first = StsPolicyRecord("nhs.net", "id1", "version: STSv1\r\n", 1000.0, 2000.0)
+    await spool.sts_put(first)
+    assert await spool.sts_get("nhs.net") == first
+    await spool.sts_put(StsPolicyRecord("nhs.net", "id0", "older", 900.0, 1900.0))
+    assert await spool.sts_get("nhs.net") == first  # a slower process's older fetch loses
+    newer = StsPolicyRecord("nhs.net", "id2", "newer", 1500.0, 2500.0)
+    await spool.sts_put(newer)
+    await spool.close()
+    reopened = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
+    await reopened.open()
+    try:
+        assert await reopened.sts_get("nhs.net") == newer  # across a restart
+        assert await reopened.sts_get("other.example") is None
+    finally:
+        await reopened.close()
 
 
 async def test_held_never_claimed_until_release(spool):

@@ -13,6 +13,7 @@ from harness.smtpsink import SinkServer
 
 from securemail.config import load_config
 from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.core.transport import TransportFacts, decide_transport
 from securemail.dns import Resolver
 from securemail.errors import ConfigError
 from securemail.gateway.events import Lifecycle, MemorySink
@@ -163,6 +164,9 @@ MAP = TlsPolicyMap.parse(
 )  # fmt: skip
 
 
+VERIFIED = decide_transport(TransportFacts(TlsLevel.VERIFIED, why="secure recipient"))
+
+
 def chain_verified(*names):
     return TlsFacts(PEER, True, "TLSv1.3", chain_verified=True, names=names)
 
@@ -180,17 +184,29 @@ def chain_verified(*names):
     ],
 )
 async def test_the_map_raises_levels_and_never_lowers_them(domain, level, expected):
-    assert await default_policy(PolicyMap(MAP)).prepare(domain, level) == expected
+    decision = await default_policy(PolicyMap(MAP)).prepare(domain, TransportFacts(level))
+    assert decision.level == expected
+
+
+async def test_the_map_entry_is_named_among_the_decisions_reasons():
+    decision = await default_policy(PolicyMap(MAP)).prepare(
+        "nhs.net", TransportFacts(TlsLevel.OPPORTUNISTIC)
+    )
+    assert decision.label == "tls=required (tls_policy nhs.net = secure match=nexthop:dot-nexthop)"
 
 
 async def test_a_weaker_entry_for_forced_mail_is_logged_once_and_kept():
     events = MemorySink()
     link = PolicyMap(MAP, events)
+    forced = TransportFacts(TlsLevel.VERIFIED, why="secure recipient")
     for _ in range(3):
-        assert await link.prepare("broken.example", TlsLevel.VERIFIED) == TlsLevel.VERIFIED
+        facts = await link.prepare("broken.example", forced)
+        assert facts.map_forces is False and facts.map_entry == "broken.example = none"
+        assert decide_transport(facts).level is TlsLevel.VERIFIED
     [warning] = events.of(Lifecycle)
     assert warning.warning and "'broken.example' = 'none' ignored" in warning.message
-    assert await link.prepare("broken.example", TlsLevel.OPPORTUNISTIC) == TlsLevel.OPPORTUNISTIC
+    ordinary = await link.prepare("broken.example", TransportFacts(TlsLevel.OPPORTUNISTIC))
+    assert decide_transport(ordinary).level is TlsLevel.OPPORTUNISTIC
     assert len(events.events) == 1
 
 
@@ -206,7 +222,8 @@ async def test_a_weaker_entry_for_forced_mail_is_logged_once_and_kept():
     ],
 )
 def test_the_chain_picks_the_handshake(domain, level, handshake):
-    assert default_policy(PolicyMap(MAP)).handshake(domain, "mx.x.test", level) is handshake
+    decision = decide_transport(TransportFacts(level))
+    assert default_policy(PolicyMap(MAP)).handshake(domain, "mx.x.test", decision) is handshake
 
 
 @pytest.mark.parametrize(
@@ -227,15 +244,13 @@ def test_the_chain_picks_the_handshake(domain, level, handshake):
 )  # fmt: skip
 async def test_a_pinned_destination_accepts_only_matching_names(facts, expected):
     chain = default_policy(PolicyMap(MAP))
-    assert await chain.check_conn("nhs.net", "mx.attacker.test", facts, TlsLevel.VERIFIED) == (
-        expected
-    )
+    assert await chain.check_conn("nhs.net", "mx.attacker.test", facts, VERIFIED) == expected
 
 
 async def test_a_chain_only_handshake_nobody_matched_is_refused():
     """Without the link that asked for it, a verified chain for any name is not enough."""
     verdict = await default_policy().check_conn(
-        "nhs.net", "mx.nhs.net", chain_verified("mx.attacker.test"), TlsLevel.VERIFIED
+        "nhs.net", "mx.nhs.net", chain_verified("mx.attacker.test"), VERIFIED
     )
     assert isinstance(verdict, Refusal) and verdict.failure is TlsFailure.VALIDATION_FAILURE
 
@@ -278,9 +293,9 @@ async def test_a_connection_is_not_reused_for_another_domain(dns_server, pki):
     with SinkServer(hostname="mx.attacker.test", tls_context=context) as sink:
         d = deliverer(dns_server, pki, sink.port, {"nhs.net": "secure"})
         try:
-            [first] = await d.deliver("spoofed.example", TlsLevel.VERIFIED,
+            [first] = await d.deliver("spoofed.example", TransportFacts(TlsLevel.VERIFIED),
                                       [Item("Q1", "jo@example.nhs.uk", ("a@spoofed.example",), BODY)])  # fmt: skip
-            [second] = await d.deliver("nhs.net", TlsLevel.VERIFIED,
+            [second] = await d.deliver("nhs.net", TransportFacts(TlsLevel.VERIFIED),
                                        [Item("Q2", "jo@example.nhs.uk", ("b@nhs.net",), BODY)])  # fmt: skip
         finally:
             await d.close()
@@ -296,7 +311,7 @@ async def test_verify_forces_tls_on_an_unclassified_destination(dns_server, pki)
     with SinkServer(hostname="mx.partner.example", tls_context=untrusted) as sink:
         d = deliverer(dns_server, pki, sink.port, {"partner.example": "verify"})
         try:
-            [result] = await d.deliver("partner.example", TlsLevel.OPPORTUNISTIC,
+            [result] = await d.deliver("partner.example", TransportFacts(TlsLevel.OPPORTUNISTIC),
                                        [Item("Q1", "jo@example.nhs.uk", ("a@partner.example",), BODY)])  # fmt: skip
         finally:
             await d.close()
@@ -310,7 +325,7 @@ async def test_none_sends_opportunistic_mail_without_starttls(dns_server, pki):
     with SinkServer(hostname="mx.broken.example", tls_context=context) as sink:
         d = deliverer(dns_server, pki, sink.port, {"broken.example": "none"})
         try:
-            [result] = await d.deliver("broken.example", TlsLevel.OPPORTUNISTIC,
+            [result] = await d.deliver("broken.example", TransportFacts(TlsLevel.OPPORTUNISTIC),
                                        [Item("Q1", "jo@example.nhs.uk", ("a@broken.example",), BODY)])  # fmt: skip
         finally:
             await d.close()

@@ -189,6 +189,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname  # a handle_EHLO hook must do this itself
         self.sink._record_ehlo(server, hostname)
+        if self.sink.requiretls and server._tls_protocol is not None:  # RFC 8689: inside TLS
+            responses = [*responses[:-1], "250-REQUIRETLS", responses[-1]]
         return responses
 
     async def handle_HELO(
@@ -234,6 +236,14 @@ class _RecordingSMTP(SMTP):
                 self.record.tls_version = ssl_object.version()
                 self.record.cipher = cipher[0] if cipher else None
 
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        """aiosmtpd refuses MAIL parameters it does not know; a sink that advertises
+        REQUIRETLS takes that one inside TLS (it stays in ``mail_options``)."""
+        result = super()._getparams(params)
+        if result is not None and self._sink.requiretls and self._tls_protocol is not None:
+            result.pop("REQUIRETLS", None)
+        return result
+
     def data_received(self, data: bytes) -> None:
         # Before STARTTLS the transport is the socket itself; afterwards this method
         # receives decrypted bytes from the SSL protocol and _original_transport is set.
@@ -254,6 +264,8 @@ class SinkServer(LoopbackService):
       while running); such transactions go to `rejected`, not `messages`.
     * `hold`: a `threading.Event`; while it is not set, the reply to DATA waits.
     * `known`: a set of lower-cased addresses; RCPT for any other gets 550 5.1.1.
+    * `requiretls`: advertise REQUIRETLS after STARTTLS and take ``MAIL FROM:<..>
+      REQUIRETLS`` (RFC 8689); it is recorded in the message's ``mail_options``.
     """
 
     def __init__(
@@ -268,8 +280,10 @@ class SinkServer(LoopbackService):
         reply_message: str | None = None,
         smtputf8: bool = True,
         timeout: float = 60,
+        requiretls: bool = False,
     ) -> None:
         self.hostname = hostname
+        self.requiretls = requiretls
         self.tls_context = tls_context
         self.require_tls = require_tls
         self.host = host

@@ -78,11 +78,17 @@ class DeliveryError(Exception):
     """
 
     def __init__(
-        self, message: str, *, permanent: bool = False, failure: TlsFailure | None = None
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        failure: TlsFailure | None = None,
+        check: str = "",
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.failure = failure
+        self.check = check  # the policy link that refused the server ("" for any other)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class TlsFacts:
     error: str = ""  # that failure as a person reads it
     chain_verified: bool = False  # the chain was verified (with or without the name)
     names: tuple[str, ...] = ()  # the DNS names of a chain-verified certificate
+    extensions: frozenset[str] = frozenset()  # EHLO keywords, after STARTTLS when it ran
 
 
 # OpenSSL's X509_V_ERR_* codes (``SSLCertVerificationError.verify_code``) → RFC 8460 §4.3.
@@ -176,7 +183,7 @@ class SmtpConnection:
         await self._ehlo()
         offered = "STARTTLS" in self.extensions
         if not offered or context is None:
-            return TlsFacts(self.peer, starttls=offered)
+            return TlsFacts(self.peer, starttls=offered, extensions=frozenset(self.extensions))
         reply = await self._command(Stage.STARTTLS, b"STARTTLS\r\n")
         if reply.code != 220:
             await self.close()
@@ -218,16 +225,25 @@ class SmtpConnection:
             self.verified,
             chain_verified=chain_verified,
             names=names,
+            extensions=frozenset(self.extensions),
         )
 
-    async def send(self, sender: str, rcpts: Sequence[str], data: bytes) -> TransactionResult:
+    async def send(
+        self, sender: str, rcpts: Sequence[str], data: bytes, *, requiretls: bool = False
+    ) -> TransactionResult:
         """One mail transaction. Replies are returned, not raised: the caller decides
-        per recipient. Raises ``DeliveryError`` only when the connection itself fails."""
+        per recipient. Raises ``DeliveryError`` only when the connection itself fails.
+
+        ``requiretls``: the message carries RFC 8689's flag, passed on as ``MAIL FROM
+        ... REQUIRETLS`` when the server offers it inside TLS (whether it must offer it
+        is the caller's policy, judged before anything is sent)."""
         if self._dirty:
             await self._command(Stage.RSET, b"RSET\r\n", expect=250)
             self._dirty = False
         self._dirty = True
         params = self._mail_params(sender, rcpts, data)
+        if requiretls and self.tls_version and "REQUIRETLS" in self.extensions:
+            params += " REQUIRETLS"
         mail = f"MAIL FROM:<{sender}>{params}\r\n".encode()
         rcpt_lines = [f"RCPT TO:<{r}>\r\n".encode() for r in rcpts]
         replies: dict[str, Reply] = {}

@@ -1,37 +1,39 @@
 """The delivery policy chain: what TLS a destination needs, and whether a peer meets it.
 
 After maddy's MX/TLS authentication policies: the Deliverer does not know any TLS rule;
-it asks the chain four questions at the moments a rule can act, and every link answers
-with a level (it may only raise it), a handshake, or a ``Refusal``:
+it asks the chain four questions at the moments a rule can act, and every link answers:
 
-* ``prepare(domain, level)`` once per destination, before routing (MTA-STS will fetch
-  the domain's policy here and raise ``VERIFIED``/``OPPORTUNISTIC`` to ``MTA_STS``; the
-  operator's ``tls_policy`` map raises a pinned destination to ``VERIFIED``);
-* ``check_mx(domain, mx, level)`` per MX host, before connecting (MTA-STS: the host must
-  match the policy's ``mx`` patterns; DANE: the host's TLSA records raise it to ``DANE``);
-* ``handshake(domain, mx, level)`` per MX host: what STARTTLS must check on the wire
+* ``prepare(domain, facts)`` once per destination and batch, before routing: each link
+  adds what it knows about the destination to the message's ``TransportFacts`` (the
+  operator's ``tls_policy`` entry; the MTA-STS policy, looked up and cached), and the
+  chain makes THE transport decision from them, ``core.transport.decide_transport``:
+  the level, the rule that set it, every reason, REQUIRETLS, MTA-STS testing;
+* ``check_mx(domain, mx, decision)`` per MX host, before connecting (MTA-STS: the host
+  must match the policy's ``mx`` patterns; DANE, next: TLSA records raise it);
+* ``handshake(domain, mx, decision)`` per MX host: what STARTTLS must check on the wire
   (``Handshake``); a link that pins certificate names asks for ``PKIX_CHAIN`` and then
   checks the names itself, as DANE will ask for a handshake of its own;
-* ``check_conn(domain, mx, facts, level)`` per connection, after EHLO/STARTTLS and
+* ``check_conn(domain, mx, facts, decision)`` per connection, after EHLO/STARTTLS and
   before anything of a message is written: accept, naming the check that verified the
   peer (``verified_by``), or refuse.
 
-The chain holds ``ForcedTls`` (SCCI1596's forced TLS for ``VERIFIED`` and above,
-opportunistic TLS below) and, when the operator configured one, ``PolicyMap``
-(``tls_policy.py``, after Postfix's ``smtp_tls_policy_maps``). MTA-STS and DANE join as
-links; the Deliverer stays. Every link is asked (none can wave a connection through for
-the others), and a refusal carries its RFC 8460 failure type so TLS-RPT can report it
-as it is.
+The gateway's chain (``default_policy``) holds ``ForcedTls`` (verified TLS for forced
+levels, opportunistic below), ``RequireTls`` (RFC 8689: the next hop must offer
+REQUIRETLS), ``MtaSts`` (``mta_sts.py``, RFC 8461) and, when the operator configured
+one, ``PolicyMap`` (``tls_policy.py``, after Postfix's ``smtp_tls_policy_maps``); DANE
+joins as a link. Every link is asked (none can wave a connection through for the
+others), and a refusal carries its RFC 8460 failure type so TLS-RPT can report it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
 from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.core.transport import TransportDecision, TransportFacts, decide_transport
 from securemail.gateway.outbound.client import DeliveryError, TlsFacts
 
 
@@ -46,7 +48,9 @@ class Refusal:
 
     def error(self) -> DeliveryError:
         """The refusal as the failure of one server, like any other on the way."""
-        return DeliveryError(self.detail, permanent=self.permanent, failure=self.failure)
+        return DeliveryError(
+            self.detail, permanent=self.permanent, failure=self.failure, check=self.check
+        )
 
     def host_failure(self) -> DeliveryError:
         """A refused *connection* as a failure of that host only, never permanent.
@@ -55,7 +59,7 @@ class Refusal:
         nothing about the recipient: the next MX is tried, and if every one is refused
         the recipient is deferred, never bounced.
         """
-        return DeliveryError(self.detail, permanent=False, failure=self.failure)
+        return DeliveryError(self.detail, permanent=False, failure=self.failure, check=self.check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,28 +89,37 @@ def default_handshake(level: TlsLevel) -> Handshake:
 
 
 class DeliveryPolicy(Protocol):
-    """One link. Asynchronous because the next links look things up (policy, TLSA);
+    """One link. Asynchronous because links look things up (a policy, TLSA records);
     ``handshake`` is not: it is decided from what ``prepare``/``check_mx`` learned.
-    It answers None when the link has no opinion."""
 
-    async def prepare(self, domain: str, level: TlsLevel) -> TlsLevel | Refusal: ...
-    async def check_mx(self, domain: str, mx: str, level: TlsLevel) -> TlsLevel | Refusal: ...
-    def handshake(self, domain: str, mx: str, level: TlsLevel) -> Handshake | None: ...
+    ``prepare`` returns ``facts`` with what the link knows about the destination added
+    (or unchanged); the other questions answer for the decision the chain made. A link
+    with no opinion answers the decision's own level, None, or ``Accepted()``.
+    """
+
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal: ...
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TlsLevel | Refusal: ...
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None: ...
     async def check_conn(
-        self, domain: str, mx: str, facts: TlsFacts, level: TlsLevel
+        self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision
     ) -> Accepted | Refusal: ...
 
 
 class PolicyChain:
-    """Links asked in order; itself a ``DeliveryPolicy``, so the Deliverer holds one.
+    """Links asked in order; the Deliverer holds one.
 
-    The chain, not each link, keeps the invariants: a level only rises (a lower answer
-    is ignored, so no link can weaken what the recipient's decision demanded); a forced
-    level is only ever handshaken with a verifying ``Handshake``; and a connection at a
-    forced level is accepted only if some link names the check that verified the peer,
-    so a chain-only handshake whose names nobody matched is refused, not waved through.
-    The first refusal ends a question. ``verified_by`` and the handshake come from the
-    last link that names one: later links (the pinned map, MTA-STS, DANE) are the more
+    The chain, not each link, keeps the invariants. The decision is made once, by
+    ``decide_transport``, from the facts the links gathered; the message's own facts
+    (the recipient's level and why, REQUIRETLS, ``TLS-Required: No``) are put back
+    after every link, so no link can weaken what the recipient's decision demanded,
+    and a level only rises (a lower ``check_mx`` answer is ignored). A forced level is
+    only ever handshaken with a verifying ``Handshake``; and a connection at a forced
+    level is accepted only if some link names the check that verified the peer, so a
+    chain-only handshake whose names nobody matched is refused, not waved through. The
+    first refusal ends a question. ``verified_by`` and the handshake come from the last
+    link that names one: later links (MTA-STS, the pinned map, DANE) are the more
     specific checks.
     """
 
@@ -117,40 +130,51 @@ class PolicyChain:
             raise ValueError("a delivery policy chain needs at least one link")
         self.links = tuple(links)
 
-    async def prepare(self, domain: str, level: TlsLevel) -> TlsLevel | Refusal:
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportDecision | Refusal:
+        message = facts
         for link in self.links:
-            answer = await link.prepare(domain, level)
+            answer = await link.prepare(domain, facts)
             if isinstance(answer, Refusal):
                 return answer
-            level = max(level, answer)
-        return level
+            facts = replace(
+                answer,
+                recipient=message.recipient,
+                why=message.why,
+                requiretls=message.requiretls,
+                tls_required_no=message.tls_required_no,
+            )
+        return decide_transport(facts)
 
-    async def check_mx(self, domain: str, mx: str, level: TlsLevel) -> TlsLevel | Refusal:
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TransportDecision | Refusal:
         for link in self.links:
-            answer = await link.check_mx(domain, mx, level)
+            answer = await link.check_mx(domain, mx, decision)
             if isinstance(answer, Refusal):
                 return answer
-            level = max(level, answer)
-        return level
+            if answer > decision.level:
+                decision = replace(decision, level=answer)
+        return decision
 
-    def handshake(self, domain: str, mx: str, level: TlsLevel) -> Handshake:
-        chosen = default_handshake(level)
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake:
+        forced = decision.level.forced
+        chosen = default_handshake(decision.level)
         for link in self.links:
-            answer = link.handshake(domain, mx, level)
-            if answer is not None and (answer.verifies or not level.forced):
+            answer = link.handshake(domain, mx, decision)
+            if answer is not None and (answer.verifies or not forced):
                 chosen = answer
         return chosen
 
     async def check_conn(
-        self, domain: str, mx: str, facts: TlsFacts, level: TlsLevel
+        self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision
     ) -> Accepted | Refusal:
         verified_by = ""
         for link in self.links:
-            answer = await link.check_conn(domain, mx, facts, level)
+            answer = await link.check_conn(domain, mx, facts, decision)
             if isinstance(answer, Refusal):
                 return answer
             verified_by = answer.verified_by or verified_by
-        if level.forced and not verified_by:
+        if decision.level.forced and not verified_by:
             return Refusal(
                 TlsFailure.VALIDATION_FAILURE,
                 f"TLS is required but no check verified {facts.peer}",
@@ -177,19 +201,21 @@ class ForcedTls:
     CHECK = "forced-tls"
     VERIFIED_BY = "pkix:mx-hostname"
 
-    async def prepare(self, domain: str, level: TlsLevel) -> TlsLevel | Refusal:
-        return level
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
+        return facts
 
-    async def check_mx(self, domain: str, mx: str, level: TlsLevel) -> TlsLevel | Refusal:
-        return level
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TlsLevel | Refusal:
+        return decision.level
 
-    def handshake(self, domain: str, mx: str, level: TlsLevel) -> Handshake | None:
-        return default_handshake(level)
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
+        return default_handshake(decision.level)
 
     async def check_conn(
-        self, domain: str, mx: str, facts: TlsFacts, level: TlsLevel
+        self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision
     ) -> Accepted | Refusal:
-        if not level.forced:
+        if not decision.level.forced:
             return Accepted()
         if not facts.starttls:
             return Refusal(
@@ -210,6 +236,62 @@ class ForcedTls:
         return Accepted(self.VERIFIED_BY)
 
 
+class RequireTls:
+    """RFC 8689 §4.2.1: a message whose sender set REQUIRETLS goes only to a next hop
+    that offers REQUIRETLS after STARTTLS, so the flag travels on with it.
+
+    Verified TLS itself is the decision's doing (REQUIRETLS raises the level to
+    ``VERIFIED``, so ``ForcedTls`` and MTA-STS check the certificate); this link only
+    asks for the extension in the EHLO reply that followed the handshake. A server
+    without it is refused like a bad certificate: the next MX is tried, and when every
+    one was refused the recipient bounces (``requiretls_undeliverable``).
+    """
+
+    CHECK = "requiretls"
+
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
+        return facts
+
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TlsLevel | Refusal:
+        return decision.level
+
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
+        return None
+
+    async def check_conn(
+        self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision
+    ) -> Accepted | Refusal:
+        if not decision.requiretls or "REQUIRETLS" in facts.extensions:
+            return Accepted()
+        return Refusal(
+            TlsFailure.VALIDATION_FAILURE,
+            f"{facts.peer} does not offer REQUIRETLS after STARTTLS, and the sender "
+            "asked for it on every hop (RFC 8689)",
+            check=self.CHECK,
+        )
+
+
+def requiretls_undeliverable(domain: str, refusals: Sequence[DeliveryError]) -> DeliveryError:
+    """RFC 8689 §4.2.1: every MX host of ``domain`` was tried and refused by the policy,
+    so the REQUIRETLS message must not go to the domain at all, and its sender gets a
+    non-delivery report: ``5.7.30`` when a host lacked REQUIRETLS, ``5.7.10`` (encryption
+    needed) when none could even give verified TLS. Permanent: the sender asked for a
+    bounce rather than a downgrade, and waiting would only delay the news.
+    """
+    capability = any(r.check == RequireTls.CHECK for r in refusals)
+    code = "5.7.30 REQUIRETLS support required" if capability else "5.7.10 Encryption needed"
+    why = "; ".join(dict.fromkeys(str(r) for r in refusals[-3:]))
+    return DeliveryError(
+        f"{code}: no mail server for {domain} can take this REQUIRETLS message ({why})",
+        permanent=True,
+        failure=refusals[-1].failure if refusals else None,
+        check=RequireTls.CHECK,
+    )
+
+
 def default_policy(*links: DeliveryPolicy) -> PolicyChain:
-    """The chain the gateway delivers with: ``ForcedTls``, then ``links`` (the map)."""
-    return PolicyChain([ForcedTls(), *links])
+    """The chain the gateway delivers with: ``ForcedTls``, ``RequireTls``, then ``links``
+    (MTA-STS, then the operator's map: the map's handshake, pinned or plain, wins)."""
+    return PolicyChain([ForcedTls(), RequireTls(), *links])

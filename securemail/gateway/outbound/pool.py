@@ -1,10 +1,11 @@
 """Idle SMTP connections kept per destination for reuse (Postfix's connection cache).
 
-A connection parked here has already passed the delivery policy for its key's domain and
-level, so reusing it for the same (domain, host, address, port, level) spares a TCP and
-TLS handshake per message without a second policy check. It is never reused for another
-level, nor for another domain behind the same MX: a policy can pin names per domain, and
-a connection to a spoofed MX accepted for one domain must not carry another's mail.
+A connection parked here has already passed the delivery policy for its key's domain,
+level and REQUIRETLS demand, so reusing it for the same (domain, host, address, port,
+level, requiretls) spares a TCP and TLS handshake per message without a second policy
+check. It is never reused for another level or demand, nor for another domain behind the
+same MX: a policy can pin names per domain, and a connection to a spoofed MX accepted
+for one domain must not carry another's mail.
 Idle ones are closed after a few seconds, so a server never sees us sit on its slots.
 """
 
@@ -21,8 +22,8 @@ from securemail.gateway.outbound.client import SmtpConnection
 IDLE_SECONDS = 5.0
 MAX_IDLE_PER_DESTINATION = 32
 
-# (recipient domain, MX host, address, port, level): what the policy checked it for
-PoolKey = tuple[str, str, str, int, TlsLevel]
+# (recipient domain, MX host, address, port, level, REQUIRETLS): what the policy checked
+PoolKey = tuple[str, str, str, int, TlsLevel, bool]
 
 
 class ConnectionPool:

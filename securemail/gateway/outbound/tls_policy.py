@@ -34,11 +34,12 @@ the ``DeliveryPolicy`` link that applies the parsed records on every delivery.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 
 from securemail.core.addresses import AddressError, normalise_domain
 from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.core.transport import TransportDecision, TransportFacts
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.outbound.client import TlsFacts
 from securemail.gateway.outbound.policy import Accepted, Handshake, Refusal
@@ -241,11 +242,13 @@ class TlsPolicyMap(Mapping[str, TlsPolicy]):
 class PolicyMap:
     """The ``DeliveryPolicy`` link that applies a ``TlsPolicyMap``.
 
-    ``verify``/``secure`` raise a destination to ``VERIFIED``; ``none``/``may`` never
-    lower a forced one (the chain would ignore it anyway; the operator is told once per
-    domain). A pinned entry asks for a chain-only handshake and accepts the peer only if
-    its certificate names match a pattern: ``verified_by`` then says which
-    (``pkix:policy-match(.nhs.net)``). A ``none`` entry asks for no STARTTLS at all.
+    ``prepare`` names the destination's entry in the transport facts: ``verify``/
+    ``secure`` make the decision ``VERIFIED`` (``tls_policy nhs.net = secure ...`` among
+    its reasons); ``none``/``may`` never lower a forced one (the decision cannot; the
+    operator is told once per domain). A pinned entry asks for a chain-only handshake
+    and accepts the peer only if its certificate names match a pattern: ``verified_by``
+    then says which (``pkix:policy-match(.nhs.net)``). A ``none`` entry asks for no
+    STARTTLS at all, for mail nothing forces.
     """
 
     CHECK = "tls-policy"
@@ -255,41 +258,42 @@ class PolicyMap:
         self.events = events or LogSink()
         self._told: set[str] = set()
 
-    async def prepare(self, domain: str, level: TlsLevel) -> TlsLevel | Refusal:
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
         policy = self.policies.lookup(domain)
         if policy is None:
-            return level
-        if policy.forces:
-            return max(level, TlsLevel.VERIFIED)
-        if level.forced and domain not in self._told:
+            return facts
+        entry = f"{policy.destination} = {policy}"
+        if not policy.forces and facts.recipient.forced and domain not in self._told:
             self._told.add(domain)
             self.events.emit(
                 Lifecycle(
                     f"tls_policy {policy.destination!r} = {str(policy)!r} ignored for "
-                    f"{domain}: its mail requires {level.label} TLS, kept",
+                    f"{domain}: its mail requires {facts.recipient.label} TLS, kept",
                     warning=True,
                 )
             )
-        return level
+        return replace(facts, map_forces=policy.forces, map_entry=entry)
 
-    async def check_mx(self, domain: str, mx: str, level: TlsLevel) -> TlsLevel | Refusal:
-        return level
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TlsLevel | Refusal:
+        return decision.level
 
-    def handshake(self, domain: str, mx: str, level: TlsLevel) -> Handshake | None:
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
         policy = self.policies.lookup(domain)
         if policy is None:
             return None
-        if policy.pinned and level.forced:
+        if policy.pinned and decision.level.forced:
             return Handshake.PKIX_CHAIN
-        if policy.level is PolicyLevel.NONE and not level.forced:
+        if policy.level is PolicyLevel.NONE and not decision.level.forced:
             return Handshake.PLAINTEXT
         return None
 
     async def check_conn(
-        self, domain: str, mx: str, facts: TlsFacts, level: TlsLevel
+        self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision
     ) -> Accepted | Refusal:
         policy = self.policies.lookup(domain)
-        if policy is None or not policy.pinned or not level.forced:
+        if policy is None or not policy.pinned or not decision.level.forced:
             return Accepted()
         pattern = policy.matching(domain, facts.names)
         if pattern is not None:

@@ -2,10 +2,13 @@
 
 Postfix's qmgr in miniature. Each pass claims what is due from the spool (claiming
 marks it ``delivering`` in the same transaction, so a crash leaves it to be retried on
-the next start), groups recipients by (destination domain, ``TlsLevel`` from the spool
-record) and by message, and runs one task per connection's worth of messages, bounded by
-a global connection limit and a per-destination one. Outcomes go back to the spool in
-groups.
+the next start), groups recipients by destination domain and transport facts (the
+``TlsLevel`` and why from the spool record, the message's REQUIRETLS and ``TLS-Required:
+No`` flags: ``transport_facts``), so one transport decision covers each group, and by
+message, and runs one task per connection's worth of messages, bounded by a global
+connection limit and a per-destination one. Outcomes go back to the spool in groups,
+each with the decision's label in front of its detail, which is what ``queue show``
+prints per recipient.
 
 What a result means (delivered, bounced, deferred until when, delay notice or not) is
 decided by the pure ``schedule.next_step``; this module only acts on it: records the
@@ -29,7 +32,8 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
-from securemail.core.levels import TlsLevel
+from securemail.core.policy import headline
+from securemail.core.transport import TransportFacts
 from securemail.gateway.events import (
     Bounced,
     Deferred,
@@ -213,16 +217,16 @@ class QueueManager:
         await self.deliverer.close()
 
     def _dispatch(self, claimed: list[Delivery]) -> None:
-        groups: dict[tuple[str, TlsLevel], dict[str, list[Delivery]]] = defaultdict(dict)
+        groups: dict[tuple[str, TransportFacts], dict[str, list[Delivery]]] = defaultdict(dict)
         for d in claimed:
-            groups[(d.domain, d.tls)].setdefault(d.queue_id, []).append(d)
-        for (domain, tls), by_message in groups.items():
+            groups[(d.domain, transport_facts(d))].setdefault(d.queue_id, []).append(d)
+        for (domain, facts), by_message in groups.items():
             messages = list(by_message.values())
             lanes = min(self.per_destination, max(1, len(messages) // 4 + 1))
             for lane in range(lanes):
                 share = messages[lane::lanes]
                 if share:
-                    self._spawn(self._deliver(domain, tls, share))
+                    self._spawn(self._deliver(domain, facts, share))
         self._in_flight += len(claimed)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -230,7 +234,9 @@ class QueueManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, domain: str, tls: TlsLevel, messages: list[list[Delivery]]) -> None:
+    async def _deliver(
+        self, domain: str, facts: TransportFacts, messages: list[list[Delivery]]
+    ) -> None:
         count = sum(len(m) for m in messages)
         reported: set[tuple[str, str]] = set()  # recipients whose outcome is in hand
         try:
@@ -248,6 +254,7 @@ class QueueManager:
                             tuple(d.rcpt for d in rcpts),
                             data,
                             first.received,
+                            first.requiretls,
                         )
                     )
                     by_key.update({(d.queue_id, d.rcpt): (d, data) for d in rcpts})
@@ -259,7 +266,7 @@ class QueueManager:
                     reported.update((r.queue_id, r.rcpt) for r in results)
                     recording.append(asyncio.ensure_future(self._record(results, by_key)))
 
-                results = await self.deliverer.deliver(domain, tls, items, report=report)
+                results = await self.deliverer.deliver(domain, facts, items, report=report)
             await asyncio.gather(*recording)
             rest = [r for r in results if (r.queue_id, r.rcpt) not in reported]
             if rest:
@@ -292,7 +299,7 @@ class QueueManager:
             step = next_step(r, delivery, now, self.schedule, self.rng)
             if step.status is RcptStatus.BOUNCED:
                 bounces.append((delivery, step.detail, data))
-                self.events.emit(Bounced(r.queue_id, r.rcpt, step.detail))
+                self.events.emit(Bounced(r.queue_id, r.rcpt, step.detail, r.transport))
             notify = step.notice_due and self.delay_notice is not None
             if notify:
                 waited = age_text(now - delivery.received)
@@ -301,14 +308,14 @@ class QueueManager:
                 )
                 assert self.delay_notice is not None
                 await self.delay_notice(delivery, r.detail, data)
+            error = f"{r.transport}; {step.detail}" if r.transport else step.detail
             outcomes.append(
-                Outcome(
-                    r.queue_id, r.rcpt, step.status, step.detail, step.next_attempt, notified=notify
-                )
+                Outcome(r.queue_id, r.rcpt, step.status, error, step.next_attempt, notified=notify)
             )
             if step.status is RcptStatus.DEFERRED:
+                retry_in = step.next_attempt - now
                 self.events.emit(
-                    Deferred(r.queue_id, r.rcpt, r.tls_failure, step.next_attempt - now, r.detail)
+                    Deferred(r.queue_id, r.rcpt, r.tls_failure, retry_in, r.detail, r.transport)
                 )
         await self._write(outcomes)
         by_message: dict[str, list[tuple[Delivery, str]]] = {}
@@ -322,3 +329,20 @@ class QueueManager:
             if len(self._bounced) > BOUNCED_MEMORY:
                 self._bounced.popitem(last=False)
             await self.bounce(failures, originals[queue_id])
+
+
+def transport_facts(delivery: Delivery) -> TransportFacts:
+    """What the transport decision reads about one claimed recipient and its message.
+
+    ``why`` (from the stored reason) only for a level the recipient's decision forced:
+    it is that level's reason in the label, and leaving it out for opportunistic mail
+    keeps one destination's mail in one group. REQUIRETLS binds only a message with a
+    return path (RFC 8689 §4.2.1: a bounce is not bounced for it); the flag still goes
+    on to a next hop that offers it (``Item.requiretls``).
+    """
+    return TransportFacts(
+        recipient=delivery.tls,
+        why=headline(delivery.reason) if delivery.tls.forced else "",
+        requiretls=delivery.requiretls and bool(delivery.sender),
+        tls_required_no=delivery.tls_required_no,
+    )

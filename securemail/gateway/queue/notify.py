@@ -8,7 +8,8 @@ Bounces are where a gateway becomes a weapon (backscatter): a forged sender gets
 failure. So: one failure DSN per message, listing all its failed recipients (never one
 per recipient); the original's headers only, capped (``dsn.MAX_RETURNED_HEADERS``); and
 none at all when our own Authentication-Results on the message says SPF or DMARC failed,
-because then the sender address is most likely not the sender's.
+because then the sender address is most likely not the sender's. A notice about a
+REQUIRETLS message returns nothing of it, not even its headers (RFC 8689 §5; ``dsn.py``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Notifier:
             original=original,
             arrival=delivery.received,
             action=kind,
+            redacted=any(d.requiretls for d, _ in failures),
         )
         t = Transaction("dsn", "127.0.0.1", self.hostname, "", "", "",
                         [(delivery.sender, c)], dsn)  # fmt: skip

@@ -26,6 +26,7 @@ from securemail.gateway.spool.store import (
     Spool,
     SpoolClosedError,
     SpoolError,
+    StsPolicyRecord,
     new_queue_id,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "SpoolError",
     "SpoolStats",
     "SqliteSpool",
+    "StsPolicyRecord",
     "new_queue_id",
     "open_spool",
     "spool_path",

@@ -13,7 +13,7 @@ batch is re-run one request per transaction, so every caller gets its own true a
 
 ``open()`` creates the schema or upgrades an older one in place (``schema.py``) and
 forgets operator decisions older than ``audit_days``; what those decisions do to the
-queue, with their history, is ``history.py``.
+queue, with their history, is ``history.py``; the MTA-STS policy cache, ``sts_cache.py``.
 
 WAL with ``synchronous=FULL`` makes COMMIT durable before it returns, and lets the
 ``queue`` commands use the file while the gateway runs. Which DELIVERING recipients may be
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from securemail.core.levels import TlsLevel
-from securemail.gateway.spool import history
+from securemail.gateway.spool import history, sts_cache
 from securemail.gateway.spool import store as s
 from securemail.gateway.spool.schema import prepare, remove_if_final
 
@@ -229,6 +229,12 @@ class SqliteSpool:
             return 0
         detail = f"handed off to {stage}: {reason}"
         return await self._call(_hand_off, queue_id, tuple(rcpts), detail, time.time())
+
+    async def sts_get(self, domain: str) -> s.StsPolicyRecord | None:
+        return await self._call(sts_cache.get, domain)
+
+    async def sts_put(self, record: s.StsPolicyRecord) -> None:
+        await self._call(sts_cache.put, record)
 
     async def flush(self) -> int:
         """Make every waiting recipient due now; returns how many were waiting."""
@@ -444,7 +450,8 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
     for status in _DUE:
         rows += conn.execute(
             "SELECT r.next_attempt, r.rowid, r.queue_id, m.sender, r.rcpt, r.domain, r.tls,"
-            " r.attempts, m.received, m.size, r.notified, m.requiretls, m.tls_required_no"
+            " r.attempts, m.received, m.size, r.notified, m.requiretls, m.tls_required_no,"
+            " r.reason"
             " FROM recipients r JOIN messages m"
             " ON m.id = r.queue_id WHERE r.status = ? AND r.next_attempt <= ?"
             " ORDER BY r.next_attempt, r.rowid LIMIT ?",
@@ -463,6 +470,7 @@ def _claim(conn: sqlite3.Connection, now: float, limit: int, token: str) -> list
             notified=bool(row[10]),
             requiretls=bool(row[11]),
             tls_required_no=bool(row[12]),
+            reason=row[13],
         )
         for row in rows
     ]

@@ -219,6 +219,7 @@ class Delivery:
     notified: bool = False  # the sender has had a delay notice (forced-TLS failures)
     requiretls: bool = False  # the message's REQUIRETLS flag (see NewMessage)
     tls_required_no: bool = False
+    reason: str = ""  # the recipient's policy decision, as stored (NewRecipient.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,23 @@ class MessageInfo:
     history: tuple[HistoryEntry, ...] = ()  # operator decisions, oldest first
     requiretls: bool = False
     tls_required_no: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicyRecord:
+    """A destination's MTA-STS policy as fetched (RFC 8461 §5.1's policy cache).
+
+    ``policy`` is the body as served, parsed again when read (``mech.mta_sts``, the one
+    parser), so a cache row can never hold a policy the parser would now refuse;
+    ``policy_id`` is the ``_mta-sts`` TXT ``id`` it was fetched for; ``expires`` is
+    ``fetched`` + its ``max_age``, after which the row is not used.
+    """
+
+    domain: str
+    policy_id: str
+    policy: str
+    fetched: float
+    expires: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +347,14 @@ class Spool(Protocol):
         ``HANDED_OFF``, final, with "handed off to STAGE: REASON" and the time recorded,
         and the message goes once every recipient is final. Only waiting recipients
         (``HANDED_OFF_FROM``) move; returns how many did."""
+
+    async def sts_get(self, domain: str) -> StsPolicyRecord | None:
+        """The cached MTA-STS policy of ``domain``, expired or not (the caller's clock
+        decides), or None."""
+
+    async def sts_put(self, record: StsPolicyRecord) -> None:
+        """Cache a fetched policy, replacing the domain's row unless that one was
+        fetched later (another process sharing the spool refreshed it meanwhile)."""
 
     async def flush(self) -> int: ...
     async def next_due(self) -> float | None: ...

@@ -14,7 +14,13 @@ The steps are separate modules, after Stalwart's ``outbound/mta_sts``:
 * ``verify`` (pure): whether an MX host name matches the policy.
 """
 
-from securemail.mech.mta_sts.lookup import MAX_POLICY_BYTES, WELL_KNOWN, fetch_policy, lookup_record
+from securemail.mech.mta_sts.lookup import (
+    MAX_POLICY_BYTES,
+    WELL_KNOWN,
+    PolicyHostCertificateError,
+    fetch_policy,
+    lookup_record,
+)
 from securemail.mech.mta_sts.parse import (
     MAX_MAX_AGE,
     MtaStsError,
@@ -30,6 +36,7 @@ __all__ = [
     "WELL_KNOWN",
     "MtaStsError",
     "MtaStsPolicy",
+    "PolicyHostCertificateError",
     "fetch_policy",
     "lookup_record",
     "mx_matches",

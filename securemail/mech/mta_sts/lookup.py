@@ -22,6 +22,11 @@ MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 §3.3
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 
 
+class PolicyHostCertificateError(MtaStsError):
+    """The policy host's certificate failed PKIX validation: RFC 8460's
+    ``sts-webpki-invalid``, which a sender reports apart from other fetch failures."""
+
+
 async def lookup_record(domain: str, resolver: Resolver) -> list[str]:
     """The TXT strings at ``_mta-sts.<domain>`` (``[]`` when the name does not exist).
 
@@ -80,7 +85,8 @@ async def fetch_policy(
     except (TimeoutError, httpx.TimeoutException):
         raise MtaStsError(f"{url}: no answer within {timeout:g} s") from None
     except httpx.HTTPError as exc:
-        raise MtaStsError(f"{url}: {_describe(exc)}") from None
+        kind = PolicyHostCertificateError if _certificate_failed(exc) else MtaStsError
+        raise kind(f"{url}: {_describe(exc)}") from None
 
 
 async def _read(response: httpx.Response) -> str:
@@ -102,6 +108,15 @@ async def _read(response: httpx.Response) -> str:
         if len(body) > MAX_POLICY_BYTES:
             raise MtaStsError(f"policy is over {MAX_POLICY_BYTES} bytes")
     return body.decode("utf-8", errors="replace")
+
+
+def _certificate_failed(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _describe(exc: BaseException) -> str:
