@@ -171,11 +171,3 @@ def from_addresses(block: HeaderBlock) -> tuple[Address, ...]:
             except AddressError:
                 continue
     return tuple(found)
-
-
-def tls_required_no(block: HeaderBlock) -> bool:
-    """RFC 8689: the message carries ``TLS-Required: No`` (name and value in any case,
-    folding allowed). Only the value "No" is defined; a message with several such fields
-    counts only if every one says "No", so a field we cannot read never relaxes TLS."""
-    fields = block.get_all("tls-required")
-    return bool(fields) and all(f.text.strip().lower() == "no" for f in fields)

@@ -11,10 +11,10 @@ from securemail.core.inbound_tls import (
     ForcedBy,
     InboundTlsPolicy,
     from_addresses,
-    tls_required_no,
 )
 from securemail.core.message import read_headers
 from securemail.core.rules import Audience
+from securemail.core.transport import tls_required_no
 
 TODAY = date(2026, 11, 23)
 OWN = "example.nhs.uk"
@@ -156,9 +156,11 @@ def test_the_from_that_is_judged_is_the_one_dmarc_reads(headers, domains):
         ("TLS-Required: Yes", False),  # only "No" is defined
         ("TLS-Required: No thanks", False),
         ("TLS-Required: No\r\nTLS-Required: maybe", False),  # one unreadable: never relax
-        ("TLS-Required: No\r\nTLS-Required: no", True),
+        ("TLS-Required: No\r\nTLS-Required: no", False),  # RFC 8689 defines one field
         ("Subject: none", False),
     ],
 )
-def test_tls_required_no(headers, relaxed):
-    assert tls_required_no(_block(headers)) is relaxed
+def test_tls_required_no_as_the_gateway_reads_it(headers, relaxed):
+    """The gateway reads the fields with THE header reader, and the one rule decides."""
+    values = [f.text for f in _block(headers).get_all("tls-required")]
+    assert tls_required_no(values) is relaxed

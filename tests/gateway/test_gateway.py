@@ -502,3 +502,20 @@ async def test_sender_is_told_at_once_what_was_held_and_why(gateway, mx, pki, in
     assert "carer@gmail.test" in text and "held" in text.lower()
     assert "operator" in text and "gp@nhs.net" not in text.split("Final-Recipient")[0]
     assert "943 476 5919" not in text and "9434765919" not in text
+    assert "Subject: OFFICIAL-SENSITIVE referral" in text  # original headers, as a DSN has
+
+
+async def test_a_held_requiretls_messages_notice_carries_nothing_of_it(gateway, mx, pki, internal):
+    """RFC 8689 §5: a notice about a REQUIRETLS message returns none of it, not even its
+    headers (its DSNs are redacted the same way: test_requiretls)."""
+    refused = await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],
+        message(subject="OFFICIAL-SENSITIVE referral", body="NHS 943 476 5919"),
+        mail_options=("REQUIRETLS",),
+    )  # fmt: skip
+    assert refused == {}
+    (notice,) = await asyncio.to_thread(internal.wait, 1)
+    text = notice.data.decode("utf-8", "replace")
+    assert "carer@gmail.test" in text and "held" in text.lower()
+    assert "Subject:" not in text.split("Content-Type: message/delivery-status")[-1]
+    assert "referral" not in text and "943 476 5919" not in text

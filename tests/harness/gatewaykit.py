@@ -117,6 +117,7 @@ def submit(
     *,
     user: str | None = "alice",
     password: str = PASSWORD,
+    mail_options: tuple[str, ...] = (),
 ) -> dict:
     """Blocking: STARTTLS + AUTH on the submission port, send; returns refused rcpts."""
     host, port = gateway.addresses["submission"]
@@ -126,7 +127,7 @@ def submit(
         smtp.ehlo("client.example.nhs.uk")
         if user:
             smtp.login(user, password)
-        return smtp.sendmail(sender, rcpts, message)
+        return smtp.sendmail(sender, rcpts, message, list(mail_options))
 
 
 def send_inbound(gateway: Gateway, sender: str, rcpts: list[str], message: bytes) -> dict:

@@ -33,12 +33,13 @@ from functools import partial
 
 from securemail.core import replies
 from securemail.core.classify import Classification
-from securemail.core.inbound_tls import InboundTlsPolicy, from_addresses, tls_required_no
+from securemail.core.inbound_tls import InboundTlsPolicy, from_addresses
 from securemail.core.message import HeaderBlock, HeaderLimitError, read_headers, reparse_input
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, header_from_refusal
 from securemail.core.sensitivity import Sensitivity, scan_message
+from securemail.core.transport import tls_required_no
 from securemail.cpu import RunCpu, run_inline
 from securemail.dns import Resolver
 from securemail.gateway import events as ev
@@ -55,7 +56,7 @@ from securemail.mech.results import authentication_results
 
 log = logging.getLogger("securemail.gateway")
 
-HeldNotice = Callable[[str, str, list[tuple[str, str]], bytes, float], Awaitable[None]]
+HeldNotice = Callable[[str, str, list[tuple[str, str]], bytes, float, bool], Awaitable[None]]
 
 _STATUS_FOR = {Action.DELIVER: RcptStatus.QUEUED, Action.HOLD: RcptStatus.HELD}
 
@@ -190,7 +191,7 @@ class AcceptPipeline:
             received=now,
             queue_id=queue_id,
             requiretls=t.requiretls,
-            tls_required_no=tls_required_no(block),
+            tls_required_no=tls_required_no([f.text for f in block.get_all("tls-required")]),
         )
         try:
             await self.spool.store(message)
@@ -202,7 +203,7 @@ class AcceptPipeline:
         if held and t.sender and t.role != "dsn" and self.on_held is not None:
             # The client hears 250 now; the sender is told at once what was held and why.
             task = asyncio.ensure_future(
-                self.on_held(queue_id, t.sender, held, headers + body, now)
+                self.on_held(queue_id, t.sender, held, headers + body, now, t.requiretls)
             )
             self._notices.add(task)
             task.add_done_callback(self._notices.discard)

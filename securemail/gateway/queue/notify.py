@@ -54,12 +54,14 @@ class Notifier:
 
     async def held_notice(
         self, queue_id: str, sender: str, held: Sequence[tuple[str, str]], original: bytes,
-        received: float,
+        received: float, requiretls: bool = False,
     ) -> None:  # fmt: skip
-        """Recipients held by policy at acceptance: tell the sender at once, and why."""
+        """Recipients held by policy at acceptance: tell the sender at once, and why.
+        A REQUIRETLS message's notice carries none of it (RFC 8689 §5), like its DSNs."""
         size = len(original)
         failures = [
-            (Delivery(queue_id, sender, rcpt, _domain(rcpt), TlsLevel.VERIFIED, 0, received, size),
+            (Delivery(queue_id, sender, rcpt, _domain(rcpt), TlsLevel.VERIFIED, 0, received, size,
+                      requiretls=requiretls),
              why)
             for rcpt, why in held
         ]  # fmt: skip
