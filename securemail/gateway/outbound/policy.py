@@ -107,6 +107,22 @@ class DeliveryPolicy(Protocol):
     ) -> Accepted | Refusal: ...
 
 
+class NeutralLink:
+    """A link's answers when it has no opinion at a step: the facts and level as they
+    are, no handshake of its own. Links override only the steps they act at."""
+
+    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
+        return facts
+
+    async def check_mx(
+        self, domain: str, mx: str, decision: TransportDecision
+    ) -> TlsLevel | Refusal:
+        return decision.level
+
+    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
+        return None
+
+
 class PolicyChain:
     """Links asked in order; the Deliverer holds one.
 
@@ -183,7 +199,7 @@ class PolicyChain:
         return Accepted(verified_by)
 
 
-class ForcedTls:
+class ForcedTls(NeutralLink):
     """SCCI1596 §2.2: forced TLS to secure services, opportunistic for all other mail.
 
     At ``VERIFIED`` and above the server must offer STARTTLS and its certificate must
@@ -200,14 +216,6 @@ class ForcedTls:
 
     CHECK = "forced-tls"
     VERIFIED_BY = "pkix:mx-hostname"
-
-    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
-        return facts
-
-    async def check_mx(
-        self, domain: str, mx: str, decision: TransportDecision
-    ) -> TlsLevel | Refusal:
-        return decision.level
 
     def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
         return default_handshake(decision.level)
@@ -236,7 +244,7 @@ class ForcedTls:
         return Accepted(self.VERIFIED_BY)
 
 
-class RequireTls:
+class RequireTls(NeutralLink):
     """RFC 8689 §4.2.1: a message whose sender set REQUIRETLS goes only to a next hop
     that offers REQUIRETLS after STARTTLS, so the flag travels on with it.
 
@@ -248,17 +256,6 @@ class RequireTls:
     """
 
     CHECK = "requiretls"
-
-    async def prepare(self, domain: str, facts: TransportFacts) -> TransportFacts | Refusal:
-        return facts
-
-    async def check_mx(
-        self, domain: str, mx: str, decision: TransportDecision
-    ) -> TlsLevel | Refusal:
-        return decision.level
-
-    def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
-        return None
 
     async def check_conn(
         self, domain: str, mx: str, facts: TlsFacts, decision: TransportDecision

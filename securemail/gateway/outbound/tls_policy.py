@@ -38,11 +38,11 @@ from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 
 from securemail.core.addresses import AddressError, normalise_domain
-from securemail.core.levels import TlsFailure, TlsLevel
+from securemail.core.levels import TlsFailure
 from securemail.core.transport import TransportDecision, TransportFacts
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
 from securemail.gateway.outbound.client import TlsFacts
-from securemail.gateway.outbound.policy import Accepted, Handshake, Refusal
+from securemail.gateway.outbound.policy import Accepted, Handshake, NeutralLink, Refusal
 from securemail.tls import name_matches, subdomain_matches
 
 
@@ -239,7 +239,7 @@ class TlsPolicyMap(Mapping[str, TlsPolicy]):
         return len(self._policies)
 
 
-class PolicyMap:
+class PolicyMap(NeutralLink):
     """The ``DeliveryPolicy`` link that applies a ``TlsPolicyMap``.
 
     ``prepare`` names the destination's entry in the transport facts: ``verify``/
@@ -273,11 +273,6 @@ class PolicyMap:
                 )
             )
         return replace(facts, map_forces=policy.forces, map_entry=entry)
-
-    async def check_mx(
-        self, domain: str, mx: str, decision: TransportDecision
-    ) -> TlsLevel | Refusal:
-        return decision.level
 
     def handshake(self, domain: str, mx: str, decision: TransportDecision) -> Handshake | None:
         policy = self.policies.lookup(domain)
