@@ -36,6 +36,7 @@ from securemail.config_checks import (
 from securemail.config_values import (
     _OTHER_VARIABLES,
     _account_name,
+    _base_url,
     _between,
     _domain_patterns,
     _domains,
@@ -196,6 +197,22 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PortalConfig:
+    """The secure portal (``securemail/portal``): where its keys and messages live and
+    how long links, passcodes and sessions last."""
+
+    enabled: bool = False
+    key_file: Path = Path("var/portal.key")  # 32 random bytes, 0600 (portal keygen)
+    database: Path = Path("var/portal.db")
+    retention_days: int = 30  # then the wrapped key and ciphertext are deleted
+    base_url: str = "https://localhost:8443"  # links are <base_url>/m/<token>
+    listen: str = "127.0.0.1:8443"  # the web listener (HTTPS)
+    passcode_minutes: int = 10
+    max_tries: int = 5  # wrong passcodes, then the message locks
+    session_minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Who the gateway runs as, and how ``securemail reload`` and ``accredited import``
     find the running one."""
@@ -226,6 +243,7 @@ class Config:
     check: CheckConfig = field(default_factory=CheckConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
     """The file this was loaded from (None: built-in defaults)."""
@@ -286,6 +304,12 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("log", "syslog_facility"): _syslog_facility,
     ("service", "group"): _account_name,
     ("service", "user"): _account_name,
+    ("portal", "retention_days"): _between(1, 3650),
+    ("portal", "base_url"): _base_url,
+    ("portal", "listen"): _listen_address,
+    ("portal", "passcode_minutes"): _between(1, 60),
+    ("portal", "max_tries"): _between(1, 20),
+    ("portal", "session_minutes"): _between(1, 24 * 60),
 }
 
 # Checks across the keys of one section, run once it is built; each raises

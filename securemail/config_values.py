@@ -70,6 +70,15 @@ def _listen_address(value: object) -> object:
     return _host_port(value, lowest=0)
 
 
+def _base_url(value: object) -> object:
+    """``[portal] base_url``: an https:// URL without query or fragment (links are
+    ``<base_url>/m/<token>``; a token must never travel over plain HTTP)."""
+    text = str(value).strip().rstrip("/")
+    if not re.fullmatch(r"https://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", text):
+        raise ValueError(f"expected an https:// URL without query or fragment, got {value!r}")
+    return text
+
+
 def parse_nameserver(item: str) -> tuple[str, int]:
     """``192.0.2.1``, ``192.0.2.1:5353``, ``::1`` or ``[::1]:5353`` → (ip, port)."""
     try:
