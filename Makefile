@@ -31,6 +31,7 @@ bench-deps:
 ## run: set everything up (venv, config, self-signed cert, SQLite spool) and run the gateway
 run: $(STAMP) securemail.toml
 	$(BIN)/securemail tls selfsigned --config securemail.toml
+	$(BIN)/securemail portal keygen --keep --config securemail.toml
 	@echo "== add a submission user with: $(BIN)/securemail user add NAME =="
 	$(BIN)/securemail serve --config securemail.toml
 

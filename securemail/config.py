@@ -367,6 +367,12 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             relation(sections[name])
         except ValueError as exc:
             raise ConfigError(f"{where(name, key)}: {name}.{key}: {exc}") from None
+    policy, portal = sections["policy"], sections["portal"]
+    if policy.unknown_sensitive_action == "portal" and not portal.enabled:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"{where('policy', 'unknown_sensitive_action')}: policy.unknown_sensitive_action:"
+            ' "portal" needs the portal: [portal] enabled = true'
+        )
     warnings = tuple(_unknown_variables(environ))
     return Config(**sections, source=source, warnings=warnings)  # type: ignore[arg-type]
 

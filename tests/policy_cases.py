@@ -16,7 +16,7 @@ UNKNOWN = "carer@gmail.test"
 INVALID = "a@[127.0.0.1]"
 
 V, OPP, N = TlsLevel.VERIFIED, TlsLevel.OPPORTUNISTIC, TlsLevel.NONE
-D, H, R = Action.DELIVER, Action.HOLD, Action.REJECT
+D, H, R, P = Action.DELIVER, Action.HOLD, Action.REJECT, Action.PORTAL
 
 # (recipient, sensitive?, [policy] unknown_sensitive_action) → (action, TLS level)
 CASES = [
@@ -31,7 +31,7 @@ CASES = [
     (UNKNOWN, False, "hold", D, OPP),
     (UNKNOWN, False, "reject", D, OPP),
     (UNKNOWN, True, "hold", H, V),
-    (UNKNOWN, True, "portal", H, V),
+    (UNKNOWN, True, "portal", P, N),  # encrypted into the portal: only a link is sent
     (UNKNOWN, True, "reject", R, N),
     (INVALID, False, "hold", R, N),
     (INVALID, True, "portal", R, N),

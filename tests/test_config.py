@@ -23,12 +23,27 @@ def test_template_loads_to_the_defaults(tmp_path):
     assert cfg.listen == defaults.listen
     assert cfg.check == defaults.check
     assert cfg.spool == defaults.spool and cfg.spool.audit_days == 400
-    assert cfg.policy.unknown_sensitive_action == "hold"
+    # config init turns the portal on (issue 13); the code's defaults keep it off.
+    assert (
+        cfg.policy.unknown_sensitive_action == "portal" != defaults.policy.unknown_sensitive_action
+    )
+    assert cfg.portal.enabled and not defaults.portal.enabled
+    assert cfg.portal.key_file == tmp_path / "var/portal.key"
+    assert (cfg.portal.retention_days, cfg.portal.max_tries) == (30, 5)
     assert cfg.policy.unscannable == "sensitive" == defaults.policy.unscannable
     assert cfg.tls.cert == tmp_path / "var/tls/cert.pem"  # relative to the file
     assert cfg.tls.ca_file is None
     assert cfg.policy.accredited_list == tmp_path / "var/accredited.csv"
     assert cfg.inbound == defaults.inbound and cfg.inbound.require_tls_from == "secure"
+
+
+def test_portal_action_needs_the_portal(tmp_path):
+    path = write(tmp_path, '[policy]\nunknown_sensitive_action = "portal"\n')
+    with pytest.raises(ConfigError, match=r"securemail.toml:2: .*\[portal\] enabled = true"):
+        load_config(path, environ={})
+    path.write_text('[portal]\nbase_url = "http://portal.example"\n')
+    with pytest.raises(ConfigError, match=r"portal\.base_url: expected an https:// URL"):
+        load_config(path, environ={})
 
 
 def test_values_are_typed_and_normalised(tmp_path):

@@ -19,6 +19,7 @@ from securemail.cli import (
     config,
     dkim,
     policy,
+    portal,
     queue,
     reload,
     serve,
@@ -80,6 +81,8 @@ for name, group in (
     ("user", user.app),
     ("dkim", dkim.app),
     ("tls", tls.app),
+    ("portal", portal.app),
+    ("audit", portal.audit_app),
 ):
     app.add_typer(group, name=name, no_args_is_help=True)
 

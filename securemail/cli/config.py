@@ -18,6 +18,7 @@ import typer
 from securemail.cli.common import ConfigOpt, JsonOpt, print_json, say, tell, warn
 from securemail.config import Config, default_config_text, find_config, load_config
 from securemail.config_checks import Finding, Severity, check_files, describe_service
+from securemail.portal import ensure_key
 
 app = typer.Typer(
     rich_markup_mode=None,  # "[section] key" in help texts is text, not markup
@@ -36,6 +37,9 @@ def config_init(
         return
     path.write_text(default_config_text(), encoding="utf-8")
     say(f"wrote {path}")
+    key_file = load_config(path, environ={}).portal.key_file
+    if ensure_key(key_file):  # the portal is on in this file: it needs its key
+        say(f"wrote {key_file} (the portal's master key, mode 0600)")
 
 
 @app.command("check")

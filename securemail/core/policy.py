@@ -8,8 +8,8 @@ the gateway *delivered*).
 SCCI1596 §2.2: "Each service provider MUST enable forced TLS inbound and outbound for
 secure email delivery and opportunistic for all other emails", and sensitive content must
 never go in the clear to a recipient who is not known to be secure: it is held for an
-operator or refused, as ``[policy] unknown_sensitive_action`` says (``portal`` holds too
-until the secure portal exists, and says so).
+operator, refused, or sent through the secure portal (``securemail/portal``: encrypted
+at rest, a link and a passcode), as ``[policy] unknown_sensitive_action`` says.
 
 **Unscannable content.** What the scanner could not read (an encrypted ZIP, a PDF with a
 password, anything over a bound: ``Sensitivity.unscannable``) counts as sensitive by
@@ -39,6 +39,7 @@ class Action(StrEnum):
     DELIVER = "deliver"
     HOLD = "hold"  # kept in the spool until an operator releases or deletes it
     REJECT = "reject"
+    PORTAL = "portal"  # encrypted into the secure portal; the recipient gets a link
 
 
 class Setting(StrEnum):
@@ -46,7 +47,7 @@ class Setting(StrEnum):
 
     HOLD = "hold"
     REJECT = "reject"
-    PORTAL = "portal"  # the secure portal (not built yet: held, and the reason says so)
+    PORTAL = "portal"  # the secure portal: encrypted, a link and a passcode
 
 
 class Unscannable(StrEnum):
@@ -94,9 +95,8 @@ class Decision:
 _WHY = {
     Setting.HOLD: "held for an operator to release or delete "
     "([policy] unknown_sensitive_action = hold); a release delivers it only over verified TLS",
-    Setting.PORTAL: "it is for the secure portal ([policy] unknown_sensitive_action = portal), "
-    "which this version does not have yet, so it is held for an operator to release or "
-    "delete; a release delivers it only over verified TLS",
+    Setting.PORTAL: "sent through the secure portal ([policy] unknown_sensitive_action = "
+    "portal): stored encrypted, the recipient gets a link and a one-time passcode",
     Setting.REJECT: "refused ([policy] unknown_sensitive_action = reject)",
 }
 
@@ -160,8 +160,11 @@ class Policy:
                 "deliver with opportunistic TLS",
             )
         setting = self.unknown_sensitive
-        action = Action.REJECT if setting is Setting.REJECT else Action.HOLD
-        tls = TlsLevel.NONE if action is Action.REJECT else TlsLevel.VERIFIED
+        action = {Setting.REJECT: Action.REJECT, Setting.PORTAL: Action.PORTAL}.get(
+            setting, Action.HOLD
+        )
+        # The portal never sends the message itself anywhere (only a link): TLS n/a.
+        tls = TlsLevel.VERIFIED if action is Action.HOLD else TlsLevel.NONE
         return decision(
             action, tls, f"{why} to a recipient not known to be secure: {_WHY[setting]}"
         )

@@ -26,10 +26,12 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from securemail.config import Config
 from securemail.core.classify import Classification
+from securemail.core.replies import SmtpReply
 from securemail.errors import SecuremailError
 from securemail.gateway.control import OK, REFUSED, GatewayState, ServiceFiles
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
@@ -37,7 +39,7 @@ from securemail.gateway.inbound.accept import AcceptPipeline
 from securemail.gateway.inbound.limits import AuthLimiter, LockoutFiles
 from securemail.gateway.inbound.listeners import ROLES, Listeners
 from securemail.gateway.inbound.offload import Offload
-from securemail.gateway.inbound.server import GatewayHandler
+from securemail.gateway.inbound.server import GatewayHandler, Transaction
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.notify import Notifier
@@ -50,8 +52,11 @@ from securemail.gateway.reload import (
     swap,
 )
 from securemail.gateway.spool import open_spool, spool_path
+from securemail.portal import Portal, PortalError
 from securemail.privileges import describe_uid
 from securemail.tls import served_certificate
+
+PORTAL_EXPIRY_EVERY = 300.0  # seconds between two expiry runs of the portal
 
 
 class Gateway:
@@ -104,6 +109,14 @@ class Gateway:
             events=self.events,
         )
         self.pipeline.on_held = notifier.held_notice
+        self.portal: Portal | None = None
+        if cfg.portal.enabled:
+            self.portal = Portal.open(
+                cfg.portal, clock=clock, organisation=cfg.organisation.name,
+                address=f"portal@{cfg.organisation.domains[0]}", send=self.submit_portal,
+            )  # fmt: skip
+            self.pipeline.portal = self.portal
+        self._expiry_task: asyncio.Task[None] | None = None
         self.queue = QueueManager(
             self.spool,
             live.deliverer,
@@ -163,6 +176,12 @@ class Gateway:
                 self.events.emit(Lifecycle(message, warning=True))
                 return self._record(REFUSED, message, ())
             retired = swap(self, new.pieces)  # no await before it: atomic on the loop
+            if self.portal is not None:  # its LIVE keys; the files stay (RESTART_ONLY)
+                running = self.portal.config
+                self.portal.config = replace(
+                    new.pieces.config.portal, enabled=True, key_file=running.key_file,
+                    database=running.database, listen=running.listen,
+                )  # fmt: skip
             task = asyncio.ensure_future(retired.close())
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
@@ -218,6 +237,8 @@ class Gateway:
             for fact, warning in self.startup_facts():
                 self.events.emit(Lifecycle(fact, warning=warning))
             await self.spool.open()
+            if self.portal is not None:
+                await self.portal.start()  # a missing or exposed key stops the start here
             if self.spool.recovered:
                 self.events.emit(
                     Lifecycle(
@@ -226,6 +247,8 @@ class Gateway:
                     )
                 )
             self._queue_task = asyncio.ensure_future(self.queue.run())
+            if self.portal is not None:
+                self._expiry_task = asyncio.ensure_future(self._portal_upkeep(self.portal))
             await self._listen()
             listening = ", ".join(
                 f"{role} {host}:{port}" for role, (host, port) in self.addresses.items()
@@ -311,15 +334,44 @@ class Gateway:
         )
         return facts
 
+    async def submit_portal(self, rcpt: str, data: bytes) -> SmtpReply:
+        """The portal's notices (and the web's replies) into our own pipeline, role
+        ``portal``: decided, DKIM-signed for our domains and queued like any mail.
+        Raises ``PortalError`` unless the pipeline took it (250)."""
+        t = Transaction("portal", "127.0.0.1", self.config.organisation.hostname, "", "",
+                        "", [(rcpt, self.classify(rcpt))], data)  # fmt: skip
+        reply = await self.pipeline.accept(t)
+        if not 200 <= reply.code < 300:
+            raise PortalError(f"the gateway did not take the portal's mail to {rcpt}: {reply}")
+        return reply
+
+    async def _portal_upkeep(self, portal: Portal) -> None:
+        """Notices a crash interrupted, then expiry every ``PORTAL_EXPIRY_EVERY`` seconds."""
+        try:
+            if sent := await portal.renotify():
+                self.events.emit(Lifecycle(f"portal: re-sent {sent} interrupted notices"))
+        except Exception as exc:
+            self.events.emit(Lifecycle(f"portal: re-sending notices failed: {exc}", warning=True))
+        while True:
+            try:
+                if expired := await portal.expire():
+                    self.events.emit(Lifecycle(f"portal: {expired} messages expired"))
+            except Exception as exc:  # the next round tries again
+                self.events.emit(Lifecycle(f"portal: expiry failed: {exc}", warning=True))
+            await asyncio.sleep(PORTAL_EXPIRY_EVERY)
+
     async def stop(self, grace: float = 30.0) -> None:
         deadline = await self.listeners.stop(grace)
         await self.queue.stop(max(deadline - time.monotonic(), 1.0))
-        if self._queue_task is not None:
-            self._queue_task.cancel()
-            await asyncio.gather(self._queue_task, return_exceptions=True)
+        for task in (self._queue_task, self._expiry_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self._retired, return_exceptions=True)
         await self.offload.close()
         await self.spool.close()
+        if self.portal is not None:
+            await self.portal.close()
         if self.service is not None and self.started:
             self.service.withdraw()
         self.events.emit(Lifecycle("stopped"))

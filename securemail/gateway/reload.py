@@ -89,6 +89,10 @@ RESTART_ONLY: Mapping[str, str] = {
     "log.stderr": "securemail serve installs the log handlers before the gateway starts",
     "log.syslog": "securemail serve installs the log handlers before the gateway starts",
     "log.syslog_facility": "securemail serve installs the log handlers before the gateway starts",
+    "portal.enabled": "the portal's database and key are opened at start",
+    "portal.key_file": "the master key is read (and a rotation finished) when the portal opens",
+    "portal.database": "the portal's database is opened at start",
+    "portal.listen": "the portal's web socket is bound at start",
 }
 
 # Settings a reload puts in force at once (the rest of the configuration). ``check.*`` is
@@ -128,6 +132,16 @@ LIVE: frozenset[str] = frozenset(
         "auth.arc_seal",
         *(f"check.{key}" for key in ("smtp_port", "https_port", "selectors", "concurrency")),
         "check.timeout",
+        *(
+            f"portal.{key}"
+            for key in (
+                "retention_days",
+                "base_url",
+                "passcode_minutes",
+                "max_tries",
+                "session_minutes",
+            )
+        ),
         *(
             f"policy.{key}"
             for key in (

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from securemail.errors import SecuremailError
+
 
 class Event(StrEnum):
     """What the audit chain records (issue 13, item 5)."""
@@ -150,5 +152,5 @@ class MessageInfo:
         }
 
 
-class PortalError(Exception):
+class PortalError(SecuremailError):
     """A request the portal cannot serve (a session on a message gone or locked)."""

@@ -34,7 +34,8 @@ def test_reasons_say_why():
     assert "OFFICIAL-SENSITIVE" in held.reason and "unknown_sensitive_action = hold" in held.reason
     assert "verified TLS" in held.reason  # the release rule, said where it applies
     portal = Policy.of(OWN_DOMAINS, "portal").decide(CLASSIFIER.classify("a@gmail.com"), SENSITIVE)
-    assert portal.action is Action.HOLD and "held" in portal.reason  # no false "sent by portal"
+    assert portal.action is Action.PORTAL and "secure portal" in portal.reason
+    assert "held" not in portal.reason and portal.tls is TlsLevel.NONE
     secure = hold.decide(CLASSIFIER.classify("a@nhs.net"), NOT_SENSITIVE)
     assert "forced TLS" in secure.reason
     invalid = hold.decide(CLASSIFIER.classify("a@[1.2.3.4]"), NOT_SENSITIVE)

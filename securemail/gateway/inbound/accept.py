@@ -13,6 +13,9 @@ Postfix's smtpd → cleanup in one object. The stages, in order:
 3. **store** durably, and only then say ``250`` (``STORE_FAILED`` 451 otherwise), with
    the message's RFC 8689 facts: ``MAIL FROM … REQUIRETLS`` and ``TLS-Required: No``,
    each stored as it is (delivery, ``core.transport``, decides what they mean together).
+   Recipients decided ``PORTAL`` are deposited in the portal (encrypted) FIRST, and the
+   spool stores the message only for the others: a message only for the portal is never
+   written in plain text at all. Then the portal's notices go out (``Portal.notify``).
 
 The CPU-heavy steps (verification, sealing, signing, the sensitivity scan) of a large or
 complex message run in worker processes, within ``[listen] cpu_budget`` seconds
@@ -29,6 +32,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from email.utils import getaddresses
 from functools import partial
 
 from securemail.core import replies
@@ -53,12 +57,16 @@ from securemail.mech.arc import arc_seal
 from securemail.mech.dkim import DkimSigner, SigningKey
 from securemail.mech.dmarc import header_from_domain
 from securemail.mech.results import authentication_results
+from securemail.portal import Deposit, Portal
 
 log = logging.getLogger("securemail.gateway")
 
 HeldNotice = Callable[[str, str, list[tuple[str, str]], bytes, float, bool], Awaitable[None]]
 
 _STATUS_FOR = {Action.DELIVER: RcptStatus.QUEUED, Action.HOLD: RcptStatus.HELD}
+# Our own messages, made here and submitted to ourselves: DSNs (never signed: null
+# sender, RFC 3464) and the portal's notices and replies (signed when From is ours).
+_OWN_ROLES = frozenset({"dsn", "portal"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,7 @@ class AcceptPipeline:
         self.stored = stored  # wakes the queue manager
         self.offload = offload  # None: every CPU step inline (no event loop to protect)
         self.on_held: HeldNotice | None = None  # set by the app: the notifier's held_notice
+        self.portal: Portal | None = None  # set by the app when [portal] enabled
         self._notices: set[asyncio.Future[None]] = set()
 
     def decisions(
@@ -137,7 +146,7 @@ class AcceptPipeline:
             block = read_headers(t.data)
         except HeaderLimitError as exc:
             return self._refuse(t, replies.header_too_large(str(exc)))
-        if not t.tls and t.role != "dsn":  # our own DSNs never cross a network
+        if not t.tls and t.role not in _OWN_ROLES:  # our own mail never crosses a network
             forced = self._forced_tls(rules, t, block)
             if forced is not None:
                 return forced
@@ -181,9 +190,18 @@ class AcceptPipeline:
             who = ", ".join(d.recipient for d in refused[:3])
             return self._refuse(t, replies.policy_refused(who).logged(refused[0].reason))
         data = received_header(t, rules.settings.hostname, queue_id, now) + headers + body
+        for_portal = [d.recipient for d in decisions if d.action is Action.PORTAL]
+        deposit = None
+        if for_portal:
+            deposited = await self._deposit(t, data, block, for_portal, queue_id)
+            if isinstance(deposited, SmtpReply):
+                return self._refuse(t, deposited)
+            deposit = deposited
+        spooled = [(d, r) for d, r in zip(decisions, t.recipients, strict=True)
+                   if d.action is not Action.PORTAL]  # fmt: skip
         message = NewMessage(
             sender=t.sender,
-            recipients=_recipients(decisions, t.recipients),
+            recipients=_recipients([d for d, _ in spooled], [r for _, r in spooled]),
             data=data,
             client=f"{t.peer} helo={t.helo}",
             auth_user=t.auth_user,
@@ -193,20 +211,21 @@ class AcceptPipeline:
             requiretls=t.requiretls,
             tls_required_no=tls_required_no([f.text for f in block.get_all("tls-required")]),
         )
-        try:
-            await self.spool.store(message)
-        except Exception as exc:
-            log.exception("could not store message from=<%s>", t.sender)
-            return self._refuse(t, replies.STORE_FAILED.logged(f"spool: {exc}"))
-        self.stored()
+        if message.recipients:
+            try:
+                await self.spool.store(message)
+            except Exception as exc:
+                log.exception("could not store message from=<%s>", t.sender)
+                if deposit is not None and self.portal is not None:  # the client will retry
+                    await self.portal.revoke(deposit.message_id, "gateway: spool store failed")
+                return self._refuse(t, replies.STORE_FAILED.logged(f"spool: {exc}"))
+            self.stored()
+        if deposit is not None and self.portal is not None:
+            self._later(self.portal.notify(deposit, t.sender, _display_name(block)))
         held = [(d.recipient, d.reason) for d in decisions if d.action is Action.HOLD]
-        if held and t.sender and t.role != "dsn" and self.on_held is not None:
+        if held and t.sender and t.role not in _OWN_ROLES and self.on_held is not None:
             # The client hears 250 now; the sender is told at once what was held and why.
-            task = asyncio.ensure_future(
-                self.on_held(queue_id, t.sender, held, headers + body, now, t.requiretls)
-            )
-            self._notices.add(task)
-            task.add_done_callback(self._notices.discard)
+            self._later(self.on_held(queue_id, t.sender, held, headers + body, now, t.requiretls))
         self.events.emit(
             ev.Accepted(
                 queue_id=queue_id,
@@ -225,6 +244,30 @@ class AcceptPipeline:
             )
         )
         return replies.queued(queue_id)
+
+    def _later(self, notice: Awaitable[None]) -> None:
+        """Send a notice after the client's 250 (kept referenced until it is done)."""
+        task = asyncio.ensure_future(notice)
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _deposit(
+        self, t: Transaction, data: bytes, block: HeaderBlock, rcpts: list[str], queue_id: str
+    ) -> Deposit | SmtpReply:
+        """Encrypt and commit the portal's copy; a 451 if that cannot be done (the
+        client keeps the message: nothing was written in the clear)."""
+        if self.portal is None or t.role in _OWN_ROLES:
+            # No portal (the config refuses portal without [portal] enabled, so only an
+            # embedded pipeline gets here), or our own notice judged sensitive: never loop.
+            return replies.STORE_FAILED.logged("portal: not available for this message")
+        try:
+            return await self.portal.deposit(
+                data, sender=t.sender, sender_name=_display_name(block), recipients=rcpts,
+                queue_id=queue_id,
+            )  # fmt: skip
+        except Exception as exc:
+            log.exception("could not deposit message from=<%s> in the portal", t.sender)
+            return replies.STORE_FAILED.logged(f"portal: {exc}")
 
     def _refuse(self, t: Transaction, reply: SmtpReply) -> SmtpReply:
         self.events.emit(ev.Refused(t.sender, t.peer, str(reply), reply.log, reply.check))
@@ -340,6 +383,13 @@ class AcceptPipeline:
             return await run("sensitivity scan", partial(scan_message, body))
         except OffloadError as exc:
             return replies.CPU_BUDGET.logged(str(exc))
+
+
+def _display_name(block: HeaderBlock) -> str:
+    """The header From's display name ("Dr A Smith"), for the portal's notices."""
+    field = block.first("from")
+    found = getaddresses([field.decoded]) if field is not None else []
+    return " ".join(found[0][0].split())[:100] if found else ""
 
 
 def _recipients(

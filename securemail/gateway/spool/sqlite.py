@@ -167,8 +167,8 @@ class SqliteSpool:
         """
         for outcome in outcomes:
             outcome.check()
-        if outcomes:
-            await self._call(_record, tuple(outcomes))
+        if outcomes and await self._call(_record, tuple(outcomes)):
+            await self._call(_CHECKPOINT)
 
     async def list_messages(
         self,
@@ -292,8 +292,12 @@ class SqliteSpool:
             if _STOP in batch:
                 stop = True
                 batch = batch[: batch.index(_STOP)]  # nothing follows: see close()
+            checkpoints = [req for req in batch if req[0] is _CHECKPOINT]
+            batch = [req for req in batch if req[0] is not _CHECKPOINT]
             if batch:
                 self._settle(self._execute(batch))
+            if checkpoints:
+                self._settle(self._outside_transaction(checkpoints))
 
     def _execute(self, batch: list[_Request]) -> list[_Result]:
         conn = self._conn
@@ -326,6 +330,16 @@ class SqliteSpool:
         self.stats.ops_committed += sum(1 for _, exc, _ in results if exc is None)
         return results
 
+    def _outside_transaction(self, batch: list[_Request]) -> list[_Result]:
+        """Run ``batch`` (checkpoints) once for all, after the batch it came with."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            batch[0][0](conn)
+        except sqlite3.Error as exc:
+            return [(req, exc, None) for req in batch]
+        return [(req, None, None) for req in batch]
+
     def _settle(self, results: list[_Result]) -> None:
         """Answer every caller: one thread hop per event loop for the whole batch."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
@@ -354,6 +368,9 @@ class SqliteSpool:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction
             conn.execute("PRAGMA journal_size_limit = 67108864")
+            # A message whose recipients are all final is deleted: its pages are zeroed,
+            # not left in free space (a sensitive message's plain copy, issue 13).
+            conn.execute("PRAGMA secure_delete = ON")
             prepare(conn, self.path)
         except BaseException:
             conn.close()
@@ -481,7 +498,7 @@ def _data(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
+def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> int:
     now = time.time()
     conn.executemany(
         "UPDATE recipients SET status = ?, last_error = COALESCE(NULLIF(?, ''), last_error),"
@@ -491,7 +508,17 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> None:
         [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
           o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
-    remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+    return remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Marker: ``_serve`` runs it outside any transaction (a checkpoint cannot run in
+    one): the WAL is copied back and truncated, so a removed message's frames (zeroed in
+    the database by ``secure_delete``) do not outlive it in the -wal file."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+_CHECKPOINT = _checkpoint
 
 
 def _hand_off(
