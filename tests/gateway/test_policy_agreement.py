@@ -33,6 +33,7 @@ from securemail.core.levels import TlsLevel
 from securemail.core.policy import Action
 from securemail.gateway.app import Gateway
 from securemail.gateway.spool import Decision, RcptStatus
+from securemail.portal import ensure_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,6 +91,13 @@ async def _gateway_stored(gateway, pki, rcpt: str, data: bytes) -> tuple[Action,
                     return r
         return None
 
+    if gateway.portal is not None:  # PORTAL: deposited, nothing in the spool for it
+        for m in await gateway.portal.list_messages():
+            if rcpt in m.recipients and m.state == "active":
+                assert not [r for m in await gateway.spool.list_messages() for r in m.recipients
+                            if r.rcpt == rcpt]  # fmt: skip
+                await gateway.portal.revoke(m.message_id, "next row")
+                return Action.PORTAL, TlsLevel.NONE, ""
     await eventually(stored)
     r = await stored()
     action = Action.HOLD if r.status is RcptStatus.HELD else Action.DELIVER
@@ -113,8 +121,12 @@ async def test_policy_explain_agrees_with_the_gateway(
     for domain in ("nhs.net", "gmail.test", "dwp.gov.uk"):
         add_mx(dns_server, domain)
     internal.reply_code = 451
+    portal = ""
+    if setting == "portal":  # the config refuses "portal" without the portal
+        ensure_key(tmp_path / "portal.key")
+        portal = '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\n'
     gateway = await gateway_factory(
-        refusing_mx.port, extra=f'[policy]\nunknown_sensitive_action = "{setting}"\n'
+        refusing_mx.port, extra=f'[policy]\nunknown_sensitive_action = "{setting}"\n{portal}'
     )
     config = tmp_path / "securemail.toml"
     rows = [c for c in CASES if c[2] == setting]

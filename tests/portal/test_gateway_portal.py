@@ -1,0 +1,159 @@
+"""The portal inside a live gateway: NO PLAINTEXT ON DISK, notices without content,
+mixed secure + portal recipients, and ``securemail audit verify`` on a hand-edited row.
+
+Real gateway (``harness.gatewaykit``), real SQLite files, real SMTP sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import quopri
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness.gatewaykit import ORG_DOMAIN, add_mx, eventually, submit
+from harness.smtpsink import SinkServer
+
+from securemail.portal import ensure_key
+
+UNIQUE = "zebra-quartz-7731-unique-body-string"
+NHS_NUMBER = "943 476 5919"
+SUBJECT = f"Patient {NHS_NUMBER} discharge"
+PORTAL = (
+    '[policy]\nunknown_sensitive_action = "portal"\n'
+    '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\n'
+    'base_url = "https://portal.example.nhs.uk"\n'
+)
+
+
+def _message(*rcpts: str) -> bytes:
+    return (
+        f"From: Dr Alice <alice@{ORG_DOMAIN}>\r\nTo: {', '.join(rcpts)}\r\n"
+        f"Subject: {SUBJECT}\r\nMessage-ID: <{time.time_ns()}@{ORG_DOMAIN}>\r\n\r\n"
+        f"OFFICIAL-SENSITIVE\r\n{UNIQUE}\r\n"
+    ).encode()
+
+
+def _forms() -> list[bytes]:
+    """The string as it could sit on disk: plain, quoted-printable, base64 (any offset)."""
+    raw = UNIQUE.encode()
+    forms = [raw, quopri.encodestring(raw).strip()]
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw)[4:-4]  # the stable middle
+        forms.append(encoded)
+    return forms
+
+
+def _plaintext_on_disk(root: Path) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.name}: {form!r}" for form in _forms() if form in data]
+    return found
+
+
+@pytest.fixture
+def mx(pki):
+    ctx = pki.server_context("mx.nhs.net", "mx.gmail.test")
+    with SinkServer(hostname="mx.gmail.test", tls_context=ctx) as sink:
+        yield sink
+
+
+@pytest.fixture
+async def gateway(gateway_factory, mx, dns_server, tmp_path):
+    for domain in ("nhs.net", "gmail.test"):
+        add_mx(dns_server, domain)
+    ensure_key(tmp_path / "portal.key")
+    return await gateway_factory(mx.port, extra=PORTAL)
+
+
+def _received(sink: SinkServer, rcpt: str) -> list[bytes]:
+    return [m.data for s in sink.sessions for m in s.messages if rcpt in m.rcpt_tos]
+
+
+async def test_portal_only_message_never_touches_disk_in_plain(
+    gateway, mx, internal, pki, tmp_path
+) -> None:
+    await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],
+        _message("carer@gmail.test"),
+    )  # fmt: skip
+    await eventually(lambda: _received(mx, "carer@gmail.test"))
+    await eventually(lambda: _received(internal, f"alice@{ORG_DOMAIN}"))
+    [notice] = _received(mx, "carer@gmail.test")
+    assert b"Subject: Secure message from Test Trust" in notice
+    assert b"https://portal.example.nhs.uk/m/" in notice
+    assert notice.startswith(b"Received: from mail.example.nhs.uk")  # through our pipeline
+    for secret in (UNIQUE.encode(), b"discharge", NHS_NUMBER.encode(), b"9434765919"):
+        assert secret not in notice
+    [sender_notice] = _received(internal, f"alice@{ORG_DOMAIN}")
+    assert UNIQUE.encode() not in sender_notice and NHS_NUMBER.encode() not in sender_notice
+    [info] = await gateway.portal.list_messages()
+    assert info.recipients == ("carer@gmail.test",) and info.sender_name == "Dr Alice"
+    assert not [m for m in await gateway.spool.list_messages() if m.sender]  # never spooled
+    assert _plaintext_on_disk(tmp_path) == []
+
+    gateway.portal.clock = lambda: time.time() + 31 * 86400
+    assert await gateway.portal.expire() == 1
+    assert _plaintext_on_disk(tmp_path) == []
+    events = [e.event for e in await gateway.portal.events(info.message_id)]
+    assert events[:2] == ["deposited", "notified"] and events[-1] == "expired"
+
+
+async def test_mixed_message_plain_copy_erased_after_secure_delivery(
+    gateway, mx, pki, tmp_path
+) -> None:
+    rcpts = ["bob@nhs.net", "carer@gmail.test"]
+    await asyncio.to_thread(submit, gateway, pki, f"alice@{ORG_DOMAIN}", rcpts, _message(*rcpts))
+    await eventually(lambda: _received(mx, "bob@nhs.net"))
+    assert UNIQUE.encode() in _received(mx, "bob@nhs.net")[0]  # forced TLS delivery
+    [info] = await gateway.portal.list_messages()
+    assert info.recipients == ("carer@gmail.test",)
+
+    async def spool_empty() -> bool:
+        return not [m for m in await gateway.spool.list_messages() if m.sender]
+
+    await eventually(spool_empty)
+    await eventually(lambda: _received(mx, "carer@gmail.test"))
+    await eventually(lambda: not _plaintext_on_disk(tmp_path), timeout=10)
+
+
+async def test_policy_explain_says_portal(gateway, tmp_path) -> None:
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(_message("carer@gmail.test"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "securemail.cli", "policy", "explain", "--config",
+         str(tmp_path / "securemail.toml"), str(eml), "--rcpt", "carer@gmail.test"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "portal" in proc.stdout
+
+
+async def test_audit_verify_names_a_hand_edited_row(gateway, mx, pki, tmp_path) -> None:
+    await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],
+        _message("carer@gmail.test"),
+    )  # fmt: skip
+    await eventually(lambda: _received(mx, "carer@gmail.test"))
+    config = str(tmp_path / "securemail.toml")
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "securemail.cli", "audit", "verify", "--config", config],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    ok = await asyncio.to_thread(verify)
+    assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
+    with sqlite3.connect(tmp_path / "portal.db") as db:
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("UPDATE audit SET rcpt = 'someone@else.test' WHERE id = 1")
+    broken = await asyncio.to_thread(verify)
+    assert broken.returncode == 2
+    assert "audit chain broken at row 1" in broken.stderr
