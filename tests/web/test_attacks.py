@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from conftest import RCPT, message, open_message
+from harness.portal_pages import RCPT, message, open_message
 
 from securemail.web.guard import CSP, WebLimits
 

@@ -9,8 +9,8 @@ import time
 from email import message_from_bytes, policy
 
 import pytest
-from conftest import PORTAL, RCPT, SENDER, message
 from harness.browser import ARTIFACTS, DESKTOP, PHONE
+from harness.portal_pages import PORTAL, RCPT, SENDER, message, open_message
 
 pytestmark = pytest.mark.slow  # Chromium: several seconds
 
@@ -136,7 +136,6 @@ async def test_journey_landing_to_reply(web, context):
 
 
 async def test_plain_text_is_escaped_with_its_line_breaks(web, context):
-    from conftest import open_message
 
     stored = web.add(message(text="Line one\nLine <two> & three\n\nLast"))
     page = await open_message(context, web, stored)
