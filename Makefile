@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # Debian packages the tests use (real peers, never mocks).
-TEST_APT := postfix swaks libnet-ssleay-perl testssl.sh opendkim opendkim-tools chromium systemd
+TEST_APT := postfix swaks libnet-ssleay-perl testssl.sh opendkim opendkim-tools chromium libnss3-tools systemd
 # Debian packages the benchmarks use (the peers they are compared with).
 BENCH_APT := postfix postfix-pcre time opendkim
 
