@@ -56,6 +56,7 @@ def serve(
     from securemail import privileges
     from securemail.gateway.app import Gateway, bind_listeners
     from securemail.gateway.logs import configure_logging
+    from securemail.web.serve import bind_portal, portal_listen
 
     cfg = load_config(config)
     # Errors stop here, before anything is bound: who to run as, then what it opens.
@@ -76,12 +77,20 @@ def serve(
     async def run() -> None:
         try:
             listeners = await bind_listeners(cfg)
+            portal_socket = None
+            if cfg.portal.enabled:  # bound now: its port may need root too
+                portal_socket = bind_portal(portal_listen(cfg.portal.listen, cfg.portal.base_url))
         except OSError as exc:
             raise InputError(f"cannot listen: {exc.strerror or exc}") from None
         if switch is privileges.Switch.DROP:
             assert user is not None
             privileges.drop_privileges(user)  # before any key, list, spool or worker
-        gateway = Gateway(cfg, service=ServiceFiles(cfg.service), listeners=listeners)
+        gateway = Gateway(
+            cfg,
+            service=ServiceFiles(cfg.service),
+            listeners=listeners,
+            portal_socket=portal_socket,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

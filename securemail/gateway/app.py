@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -55,6 +56,8 @@ from securemail.gateway.spool import open_spool, spool_path
 from securemail.portal import Portal, PortalError
 from securemail.privileges import describe_uid
 from securemail.tls import served_certificate
+from securemail.web.app import create_app
+from securemail.web.serve import PortalWeb, portal_listen, start_portal_web
 
 PORTAL_EXPIRY_EVERY = 300.0  # seconds between two expiry runs of the portal
 
@@ -69,12 +72,14 @@ class Gateway:
         events: EventSink | None = None,
         service: ServiceFiles | None = None,
         listeners: Listeners | None = None,
+        portal_socket: socket.socket | None = None,
     ) -> None:
         """Wire the stages; reads the TLS key, DKIM keys and accredited list (so, under
         ``serve``, after the switch to the service user). ``service``: the pid and state
         files (``securemail serve`` passes them); None for a gateway embedded in a test or
         benchmark, which nothing outside signals. ``listeners``: those ``bind_listeners``
-        bound, else new ones that ``start`` binds."""
+        bound, else new ones that ``start`` binds; ``portal_socket`` likewise for the
+        portal's HTTPS listener (``bind_portal``), when the portal is enabled."""
         self.clock = clock
         self.today = today
         self.events = events or LogSink()
@@ -117,6 +122,9 @@ class Gateway:
             )  # fmt: skip
             self.pipeline.portal = self.portal
         self._expiry_task: asyncio.Task[None] | None = None
+        self._portal_socket = portal_socket
+        self.web: PortalWeb | None = None  # the portal's HTTPS listener, once started
+        self.portal_address: tuple[str, int] | None = None  # its bound (host, port)
         self.queue = QueueManager(
             self.spool,
             live.deliverer,
@@ -250,6 +258,8 @@ class Gateway:
             if self.portal is not None:
                 self._expiry_task = asyncio.ensure_future(self._portal_upkeep(self.portal))
             await self._listen()
+            if self.portal is not None:
+                self.web = await self._serve_portal(self.portal)
             listening = ", ".join(
                 f"{role} {host}:{port}" for role, (host, port) in self.addresses.items()
             )
@@ -332,6 +342,16 @@ class Gateway:
         facts.append(
             (f"forced TLS inbound: {self.live.rules.inbound_tls.summary} (SCCI1596)", False)
         )
+        portal = cfg.portal
+        facts.append(
+            (
+                f"portal: {portal.base_url} (listen {portal.listen}), database "
+                f"{portal.database}, key {portal.key_file}, kept {portal.retention_days} days"
+                if portal.enabled
+                else "portal: off ([portal] enabled = false)",
+                False,
+            )
+        )
         return facts
 
     async def submit_portal(self, rcpt: str, data: bytes) -> SmtpReply:
@@ -360,7 +380,23 @@ class Gateway:
                 self.events.emit(Lifecycle(f"portal: expiry failed: {exc}", warning=True))
             await asyncio.sleep(PORTAL_EXPIRY_EVERY)
 
+    async def _serve_portal(self, portal: Portal) -> PortalWeb:
+        """The portal's pages over HTTPS on ``[portal] listen``, with the SMTP listeners'
+        certificate; replies from its recipients go into our pipeline as portal mail."""
+        listen = portal_listen(self.config.portal.listen, self.config.portal.base_url)
+
+        async def submit_reply(rcpt: str, data: bytes) -> None:
+            await self.submit_portal(rcpt, data)  # raises unless the pipeline took it
+
+        app = create_app(portal, base_url=listen.base_url, submit_reply=submit_reply)
+        web = await start_portal_web(app, listen, self.live.tls, sock=self._portal_socket)
+        self.portal_address = (listen.host, web.port)
+        self.events.emit(Lifecycle(f"portal listening on https://{listen.host}:{web.port}"))
+        return web
+
     async def stop(self, grace: float = 30.0) -> None:
+        if self.web is not None:  # no new page views; requests in flight finish
+            await self.web.stop(min(grace, 10.0))
         deadline = await self.listeners.stop(grace)
         await self.queue.stop(max(deadline - time.monotonic(), 1.0))
         for task in (self._queue_task, self._expiry_task):

@@ -126,7 +126,7 @@ async def test_policy_explain_agrees_with_the_gateway(
     portal = ""
     if setting == "portal":  # the config refuses "portal" without the portal
         ensure_key(tmp_path / "portal.key")
-        portal = '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\n'
+        portal = '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\nlisten = "127.0.0.1:0"\n'
     gateway = await gateway_factory(
         refusing_mx.port, extra=f'[policy]\nunknown_sensitive_action = "{setting}"\n{portal}'
     )

@@ -44,8 +44,10 @@ def nss_home(ca_file: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def chromium(ca_file: Path) -> AsyncIterator[Browser]:
-    """Headless Chromium trusting ``ca_file``; closed and its HOME removed afterwards."""
+async def chromium(ca_file: Path, *, args: tuple[str, ...] = ()) -> AsyncIterator[Browser]:
+    """Headless Chromium trusting ``ca_file``; closed and its HOME removed afterwards.
+    ``args``: more command-line switches (e.g. ``--host-resolver-rules=MAP name 127.0.0.1``
+    so a page named for a real host name is served from loopback)."""
     home = nss_home(ca_file)
     try:
         async with async_playwright() as playwright:
@@ -53,7 +55,7 @@ async def chromium(ca_file: Path) -> AsyncIterator[Browser]:
                 executable_path=CHROMIUM,
                 headless=True,
                 env={**os.environ, "HOME": str(home)},
-                args=["--no-first-run", "--disable-extensions"],
+                args=["--no-first-run", "--disable-extensions", *args],
             )
             try:
                 yield browser

@@ -26,7 +26,7 @@ SUBJECT = f"Patient {NHS_NUMBER} discharge"
 PORTAL = (
     '[policy]\nunknown_sensitive_action = "portal"\n'
     '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\n'
-    'base_url = "https://portal.example.nhs.uk"\n'
+    'base_url = "https://portal.example.nhs.uk"\nlisten = "127.0.0.1:0"\n'
 )
 
 
