@@ -78,7 +78,7 @@ def change(
                 "DELETE FROM recipients WHERE queue_id = ? AND rcpt = ?",
                 [(queue_id, rcpt) for rcpt in changed],
             )
-            removed = remove_if_final(conn, {queue_id}) > 0  # only final ones are left
+            removed = remove_if_final(conn, {queue_id})[0] > 0  # only final ones are left
     elif changed:
         conn.executemany(_SET_STATUS[action], [(now, queue_id, rcpt) for rcpt in changed])
     if changed or removed:

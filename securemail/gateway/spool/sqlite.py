@@ -368,9 +368,6 @@ class SqliteSpool:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction
             conn.execute("PRAGMA journal_size_limit = 67108864")
-            # A message whose recipients are all final is deleted: its pages are zeroed,
-            # not left in free space (a sensitive message's plain copy, issue 13).
-            conn.execute("PRAGMA secure_delete = ON")
             prepare(conn, self.path)
         except BaseException:
             conn.close()
@@ -499,6 +496,8 @@ def _data(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
 
 
 def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> int:
+    """Apply ``outcomes``; returns how many sensitive messages were erased (then the
+    WAL is checkpointed, so their frames do not outlive them in the -wal file)."""
     now = time.time()
     conn.executemany(
         "UPDATE recipients SET status = ?, last_error = COALESCE(NULLIF(?, ''), last_error),"
@@ -508,7 +507,7 @@ def _record(conn: sqlite3.Connection, outcomes: tuple[s.Outcome, ...]) -> int:
         [(o.status, o.error, int(o.count_attempt), o.next_attempt or now, now, int(o.notified),
           o.queue_id, o.rcpt) for o in outcomes],
     )  # fmt: skip
-    return remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})
+    return remove_if_final(conn, {o.queue_id for o in outcomes if o.status in s.FINAL})[1]
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
