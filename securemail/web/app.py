@@ -1,11 +1,15 @@
 """The portal's routes: a link opens a landing page, a passcode opens a session, the
 session reads, downloads from and replies to one message.
 
-``create_app`` is the composition root: it takes the portal core (any ``PortalBackend``),
-the reply hand-off to the gateway's queue, the clock and the limits, and returns the
-FastAPI app. No route trusts a path or form value to name a message: ``/m/{token}``
-pages resolve the token through the core, and ``/read`` pages serve only the message
-of the session in the cookie.
+``create_app`` is the composition root: it takes the portal core (any ``PortalBackend``,
+in production ``securemail.portal.Portal``), the reply hand-off to the gateway's queue,
+the clock and the limits, and returns the FastAPI app. No route trusts a path or form
+value to name a message: ``/m/{token}`` pages resolve the token through the core, and
+``/read`` pages serve only the message of the session in the cookie.
+
+The core decides and counts (per-link passcode sends, tries, the lock, sessions); this
+layer adds only what needs the client address (``ClientLimiter`` per address) and maps
+each outcome the core can return to a page.
 """
 
 from __future__ import annotations
@@ -23,18 +27,19 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from securemail.web.backend import (
+from securemail.portal.limits import ClientLimiter
+from securemail.portal.records import (
     Access,
     Gone,
     Limited,
     Locked,
     PasscodeSent,
-    PortalBackend,
+    PortalError,
     Refused,
     Session,
-    SubmitReply,
 )
-from securemail.web.guard import Csrf, Guard, RateLimiter, WebLimits
+from securemail.web.backend import PortalBackend, SubmitReply
+from securemail.web.guard import Csrf, Guard, WebLimits
 from securemail.web.message_view import view_message
 from securemail.web.sanitise import content_disposition, safe_filename
 
@@ -59,7 +64,8 @@ def create_app(
     """
     limits = limits or WebLimits()
     csrf = csrf or Csrf()
-    limiter = RateLimiter(clock, limits.window)
+    passcodes = ClientLimiter(limits.passcodes_per_client, limits.window, clock=clock)
+    verifies = ClientLimiter(limits.verifies_per_client, limits.window, clock=clock)
     env = Environment(
         loader=PackageLoader("securemail.web", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -91,6 +97,25 @@ def create_app(
     def ended() -> HTMLResponse:
         return page("error.html", 403, title="You need to open your link again", detail="ended")
 
+    def locked(access: Access) -> HTMLResponse:
+        return page("locked.html", 403, title="This message is locked", access=access)
+
+    async def live(token: str) -> Access | HTMLResponse:
+        """The link's ``Access``, or the page that answers instead: 404 for a token the
+        core does not know, 410 revoked or expired, the locked page."""
+        access = await backend.access(token)
+        if access is None:
+            raise StarletteHTTPException(404)
+        if isinstance(access, Gone):
+            return gone()
+        return locked(access) if access.locked else access
+
+    @app.exception_handler(PortalError)
+    async def unreadable(request: Request, exc: PortalError) -> Response:
+        """The session was live a moment ago but its message is no longer readable
+        (revoked, expired or locked in between): open the link again, which says why."""
+        return ended()
+
     @app.exception_handler(StarletteHTTPException)
     async def plain_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
@@ -99,13 +124,9 @@ def create_app(
 
     @app.get("/m/{token}")
     async def landing(request: Request, token: str) -> Response:
-        access = await backend.access(token)
-        if access is None:
-            raise StarletteHTTPException(404)
-        if isinstance(access, Gone):
-            return gone()
-        if access.locked:
-            return page("locked.html", 403, title="This message is locked", access=access)
+        access = await live(token)
+        if not isinstance(access, Access):
+            return access
         browser = browser_id(request) or csrf.token("browser", str(clock()) + token)
         response = page(
             "landing.html",
@@ -123,20 +144,17 @@ def create_app(
         form = await request.form(max_files=0, max_fields=4)
         if not csrf.valid("passcode", browser_id(request), str(form.get("csrf", ""))):
             return forbidden()
-        access = await backend.access(token)
-        if access is None:
-            raise StarletteHTTPException(404)
-        if isinstance(access, Gone):
-            return gone()
-        wait = max(
-            limiter.allow(f"client:{client(request)}", limits.passcodes_per_client),
-            limiter.allow(f"link:{token}", limits.passcodes_per_link),
-        )
+        access = await live(token)
+        if not isinstance(access, Access):
+            return access
+        wait = passcodes.allow(client(request))
         if wait:
             return _limited(page, wait)
         sent = await backend.send_passcode(token)
         if isinstance(sent, Gone):
             return gone()
+        if isinstance(sent, Locked):
+            return locked(access)
         if isinstance(sent, Limited):
             return _limited(page, sent.retry_after)
         return code_form(request, token, access, sent=sent)
@@ -162,11 +180,9 @@ def create_app(
 
     @app.get("/m/{token}/verify")
     async def verify_form(request: Request, token: str) -> Response:
-        access = await backend.access(token)
-        if access is None:
-            raise StarletteHTTPException(404)
-        if isinstance(access, Gone):
-            return gone()
+        access = await live(token)
+        if not isinstance(access, Access):
+            return access
         return code_form(request, token, access)
 
     @app.post("/m/{token}/verify")
@@ -174,12 +190,10 @@ def create_app(
         form = await request.form(max_files=0, max_fields=4)
         if not csrf.valid("verify", browser_id(request), str(form.get("csrf", ""))):
             return forbidden()
-        access = await backend.access(token)
-        if access is None:
-            raise StarletteHTTPException(404)
-        if isinstance(access, Gone):
-            return gone()
-        wait = limiter.allow(f"verify:{client(request)}", limits.verifies_per_client)
+        access = await live(token)
+        if not isinstance(access, Access):
+            return access
+        wait = verifies.allow(client(request))
         if wait:
             return _limited(page, wait)
         code = "".join(str(form.get("code", "")).split())[:32]
@@ -187,11 +201,11 @@ def create_app(
         if isinstance(result, Gone):
             return gone()
         if isinstance(result, Locked):
-            return page("locked.html", 403, title="This message is locked", access=access)
+            return locked(access)
         if isinstance(result, Refused):
             return code_form(request, token, access, refused=result)
         response = RedirectResponse("/read", status_code=303)
-        life = int(result.expires.timestamp() - clock())
+        life = int(result.expires - clock())  # the cookie dies with the core's session
         _set_cookie(response, SESSION_COOKIE, result.id, max_age=max(life, 1))
         return response
 
@@ -200,8 +214,7 @@ def create_app(
         session = await current(request)
         if session is None:
             return ended()
-        view = view_message(await backend.read(session))
-        await backend.record(session, "opened")
+        view = view_message(await backend.read(session))  # the core audits "opened"
         return page("read.html", title=view.subject or "(no subject)", view=view, session=session)
 
     @app.get("/read/part/{number}")
@@ -285,7 +298,9 @@ def create_app(
         if session is None:
             return ended()
         entries = await backend.conversation(session)
-        return page("conversation.html", title="Your conversation", entries=entries)
+        return page(
+            "conversation.html", title="Your conversation", entries=entries, current=session
+        )
 
     app.add_middleware(Guard, max_body=limits.max_body)
     return app
@@ -304,7 +319,8 @@ def _set_cookie(response: Response, name: str, value: str, *, max_age: int | Non
     )
 
 
-def _when(moment: datetime) -> str:
-    """A date and time as people read it: 'Tuesday 3 March 2026 at 14:05 UTC'."""
-    moment = moment.astimezone(UTC)
+def _when(epoch: float) -> str:
+    """A moment from the core (seconds since the epoch) as people read it:
+    'Tuesday 3 March 2026 at 14:05 UTC'."""
+    moment = datetime.fromtimestamp(epoch, UTC)
     return f"{moment:%A} {moment.day} {moment:%B %Y} at {moment:%H:%M} UTC"

@@ -1,113 +1,64 @@
-"""What the web layer needs from the portal core, as a typing Protocol and its outcomes.
+"""What the web layer needs from the portal core, as a typing Protocol.
 
 The core (``securemail.portal``) stores, decrypts, issues tokens and passcodes, keeps
-sessions and the audit chain; the web layer only calls it. Writing the seam down here
-lets the pages be built and tested in a real browser against a test double
-(``tests/harness/portal_backend.py``) and then against the real ``Portal`` unchanged.
+sessions and the audit chain; the web layer only calls it. The outcomes it answers
+with are the core's own records (``securemail.portal.records``), imported, never
+copied: one definition of each, so the pages map exactly what the core can return
+(``isinstance`` on ``Gone``, ``Limited``, ``Locked``...) and nothing can drift between
+two versions of the same answer. The dependency runs one way: web imports portal, the
+core never imports web.
 
-The outcome classes are plain frozen dataclasses with no dependencies, so the core can
-return these very classes (import them from here) and the web layer tells them apart
-with ``isinstance``: one definition of each outcome, no adapter that could drift.
+Writing the seam down as a Protocol keeps the routes honest about what they use of
+``Portal`` (``tests/web/test_units.py`` checks that the real ``Portal`` satisfies it,
+signature by signature).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """A live link: who sent it, to whom, until when, and whether too many wrong
-    passcodes have locked it."""
-
-    message_id: str
-    rcpt: str
-    sender: str
-    sender_name: str
-    expires: datetime
-    locked: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Gone:
-    """Revoked or expired: the page says so with ``410`` (``reason`` is for the log)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PasscodeSent:
-    """A passcode went to the recipient's address; it is good until ``expires``."""
-
-    expires: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Limited:
-    """Too many passcodes asked for this link; try again after ``retry_after`` seconds."""
-
-    retry_after: float
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    """A verified reader of one message (``message_id``) until ``expires``."""
-
-    id: str
-    message_id: str
-    rcpt: str
-    expires: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A wrong or stale passcode; ``tries_left`` before the message locks."""
-
-    tries_left: int
-
-
-@dataclass(frozen=True, slots=True)
-class Locked:
-    """Too many wrong passcodes: the message is locked and its sender told."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationEntry:
-    """One message between the sender and the recipient, oldest first in a list."""
-
-    at: datetime
-    sender: str
-    subject: str
-    outgoing: bool
-    """True for the recipient's own replies, False for messages sent to them."""
+from securemail.portal.records import (
+    Access,
+    Gone,
+    Limited,
+    Locked,
+    MessageInfo,
+    PasscodeSent,
+    Refused,
+    Session,
+)
 
 
 class PortalBackend(Protocol):
-    """The portal core as the web layer calls it (the core's ``Portal`` satisfies it)."""
+    """The portal core as the web layer calls it (``securemail.portal.Portal``)."""
 
     async def access(self, token: str) -> Access | Gone | None:
         """The link's message; ``Gone`` when revoked or expired; None when unknown."""
         ...
 
-    async def send_passcode(self, token: str) -> PasscodeSent | Gone | Limited: ...
+    async def send_passcode(self, token: str) -> PasscodeSent | Gone | Limited | Locked:
+        """Mail a new passcode; ``Limited`` when the link asked too often (the per-link
+        count is the core's, durable); ``Gone`` also for an unknown token."""
+        ...
 
     async def check_passcode(
         self, token: str, code: str, client: str
-    ) -> Session | Refused | Locked | Gone: ...
+    ) -> Session | Refused | Locked | Gone:
+        """One try; the core counts tries and locks (``Gone`` for an unknown token)."""
+        ...
 
     async def session(self, session_id: str) -> Session | None:
         """The live session with this id, or None (unknown, expired, revoked message)."""
         ...
 
     async def read(self, session: Session) -> bytes:
-        """The session's message, decrypted: RFC 5322 bytes."""
+        """The session's message, decrypted (RFC 5322 bytes); the core audits "opened".
+        ``PortalError`` when the message may no longer be read."""
         ...
 
     async def record(self, session: Session, event: str, detail: str = "") -> None:
-        """Append ``event`` (opened, downloaded, replied) to the audit chain."""
+        """Append "downloaded" or "replied" to the audit chain."""
         ...
 
     def reply_message(
@@ -121,7 +72,10 @@ class PortalBackend(Protocol):
         (file name, content type, bytes) attachments."""
         ...
 
-    async def conversation(self, session: Session) -> list[ConversationEntry]: ...
+    async def conversation(self, session: Session) -> list[MessageInfo]:
+        """The messages between the session's two people, oldest first: metadata only
+        (the core keeps no subject in the clear, and a listing decrypts nothing)."""
+        ...
 
 
 SubmitReply = Callable[[str, bytes], Awaitable[None]]

@@ -7,8 +7,11 @@ its purpose and what it is bound to: before a session, a random per-browser cook
 session or another form is worth nothing, and a cross-site POST cannot read one. The
 cookies are ``SameSite=Strict`` too, so this is the second of two locks.
 
-**Rate limits** are sliding windows over an injected clock, per key (a link, a client
-address): passcodes cost an email each, and verify attempts are guesses.
+**Rate limits** per client address (``WebLimits``, applied with the core's
+``securemail.portal.limits.ClientLimiter``): passcodes cost an email each, and verify
+attempts are guesses. The per-link counts (passcodes sent, wrong tries, the lock) are
+the core's alone, kept in its database, so a restart or a second listener cannot reset
+them.
 
 **Bounds.** A request body larger than the limit is refused with ``413`` before it is
 read, or as soon as a body with no length passes it; nothing is buffered past it.
@@ -19,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,40 +58,17 @@ class Csrf:
 
 @dataclass(frozen=True, slots=True)
 class WebLimits:
-    """The web layer's bounds; the core has its own (passcode life, tries)."""
+    """The web layer's bounds; the core has its own (passcodes per link, passcode life,
+    tries, the lock)."""
 
-    passcodes_per_link: int = 3
     passcodes_per_client: int = 10
     verifies_per_client: int = 20
     window: float = 900.0
-    """Seconds over which the three counts above are kept."""
+    """Seconds over which the two per-client counts above are kept."""
     max_body: int = 25 * 1024 * 1024
     """Bytes in one request body: the reply's text and attachments together."""
     max_attachments: int = 10
     max_reply_chars: int = 100_000
-
-
-class RateLimiter:
-    """At most ``count`` events per key in any ``window`` seconds, by ``clock``."""
-
-    def __init__(self, clock: Callable[[], float], window: float) -> None:
-        self._clock = clock
-        self._window = window
-        self._events: dict[str, deque[float]] = {}
-
-    def allow(self, key: str, count: int) -> float:
-        """Record an event for ``key`` and return 0; or, when ``count`` were already
-        in the window, record nothing and return the seconds until one leaves it."""
-        now = self._clock()
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self._window:
-            events.popleft()
-        if len(events) >= count:
-            return events[0] + self._window - now
-        events.append(now)
-        if len(self._events) > 100_000:  # the map itself is bounded: drop idle keys
-            self._events = {k: v for k, v in self._events.items() if v}
-        return 0.0
 
 
 class Guard:

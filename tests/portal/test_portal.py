@@ -10,7 +10,7 @@ from email import message_from_bytes
 from email.policy import default
 
 import pytest
-from conftest import Clock, Mailbox
+from harness.portal_pages import Clock, Mailbox
 
 from securemail.config import PortalConfig
 from securemail.portal import (

@@ -1,6 +1,7 @@
-"""Attacks on the portal's pages, each from outside: script in every field a sender or a
-recipient controls, hostile attachment names, forged forms, someone else's message,
-revoked and expired links, passcode floods."""
+"""Attacks on the portal's pages, each from outside, against the real portal core:
+script in every field a sender or a recipient controls, hostile attachment names, forged
+forms, someone else's message, revoked and expired links, passcode floods, guesses and
+replays."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from harness.portal_pages import RCPT, message, open_message
+from harness.portal_pages import RCPT, SENDER, message, open_message
 
+from securemail.portal.service import RESEND_AFTER
 from securemail.web.guard import CSP, WebLimits
 
 pytestmark = pytest.mark.slow  # Chromium: several seconds
@@ -33,7 +35,7 @@ def client(web, pki) -> httpx.AsyncClient:
 
 
 async def test_script_in_subject_body_display_name_and_file_name_never_runs(web, context):
-    stored = web.add(
+    stored = await web.add(
         message(
             subject=f"Results {XSS}",
             html=XSS_HTML,
@@ -45,7 +47,7 @@ async def test_script_in_subject_body_display_name_and_file_name_never_runs(web,
     requests = []
     landing = await context.new_page()
     landing.on("request", lambda r: requests.append(r.url))
-    response = await landing.goto(f"{web.url}/m/{stored.token}")
+    response = await landing.goto(stored.url)
     assert response.headers["content-security-policy"] == CSP
     assert "<img src=x" in await landing.inner_text("h1")  # shown as text
     page = await open_message(context, web, stored)
@@ -74,7 +76,9 @@ async def test_script_in_subject_body_display_name_and_file_name_never_runs(web,
     ],
 )
 async def test_hostile_attachment_names_download_under_a_safe_name(web, pki, given, saved):
-    stored = web.add(message(attachments=[(given, "text/html", b"<script>alert(1)</script>")]))
+    stored = await web.add(
+        message(attachments=[(given, "text/html", b"<script>alert(1)</script>")])
+    )
     async with client(web, pki) as http:
         cookie = await http_session(http, web, stored)
         page = await http.get("/read", cookies=cookie)
@@ -91,25 +95,38 @@ async def test_hostile_attachment_names_download_under_a_safe_name(web, pki, giv
     assert all(c.isprintable() for c in name)
 
 
-async def http_session(http, web, stored) -> dict[str, str]:
-    """Landing → passcode → verify with a plain HTTP client; the cookies to send."""
+def csrf_of(page: httpx.Response) -> str:
+    return page.text.split('name="csrf" value="')[1].split('"')[0]
+
+
+async def ask_passcode(http, stored) -> tuple[httpx.Response, dict[str, str]]:
+    """Landing → "Send me a passcode"; (the answer, the cookies to send on)."""
     landing = await http.get(f"/m/{stored.token}")
     browser = landing.cookies.get("__Host-sm_pre") or http.cookies["__Host-sm_pre"]
-    token = landing.text.split('name="csrf" value="')[1].split('"')[0]
     cookies = {"__Host-sm_pre": browser}
-    sent = await http.post(f"/m/{stored.token}/passcode", data={"csrf": token}, cookies=cookies)
-    verify_token = sent.text.split('name="csrf" value="')[1].split('"')[0]
-    code = web.portal.last_passcode(stored.rcpt)
-    done = await http.post(
-        f"/m/{stored.token}/verify", data={"csrf": verify_token, "code": code}, cookies=cookies
+    sent = await http.post(
+        f"/m/{stored.token}/passcode", data={"csrf": csrf_of(landing)}, cookies=cookies
     )
+    return sent, cookies
+
+
+async def try_code(http, stored, cookies, form, code) -> httpx.Response:
+    return await http.post(
+        f"/m/{stored.token}/verify", data={"csrf": csrf_of(form), "code": code}, cookies=cookies
+    )
+
+
+async def http_session(http, web, stored) -> dict[str, str]:
+    """Landing → passcode → verify with a plain HTTP client; the cookies to send."""
+    sent, cookies = await ask_passcode(http, stored)
+    done = await try_code(http, stored, cookies, sent, web.passcode(stored.rcpt))
     assert done.status_code == 303 and done.headers["location"] == "/read"
     return {**cookies, "__Host-sm_session": done.cookies["__Host-sm_session"]}
 
 
 async def test_reply_without_or_with_a_wrong_csrf_token_is_refused(web, pki):
-    stored = web.add(message())
-    other = web.add(message())
+    stored = await web.add(message())
+    other = await web.add(message())
     async with client(web, pki) as http:
         cookie = await http_session(http, web, stored)
         other_cookie = await http_session(http, web, other)
@@ -129,8 +146,8 @@ async def test_reply_without_or_with_a_wrong_csrf_token_is_refused(web, pki):
 
 
 async def test_a_session_reaches_only_its_own_message(web, pki):
-    mine = web.add(message(subject="Mine", attachments=[("a.pdf", "application/pdf", b"A")]))
-    theirs = web.add(
+    mine = await web.add(message(subject="Mine", attachments=[("a.pdf", "application/pdf", b"A")]))
+    theirs = await web.add(
         message(
             subject="Theirs",
             text="x",
@@ -151,29 +168,47 @@ async def test_a_session_reaches_only_its_own_message(web, pki):
         assert "Send me a passcode" in landing.text and "Theirs" not in landing.text
         form = (await http.get(f"/m/{theirs.token}/verify", cookies=cookie)).text
         token = form.split('name="csrf" value="')[1].split('"')[0]
-        await http.post(f"/m/{mine.token}/passcode", data={"csrf": token}, cookies=cookie)
+        web.clock.now += RESEND_AFTER  # the core's per-link wait between two passcodes
+        again = csrf_of(await http.get(f"/m/{mine.token}", cookies=cookie))
+        resent = await http.post(f"/m/{mine.token}/passcode", data={"csrf": again}, cookies=cookie)
+        assert resent.status_code == 200
         refused = await http.post(
             f"/m/{theirs.token}/verify",
-            data={"csrf": token, "code": web.portal.last_passcode(RCPT)},
+            data={"csrf": token, "code": web.passcode(RCPT)},
             cookies=cookie,
         )
-        assert refused.status_code in (400, 403) and "__Host-sm_session" not in refused.cookies
+        assert refused.status_code == 400 and "__Host-sm_session" not in refused.cookies
+        events = [e.event for e in await web.portal.events(theirs.message_id)]
+        assert events[-1] == "passcode failed" and "session started" not in events
         still = await http.get("/read", cookies=cookie)
         assert "Mine" in still.text and "Theirs" not in still.text
         forged = await http.get("/read", cookies={"__Host-sm_session": "forged"})
         assert forged.status_code == 403
 
 
+# A session that outlives its message: expiry meets a session still live.
+@pytest.mark.parametrize("portal_options", [{"retention_days": 1, "session_minutes": 3000}])
 async def test_revoked_and_expired_links_answer_410_even_with_a_session(web, pki):
-    revoked, expired = web.add(message()), web.add(message(), days=1)
+    revoked, expired = await web.add(message()), await web.add(message())
     async with client(web, pki) as http:
         cookie = await http_session(http, web, revoked)
-        revoked.revoked = True
+        assert await web.portal.revoke(revoked.message_id, "test")
         assert (await http.get(f"/m/{revoked.token}")).status_code == 410
         assert (await http.get("/read", cookies=cookie)).status_code == 403
-        web.clock.now += 2 * 86400
-        gone = await http.get(f"/m/{expired.token}")
+        cookie = await http_session(http, web, expired)
+        landing = await http.get(f"/m/{expired.token}", cookies=cookie)
+        web.clock.now += web.portal.config.retention_days * 86400
+        gone = await http.get(f"/m/{expired.token}")  # the clock decides, before expire()
         assert gone.status_code == 410 and "no longer available" in gone.text
+        ended = await http.get("/read", cookies=cookie)  # live session, message gone
+        assert ended.status_code == 403 and "open your link again" in ended.text
+        assert await web.portal.expire() == 2  # the revoked message's metadata too
+        assert (await http.get("/read", cookies=cookie)).status_code == 403
+        assert (await http.get(f"/m/{expired.token}")).status_code == 410
+        sent = await http.post(
+            f"/m/{expired.token}/passcode", data={"csrf": csrf_of(landing)}, cookies=cookie
+        )
+        assert sent.status_code == 410
         missing = await http.get("/m/no-such-token")
         assert missing.status_code == 404
         for response in (gone, missing):
@@ -185,11 +220,11 @@ async def test_revoked_and_expired_links_answer_410_even_with_a_session(web, pki
 
 @pytest.fixture
 def limits() -> WebLimits:
-    return WebLimits(passcodes_per_client=3, passcodes_per_link=10, max_body=64 * 1024)
+    return WebLimits(passcodes_per_client=3, max_body=64 * 1024)
 
 
 async def test_passcodes_are_rate_limited_per_client_address(web, pki):
-    links = [web.add(message()) for _ in range(4)]
+    links = [await web.add(message()) for _ in range(4)]
     async with client(web, pki) as http:
         statuses = []
         for stored in links:
@@ -205,7 +240,7 @@ async def test_passcodes_are_rate_limited_per_client_address(web, pki):
             statuses.append(sent.status_code)
         assert statuses == [200, 200, 200, 429]
         assert int(sent.headers["retry-after"]) > 0
-        assert len(web.portal.outbox) == 3
+        assert len(web.mailbox.passcodes(RCPT)) == 3
         web.clock.now += 901  # the window has passed
         sent = await http.post(
             f"/m/{links[3].token}/passcode", data={"csrf": token}, cookies=cookies
@@ -214,7 +249,7 @@ async def test_passcodes_are_rate_limited_per_client_address(web, pki):
 
 
 async def test_a_reply_larger_than_the_bound_is_refused_before_it_is_read(web, pki):
-    stored = web.add(message())
+    stored = await web.add(message())
     async with client(web, pki) as http:
         cookie = await http_session(http, web, stored)
     port = int(web.url.rsplit(":", 1)[1])
@@ -232,3 +267,55 @@ async def test_a_reply_larger_than_the_bound_is_refused_before_it_is_read(web, p
     writer.close()
     assert status.startswith(b"HTTP/1.1 413")
     assert web.replies == []
+
+
+async def test_passcodes_per_link_are_counted_by_the_core(web, pki):
+    stored = await web.add(message())
+    async with client(web, pki) as http:
+        first, _ = await ask_passcode(http, stored)
+        again, _ = await ask_passcode(http, stored)
+        assert (first.status_code, again.status_code) == (200, 429)
+        assert 0 < int(again.headers["retry-after"]) <= RESEND_AFTER
+        web.clock.now += RESEND_AFTER
+        later, _ = await ask_passcode(http, stored)
+        assert later.status_code == 200
+    assert len(web.mailbox.passcodes(RCPT)) == 2
+
+
+async def test_a_passcode_opens_one_session_only(web, pki):
+    stored = await web.add(message())
+    async with client(web, pki) as http:
+        sent, cookies = await ask_passcode(http, stored)
+        code = web.passcode(RCPT)
+        assert (await try_code(http, stored, cookies, sent, code)).status_code == 303
+        replay = await try_code(http, stored, cookies, sent, code)
+    assert replay.status_code == 400 and "__Host-sm_session" not in replay.cookies
+    assert "4 more tries" in replay.text
+    events = [e.event for e in await web.portal.events(stored.message_id)]
+    assert events[-2:] == ["session started", "passcode replayed"]
+
+
+async def test_five_wrong_passcodes_lock_the_message_and_tell_its_sender(web, pki):
+    stored = await web.add(message())
+    async with client(web, pki) as http:
+        landing = await http.get(f"/m/{stored.token}")
+        sent, cookies = await ask_passcode(http, stored)
+        wrong = "000000" if web.passcode(RCPT) != "000000" else "111111"
+        answers = [await try_code(http, stored, cookies, sent, wrong) for _ in range(5)]
+        assert [a.status_code for a in answers] == [400, 400, 400, 400, 403]
+        assert "1 more try" in answers[3].text and "locked" in answers[4].text
+        # Locked for good: the right code, a new passcode, the link itself.
+        right = await try_code(http, stored, cookies, sent, web.passcode(RCPT))
+        assert right.status_code == 403 and "__Host-sm_session" not in right.cookies
+        web.clock.now += RESEND_AFTER
+        resent = await http.post(
+            f"/m/{stored.token}/passcode", data={"csrf": csrf_of(landing)}, cookies=cookies
+        )
+        landing = await http.get(f"/m/{stored.token}")
+        assert resent.status_code == landing.status_code == 403
+        assert "This message is locked" in landing.text
+    assert len(web.mailbox.passcodes(RCPT)) == 1
+    [told] = [t for t in web.mailbox.texts(SENDER) if "locked" in t]
+    assert stored.message_id in told and RCPT in told
+    info = await web.portal.show(stored.message_id)
+    assert info is not None and info.state == "locked"

@@ -1,6 +1,7 @@
-"""The recipient's whole journey in a real browser: landing → passcode → verify → read →
-download → reply → conversation, each page screenshotted at desktop and phone width,
-and the accessibility basics checked on each."""
+"""The recipient's whole journey in a real browser over the real portal core: the link
+from the notice email → passcode (from the passcode email) → verify → read → download
+→ reply → conversation, each page screenshotted at desktop and phone width, and the
+accessibility basics checked on each."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ async def test_journey_landing_to_reply(web, context):
         attachments=[("discharge summary.pdf", "application/pdf", PDF)],
         inline=[("logo@trust", PNG)],
     )
-    stored = web.add(raw)
+    earlier = await web.add(message("Appointment letter"))
+    web.clock.now += 3 * 86400
+    stored = await web.add(raw)
     page = await context.new_page()
     inline_loaded = []
     page.on(
@@ -64,7 +67,7 @@ async def test_journey_landing_to_reply(web, context):
         lambda r: inline_loaded.append(r.status) if "/read/part/" in r.url else None,
     )
 
-    await page.goto(f"{web.url}/m/{stored.token}")
+    await page.goto(stored.url)
     await page.get_by_role("heading", name="Secure message from Jo Bloggs").wait_for()
     assert SENDER in await page.inner_text("main")
     await check_page(page, "1-landing")
@@ -75,13 +78,13 @@ async def test_journey_landing_to_reply(web, context):
     await check_page(page, "2-passcode")
 
     await page.get_by_label("Passcode").fill(
-        "000000" if web.portal.last_passcode(RCPT) != "000000" else "111111"
+        "000000" if web.passcode(RCPT) != "000000" else "111111"
     )
     await page.get_by_role("button", name="Continue").click()
     assert "4 more tries" in await page.inner_text("main")
     await check_page(page, "3-wrong-passcode")
 
-    await page.get_by_label("Passcode").fill(web.portal.last_passcode(RCPT))
+    await page.get_by_label("Passcode").fill(web.passcode(RCPT))
     await page.get_by_role("button", name="Continue").click()
     await page.wait_for_url(f"{web.url}/read")
     cookie = next(c for c in await context.cookies() if c["name"] == "__Host-sm_session")
@@ -126,18 +129,38 @@ async def test_journey_landing_to_reply(web, context):
 
     await page.get_by_role("link", name="See the conversation").click()
     items = page.locator(".conversation li")
-    assert await items.count() == 2
-    assert "Re: Discharge summary" in await items.nth(1).inner_text()
+    assert await items.count() == 2  # both messages Jo sent this recipient, oldest first
+    first, current = await items.nth(0).inner_text(), await items.nth(1).inner_text()
+    assert "Jo Bloggs" in first and "Available until" in first
+    assert "The message you are reading" in current
+    assert await items.nth(1).get_attribute("aria-current") == "true"
+    listing = await page.inner_text("main")
+    assert "Discharge summary" not in listing and "Appointment letter" not in listing
     await check_page(page, "7-conversation")
 
-    events = [event for _, event, _ in web.portal.events]
-    assert events == ["opened", "downloaded", "replied"]
+    events = [e.event for e in await web.portal.events(stored.message_id)]
+    runs = [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
+    assert runs == [
+        "deposited",
+        "notified",
+        "passcode sent",
+        "passcode failed",
+        "session started",
+        "opened",  # the page, its inline image, the download: each a decryption
+        "downloaded",
+        "opened",  # the reply form and the reply read the original
+        "replied",
+    ]
+    assert [e.event for e in await web.portal.events(earlier.message_id)] == [
+        "deposited",
+        "notified",
+    ]
     assert context.dialogs == []
 
 
 async def test_plain_text_is_escaped_with_its_line_breaks(web, context):
 
-    stored = web.add(message(text="Line one\nLine <two> & three\n\nLast"))
+    stored = await web.add(message(text="Line one\nLine <two> & three\n\nLast"))
     page = await open_message(context, web, stored)
     shown = await page.inner_text(".message-text")
     assert shown.splitlines()[:2] == ["Line one", "Line <two> & three"]
@@ -145,10 +168,10 @@ async def test_plain_text_is_escaped_with_its_line_breaks(web, context):
 
 
 async def test_gone_and_unknown_pages(web, context):
-    revoked = web.add(message())
-    revoked.revoked = True
+    revoked = await web.add(message())
+    assert await web.portal.revoke(revoked.message_id, "test")
     page = await context.new_page()
-    response = await page.goto(f"{web.url}/m/{revoked.token}")
+    response = await page.goto(revoked.url)
     assert response.status == 410
     assert "no longer available" in await page.inner_text("h1")
     await check_page(page, "8-gone")

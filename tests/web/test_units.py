@@ -1,16 +1,23 @@
-"""The web layer's pure pieces, without a browser: the sanitiser, file names, the MIME
-walk's bounds, the rate limiter, CSRF tokens, the listen settings and a clean stop."""
+"""The web layer's pieces, without a browser: the sanitiser, file names, the MIME walk's
+bounds, CSRF tokens, the listen settings, a clean stop, and the seam to the core (the
+real ``Portal`` is a ``PortalBackend``)."""
 
 from __future__ import annotations
 
+import inspect
 from email.message import EmailMessage
+from typing import get_type_hints
 
 import httpx
 import pytest
+from harness.portal_pages import Clock, Mailbox, portal_config
 
+from securemail.config import PortalConfig
 from securemail.errors import InputError
+from securemail.portal import Portal
 from securemail.web.app import create_app
-from securemail.web.guard import Csrf, RateLimiter
+from securemail.web.backend import PortalBackend
+from securemail.web.guard import Csrf
 from securemail.web.message_view import MAX_DEPTH, MAX_PARTS, view_message
 from securemail.web.sanitise import clean_html, content_disposition, safe_filename
 from securemail.web.serve import portal_listen, start_portal_web
@@ -81,15 +88,6 @@ def test_an_svg_is_never_an_inline_image():
     assert view.inline == {} and [p.content_type for p in view.attachments] == ["image/svg+xml"]
 
 
-def test_rate_limiter_is_a_sliding_window():
-    now = [0.0]
-    limiter = RateLimiter(lambda: now[0], window=60)
-    assert [limiter.allow("k", 2) for _ in range(3)] == [0.0, 0.0, 60.0]
-    assert limiter.allow("other", 2) == 0.0
-    now[0] = 60.0
-    assert limiter.allow("k", 2) == 0.0
-
-
 def test_csrf_tokens_are_bound_to_purpose_and_binding():
     csrf = Csrf(b"k" * 32)
     token = csrf.token("reply", "session-a")
@@ -123,13 +121,13 @@ def test_portal_listen_reads_host_port_and_base_url():
     )
 
 
-async def test_the_listener_serves_https_and_stops_cleanly(pki):
-    from harness.portal_backend import MemoryPortal
-
+async def test_the_listener_serves_https_and_stops_cleanly(pki, tmp_path):
     async def submit(rcpt: str, raw: bytes) -> None:
         raise AssertionError("no reply expected")
 
-    app = create_app(MemoryPortal(lambda: 0.0, "p@x"), base_url="https://x", submit_reply=submit)
+    portal = Portal.open(portal_config(tmp_path, "https://x"), clock=Clock(), send=Mailbox())
+    await portal.start()
+    app = create_app(portal, base_url="https://x", submit_reply=submit)
     listen = portal_listen("127.0.0.1:0", "https://localhost")
     server = await start_portal_web(app, listen, pki.server_context("localhost"))
     url = f"https://localhost:{server.port}"
@@ -138,6 +136,27 @@ async def test_the_listener_serves_https_and_stops_cleanly(pki):
         assert response.status_code == 200 and "focus-visible" in response.text
         assert (await http.get(f"{url}/m/unknown")).status_code == 404
     await server.stop(grace=2)
+    await portal.close()
     async with httpx.AsyncClient(verify=pki.client_context()) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"{url}/m/unknown")
+
+
+def _members(protocol: type) -> list[str]:
+    return [n for n, v in vars(protocol).items() if inspect.isfunction(v) and n[0] != "_"]
+
+
+@pytest.mark.parametrize("name", _members(PortalBackend))
+def test_the_real_portal_satisfies_portal_backend(name):
+    """What a type checker would say of ``backend: PortalBackend = Portal(...)``, checked
+    at run time member by member (ruff has no type checker, and none is installed):
+    the same coroutine-ness, parameters and resolved annotations, so the web layer is
+    written against exactly what ``Portal`` answers."""
+    backend: PortalBackend = Portal.open(PortalConfig())  # nothing opened before start()
+    wanted, given = getattr(PortalBackend, name), getattr(type(backend), name)
+    assert inspect.iscoroutinefunction(wanted) == inspect.iscoroutinefunction(given)
+    shape = [(p.name, p.kind, p.default) for p in inspect.signature(wanted).parameters.values()]
+    assert shape == [
+        (p.name, p.kind, p.default) for p in inspect.signature(given).parameters.values()
+    ]
+    assert get_type_hints(wanted) == get_type_hints(given)
