@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import quopri
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +20,10 @@ import pytest
 from harness.gatewaykit import ORG_DOMAIN, add_mx, eventually, submit
 from harness.smtpsink import SinkServer
 
-from securemail.portal import ensure_key
+from securemail.dns import Resolver
+from securemail.mech.dkim import generate_key, verify_dkim, write_key
+from securemail.mech.results import Result
+from securemail.portal import PasscodeSent, ensure_key
 
 UNIQUE = "zebra-quartz-7731-unique-body-string"
 NHS_NUMBER = "943 476 5919"
@@ -157,3 +162,51 @@ async def test_audit_verify_names_a_hand_edited_row(gateway, mx, pki, tmp_path) 
     broken = await asyncio.to_thread(verify)
     assert broken.returncode == 2
     assert "audit chain broken at row 1" in broken.stderr
+
+
+async def test_accept_log_line_names_the_portal_recipient(gateway, mx, pki, caplog) -> None:
+    """The operator's ``accepted …`` line says where each recipient went: the portal one
+    with action ``portal``, the secure one with its forced-TLS delivery."""
+    caplog.set_level(logging.INFO, logger="securemail.gateway")
+    rcpts = ["bob@nhs.net", "carer@gmail.test"]
+    await asyncio.to_thread(submit, gateway, pki, f"alice@{ORG_DOMAIN}", rcpts, _message(*rcpts))
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("accepted ")]
+    decisions = line.partition(" decisions=")[2]
+    assert "('carer@gmail.test', 'portal', '-')" in decisions, line
+    assert "('bob@nhs.net', 'portal'" not in decisions and "'bob@nhs.net'" in decisions
+    assert "sensitive=yes" in line
+
+
+async def test_notice_and_passcode_mail_carry_a_valid_dkim_signature(
+    gateway_factory, mx, dns_server, pki, tmp_path
+) -> None:
+    """The portal's own mail leaves signed for our domain, and the signature verifies
+    against the key published in DNS: a recipient's provider can tell a real notice from
+    a phish that copies it."""
+    for domain in ("nhs.net", "gmail.test"):
+        add_mx(dns_server, domain)
+    ensure_key(tmp_path / "portal.key")
+    pem, record = generate_key("rsa", 2048)
+    write_key(tmp_path / "dkim", ORG_DOMAIN, "s1", pem)
+    dns_server.add(f"s1._domainkey.{ORG_DOMAIN}", "TXT", record)
+    gateway = await gateway_factory(
+        mx.port, extra=PORTAL + f'[dkim]\nkey_dir = "{tmp_path / "dkim"}"\n'
+    )
+    await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],
+        _message("carer@gmail.test"),
+    )  # fmt: skip
+    await eventually(lambda: _received(mx, "carer@gmail.test"))
+    [notice] = _received(mx, "carer@gmail.test")
+    token = re.search(rb"https://portal\.example\.nhs\.uk/m/([A-Za-z0-9_-]+)", notice)
+    assert token is not None
+    sent = await gateway.portal.send_passcode(token.group(1).decode())
+    assert isinstance(sent, PasscodeSent)
+    await eventually(lambda: len(_received(mx, "carer@gmail.test")) == 2)
+    passcode = _received(mx, "carer@gmail.test")[1]
+    assert re.search(rb"\b\d{6}\b", passcode) and b"/m/" not in passcode
+    resolver = Resolver([dns_server.nameserver], timeout=2)
+    for mail in (notice, passcode):
+        assert mail.count(b"DKIM-Signature:") == 1
+        verdicts = await verify_dkim(mail, resolver)
+        assert [(v.result, v.domain) for v in verdicts] == [(Result.PASS, ORG_DOMAIN)]
