@@ -6,9 +6,7 @@ Real gateway (``harness.gatewaykit``), real SQLite files, real SMTP sinks."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import quopri
 import re
 import sqlite3
 import subprocess
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness.gatewaykit import ORG_DOMAIN, add_mx, eventually, submit
+from harness.portal_gateway import PORTAL_SECTION, link_tokens, plaintext_on_disk
 from harness.smtpsink import SinkServer
 
 from securemail.dns import Resolver
@@ -28,11 +27,6 @@ from securemail.portal import PasscodeSent, ensure_key
 UNIQUE = "zebra-quartz-7731-unique-body-string"
 NHS_NUMBER = "943 476 5919"
 SUBJECT = f"Patient {NHS_NUMBER} discharge"
-PORTAL = (
-    '[policy]\nunknown_sensitive_action = "portal"\n'
-    '[portal]\nenabled = true\nkey_file = "portal.key"\ndatabase = "portal.db"\n'
-    'base_url = "https://portal.example.nhs.uk"\nlisten = "127.0.0.1:0"\n'
-)
 
 
 def _message(*rcpts: str) -> bytes:
@@ -43,23 +37,8 @@ def _message(*rcpts: str) -> bytes:
     ).encode()
 
 
-def _forms() -> list[bytes]:
-    """The string as it could sit on disk: plain, quoted-printable, base64 (any offset)."""
-    raw = UNIQUE.encode()
-    forms = [raw, quopri.encodestring(raw).strip()]
-    for pad in range(3):
-        encoded = base64.b64encode(b"\0" * pad + raw)[4:-4]  # the stable middle
-        forms.append(encoded)
-    return forms
-
-
 def _plaintext_on_disk(root: Path) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.name}: {form!r}" for form in _forms() if form in data]
-    return found
+    return plaintext_on_disk(root, [UNIQUE])
 
 
 @pytest.fixture
@@ -74,7 +53,7 @@ async def gateway(gateway_factory, mx, dns_server, tmp_path):
     for domain in ("nhs.net", "gmail.test"):
         add_mx(dns_server, domain)
     ensure_key(tmp_path / "portal.key")
-    return await gateway_factory(mx.port, extra=PORTAL)
+    return await gateway_factory(mx.port, extra=PORTAL_SECTION)
 
 
 def _received(sink: SinkServer, rcpt: str) -> list[bytes]:
@@ -190,7 +169,7 @@ async def test_notice_and_passcode_mail_carry_a_valid_dkim_signature(
     write_key(tmp_path / "dkim", ORG_DOMAIN, "s1", pem)
     dns_server.add(f"s1._domainkey.{ORG_DOMAIN}", "TXT", record)
     gateway = await gateway_factory(
-        mx.port, extra=PORTAL + f'[dkim]\nkey_dir = "{tmp_path / "dkim"}"\n'
+        mx.port, extra=PORTAL_SECTION + f'[dkim]\nkey_dir = "{tmp_path / "dkim"}"\n'
     )
     await asyncio.to_thread(
         submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"],
@@ -198,9 +177,8 @@ async def test_notice_and_passcode_mail_carry_a_valid_dkim_signature(
     )  # fmt: skip
     await eventually(lambda: _received(mx, "carer@gmail.test"))
     [notice] = _received(mx, "carer@gmail.test")
-    token = re.search(rb"https://portal\.example\.nhs\.uk/m/([A-Za-z0-9_-]+)", notice)
-    assert token is not None
-    sent = await gateway.portal.send_passcode(token.group(1).decode())
+    [token] = link_tokens(notice)
+    sent = await gateway.portal.send_passcode(token)
     assert isinstance(sent, PasscodeSent)
     await eventually(lambda: len(_received(mx, "carer@gmail.test")) == 2)
     passcode = _received(mx, "carer@gmail.test")[1]
