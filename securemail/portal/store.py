@@ -9,9 +9,8 @@ expired ciphertext is not left in free pages), and a WAL checkpoint after each e
 so the old pages do not linger in the -wal file either.
 
 The event loop never waits on SQLite: every operation is a plain function
-``fn(conn, *args)`` run on one thread, each in its own ``BEGIN IMMEDIATE … COMMIT``, the
-way the spool's writer does it (``gateway/spool/sqlite.py``). The portal's volume (one
-deposit per portal message, a few page views) does not need the spool's group commit.
+``fn(conn, *args)`` run on one writer thread that commits the calls waiting together in
+one transaction (``Store``), the way the spool's writer does (``gateway/spool/sqlite.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,57 +130,136 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """The database on one thread; ``await store.call(fn, *args)`` runs ``fn`` there in a
-    transaction of its own."""
+    """The database on one thread, with group commit: ``await store.call(fn, *args)``
+    runs ``fn(conn, *args)`` there, all or nothing.
+
+    Like the spool's writer: every call waiting when the thread comes round shares ONE
+    transaction and one fsync, each call inside its own savepoint, so one call's error
+    rolls back that call only and the others still commit. Without it every portal
+    message paid for its deposit and its "notified" mark with an fsync each, one after
+    the other, and the portal stored mail at 0.45x the plain path (``bench/portal_bench``).
+    Calls see each other's writes in order (the audit chain's previous hash included).
+    ``read`` calls run outside any transaction, after the batch they came with.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        if self._pool is not None:
+        if self._thread is not None:
             raise StoreError(f"portal database {self.path} is already open")
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, "securemail-portal-db")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="securemail-portal-db", daemon=True
+        )
+        self._thread.start()
         try:
-            self._conn = await self._run(connect, self.path)
+            await asyncio.wrap_future(ready)
         except BaseException:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+            self._thread.join()
+            self._thread = None
             raise
 
     async def close(self) -> None:
-        if self._pool is None:
+        if self._thread is None:
             return
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        self._pool.shutdown(wait=True)
-        self._pool = None
+        self._requests.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(conn, *args)`` in its own write transaction, off the event loop."""
-        return await self._run(self._in_transaction, fn, *args)
+        """``fn(conn, *args)`` in a write transaction (shared with the calls waiting
+        beside it, in a savepoint of its own), off the event loop."""
+        return await self._submit(True, fn, args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` outside any transaction (a checkpoint, a read)."""
-        return await self._run(self._direct, fn, *args)
+        return await self._submit(False, fn, args)
 
-    def _in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        return transaction(self._connection(), fn, *args)
-
-    def _direct(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(self._connection(), *args)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    async def _submit(self, write: bool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._thread is None:
             raise StoreError(f"portal database {self.path} is not open")
-        return self._conn
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._requests.put((write, fn, args, future))
+        return await future
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
-            raise StoreError(f"portal database {self.path} is not open")
+    def _serve(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"portal database {self.path}: {exc}") from exc
+            self._conn = connect(self.path)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        conn, stop = self._conn, False
+        try:
+            while not stop:
+                batch = [self._requests.get()]
+                while True:  # everything already waiting joins this batch
+                    try:
+                        batch.append(self._requests.get_nowait())
+                    except queue.Empty:
+                        break
+                if None in batch:
+                    stop = True
+                requests = [r for r in batch if r is not None]
+                writes = [r for r in requests if r[0]]
+                answers = self._write(conn, writes) if writes else []
+                answers += [(r, *_attempt(conn, r)) for r in requests if not r[0]]
+                for request, exc, result in answers:
+                    _answer(request[3], exc, result, self.path)
+        finally:
+            conn.close()
+            self._conn = None
+
+    def _write(self, conn: sqlite3.Connection, writes: list[_Request]) -> list[_Answer]:
+        answers: list[_Answer] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for request in writes:
+                conn.execute("SAVEPOINT call")
+                exc, result = _attempt(conn, request)
+                if exc is not None:
+                    conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+                answers.append((request, exc, result))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # the batch did not commit: every call failed
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(request, exc, None) for request in writes]
+        return answers
+
+
+_Request = tuple[bool, Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+_Answer = tuple[_Request, BaseException | None, Any]
+
+
+def _attempt(conn: sqlite3.Connection, request: _Request) -> tuple[BaseException | None, Any]:
+    _, fn, args, _ = request
+    try:
+        return None, fn(conn, *args)
+    except Exception as exc:  # the caller gets it; the writer goes on
+        return exc, None
+
+
+def _answer(
+    future: asyncio.Future[Any], exc: BaseException | None, result: Any, path: Path
+) -> None:
+    """Settle ``future`` on its own loop (this is the writer thread)."""
+    if isinstance(exc, sqlite3.Error):
+        wrapped = StoreError(f"portal database {path}: {exc}")
+        wrapped.__cause__ = exc
+        exc = wrapped
+
+    def settle() -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    future.get_loop().call_soon_threadsafe(settle)
