@@ -32,16 +32,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import getaddresses
 from functools import partial
 
 from securemail.core import replies
 from securemail.core.classify import Classification
 from securemail.core.inbound_tls import InboundTlsPolicy, from_addresses
-from securemail.core.message import HeaderBlock, HeaderLimitError, read_headers, reparse_input
+from securemail.core.message import (
+    HeaderBlock,
+    HeaderLimitError,
+    decode_words,
+    read_headers,
+    reparse_input,
+)
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
-from securemail.core.senders import OwnedAddresses, header_from_refusal
+from securemail.core.senders import OwnedAddresses, header_from, header_from_refusal
 from securemail.core.sensitivity import Sensitivity, scan_message
 from securemail.core.transport import tls_required_no
 from securemail.cpu import RunCpu, run_inline
@@ -386,10 +391,14 @@ class AcceptPipeline:
 
 
 def _display_name(block: HeaderBlock) -> str:
-    """The header From's display name ("Dr A Smith"), for the portal's notices."""
-    field = block.first("from")
-    found = getaddresses([field.decoded]) if field is not None else []
-    return " ".join(found[0][0].split())[:100] if found else ""
+    """The header From's display name ("Dr A Smith"), for the portal's notices: read by
+    the same From reader DMARC uses (``header_from``), so a message with two From fields
+    or two mailboxes names no one rather than whichever a second parser picked."""
+    address, _ = header_from(block)
+    if address is None:
+        return ""
+    name = decode_words(address.display_name.encode("utf-8", "surrogateescape"))
+    return " ".join(name.split())[:100]
 
 
 def _recipients(
