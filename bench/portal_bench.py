@@ -47,6 +47,7 @@ from harness.pki import TestPKI  # noqa: E402
 from harness.portal_gateway import PORTAL_SECTION, link_tokens  # noqa: E402
 from harness.serve import GatewayProcess, free_port  # noqa: E402
 from harness.smtpsink import SinkServer  # noqa: E402
+from relay_bench import wait  # noqa: E402  (bench/ is on the path: this script's folder)
 
 from securemail.config import load_config  # noqa: E402
 from securemail.portal import Portal, Session, ensure_key  # noqa: E402
@@ -56,16 +57,6 @@ SENDER = f"alice@{ORG_DOMAIN}"
 PATHS = {"portal": "carer@gmail.test", "plain": "gp@nhs.net"}
 SESSION_COOKIE = "__Host-sm_session"
 LISTENING = re.compile(r"portal listening on https://([\d.]+):(\d+)")
-
-
-def wait(predicate, timeout: float, what: str) -> float:
-    """Poll every 20 ms until predicate() is true; return the time it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.02)
-    sys.exit(f"timeout after {timeout}s waiting for {what}")
 
 
 def sensitive_message(path: Path, size: int) -> None:
