@@ -35,6 +35,8 @@ from securemail.errors import InputError, SecuremailError
 from securemail.files import write_atomic
 
 OK, REFUSED = "ok", "refused"
+MAX_PID_BYTES = 32  # a pid and a newline, with room
+MAX_STATE_BYTES = 64 * 1024  # what to_json writes is well under 4 KiB
 
 
 class NoGateway(SecuremailError):
@@ -144,7 +146,7 @@ def read_state(path: Path) -> GatewayState | None:
     """The state file's contents; None when missing or unreadable (not written yet, or
     from another version: the caller only ever waits for a newer one)."""
     try:
-        return GatewayState.from_json(json.loads(path.read_bytes()))
+        return GatewayState.from_json(json.loads(_head(path, MAX_STATE_BYTES)))
     except (OSError, ValueError):
         return None
 
@@ -155,10 +157,22 @@ def read_state(path: Path) -> GatewayState | None:
 def read_pid(pid_file: Path) -> int | None:
     """The pid the file names; None when there is no file or it holds no number."""
     try:
-        text = pid_file.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
+        text = _head(pid_file, MAX_PID_BYTES).decode("ascii", errors="replace").strip()
+    except (OSError, ValueError):
         return None
     return int(text) if text.isdigit() else None
+
+
+def _head(path: Path, limit: int) -> bytes:
+    """The file, if it is at most ``limit`` bytes; ``ValueError`` if longer. Both files
+    are ours, but they sit in a directory others may write to (a misconfigured data
+    dir): a pid file of a million digits or a state file that is /dev/zero must not
+    hang or crash ``securemail reload``."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: larger than {limit} bytes")
+    return data
 
 
 def is_securemail(pid: int) -> bool:

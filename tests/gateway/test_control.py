@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,19 @@ def test_pid_file_contents(tmp_path):
     for text, pid in (("123\n", 123), ("  77 ", 77), ("abc", None), ("-5", None), ("", None)):
         path.write_text(text)
         assert read_pid(path) == pid
+
+
+def test_oversized_pid_and_state_files_read_as_nothing(tmp_path):
+    """A pid of 5,000 digits (int() refuses it) or a state file that never ends must
+    not crash or hang ``securemail reload``: they read as no pid, no state."""
+    pid = tmp_path / "gw.pid"
+    pid.write_text("9" * 5000)
+    assert read_pid(pid) is None
+    assert read_pid(Path("/dev/zero")) is None
+    assert read_state(Path("/dev/zero")) is None
+    state = tmp_path / "state.json"
+    state.write_text('{"pid": 1, "pad": "' + "x" * 100_000 + '"}')
+    assert read_state(state) is None
 
 
 def test_only_a_live_securemail_process_counts(fake_gateway):
