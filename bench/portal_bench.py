@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -82,17 +83,28 @@ def arrived(sink: SinkServer, rcpt: str) -> list[bytes]:
     return [m.data for m in list(sink.messages) if rcpt in m.rcpt_tos]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (the CPU workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def store_run(
     name: str, gateway: GatewayProcess, mx: SinkServer, args: argparse.Namespace, base: Path
 ) -> dict[str, float]:
     rcpt = PATHS[name]
     before = len(arrived(mx, rcpt))
+    cpu0 = cpu_seconds(gateway.proc.pid)
     t0 = time.monotonic()
     source(gateway.ports[0], rcpt, args, base / "sensitive.eml", base / f"source-{name}.log")
     t1 = time.monotonic()
     t2 = wait(lambda: len(arrived(mx, rcpt)) - before >= args.messages, 900,
               f"{name}: everything at the sink")  # fmt: skip
-    return {"stored": args.messages / (t1 - t0), "delivered": args.messages / (t2 - t0)}
+    time.sleep(2.5)  # the sender notices gathered in the last seconds (portal.digest)
+    cpu = cpu_seconds(gateway.proc.pid) - cpu0
+    return {"stored": args.messages / (t1 - t0), "delivered": args.messages / (t2 - t0),
+            "cpu_ms": cpu * 1000 / args.messages}  # fmt: skip
 
 
 async def open_session(config: Path, token: str) -> Session:
@@ -190,7 +202,8 @@ def bench(
             results[name].append(r)
             print(
                 f"{name:6} run {run}: stored {r['stored']:7.1f} msg/s  "
-                f"delivered (notice or message at the sink) {r['delivered']:7.1f} msg/s",
+                f"delivered (notice or message at the sink) {r['delivered']:7.1f} msg/s  "
+                f"gateway CPU {r['cpu_ms']:5.2f} ms/msg",
                 flush=True,
             )
 
@@ -202,6 +215,9 @@ def bench(
         a, b = mean("portal", key), mean("plain", key)
         print(f"mean {key}: portal {a:.1f} msg/s, plain forced TLS {b:.1f} msg/s, "
               f"ratio {a / b:.2f}")  # fmt: skip
+    a, b = mean("portal", "cpu_ms"), mean("plain", "cpu_ms")
+    print(f"gateway CPU per message: portal {a:.2f} ms, plain {b:.2f} ms, ratio {a / b:.2f}"
+          " (the portal's includes its notices)")  # fmt: skip
 
     found = LISTENING.search(gateway.log.read_text(errors="replace"))
     assert found, "the portal listener's address is not in the log"

@@ -30,15 +30,19 @@ reason.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import operator
+import quopri
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import policy
+from email._encoded_words import decode_b  # what Message.get_payload uses
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.message import _decode_uu as decode_uu  # likewise
 from enum import StrEnum
 
 from securemail.core.extract import (
@@ -211,6 +215,12 @@ def mask_nhs_numbers(text: str) -> str:
     return "".join(parts) + text[end:] if parts else text
 
 
+def text_is_sensitive(text: str) -> bool:
+    """True when one line of text (a display name, say) holds anything the scanner
+    would call sensitive in a Subject: a tag, a marking, an NHS number."""
+    return bool(_scan_text(text, "text", is_subject=True))
+
+
 def _nhs_numbers(text: str) -> Iterator[tuple[re.Match[str], str]]:
     """Each valid NHS number in ``text``: where it is, and its ten digits."""
     for match in _NHS_CANDIDATE.finditer(text):
@@ -377,15 +387,15 @@ def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Pi
         for subject in block.get_all("subject"):
             yield _Piece(label, subject.decoded, subject=True)
     info = _content_fields(block, entity.default_type)
-    content_type = info.get_content_type()
+    content_type = info.content_type
     body_start = entity.start + block.body_offset
     if reason := budget.too_deep(entity.depth):
         label = _leaf_label(entity, content_type)
         yield Unscannable(label, reason)
         yield _Piece(label, decode_text(entity.content(block.body_offset), None))
         return
-    if info.get_content_maintype() == "multipart":
-        boundary = info.get_boundary()
+    if info.maintype == "multipart":
+        boundary = info.boundary
         parts = _split(entity.source, body_start, entity.end, boundary) if boundary else None
         if parts is not None:
             child_type = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
@@ -412,8 +422,8 @@ def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Pi
         depth=entity.depth,
         budget=budget,
         content_type=content_type,
-        charset=info.get_content_charset(),
-        filename=info.get_filename() or "",
+        charset=info.charset(),
+        filename=info.filename(),
     )
     for item in items:
         if isinstance(item, Embedded):
@@ -424,23 +434,98 @@ def _read(entity: _Entity, budget: Budget, found: list[_Entity]) -> Iterator[_Pi
             yield item
 
 
-def _content_fields(block: HeaderBlock, default_type: str) -> EmailMessage:
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """What the walk needs of an entity's Content-* fields, as the stdlib parses them.
+
+    Parsing a Content-Type through the email package's header registry costs about
+    0.1 ms, four times a message: more than the rest of a small message's scan together
+    (a portal notice, a DSN, a one-line reply). Most values repeat (``text/plain;
+    charset="utf-8"`` with quoted-printable), so the parsed answer is kept by value
+    (``_parse_fields``): exactly what the stdlib said for the same text, not a second
+    parser that could read a field differently. The charset and the file name were read
+    only for leaf parts, and may raise; they are kept as the stdlib's answer or its error.
+    """
+
+    content_type: str
+    boundary: str | None
+    cte: str  # as ``Message.get_payload`` compares it
+    _charset: str | Exception | None
+    _filename: str | Exception
+
+    @property
+    def maintype(self) -> str:
+        return self.content_type.partition("/")[0]
+
+    def charset(self) -> str | None:
+        if isinstance(self._charset, Exception):
+            raise self._charset.with_traceback(None)  # not a traceback per raise
+        return self._charset
+
+    def filename(self) -> str:
+        if isinstance(self._filename, Exception):
+            raise self._filename.with_traceback(None)
+        return self._filename
+
+
+_CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+_CACHED_FIELD_CHARS = 512  # longer values are parsed each time: the cache stays small
+
+
+def _content_fields(block: HeaderBlock, default_type: str) -> _Fields:
     """The entity's Content-* fields (the first of each, as ``read_headers`` found them),
     with their values parsed by the stdlib: types, parameters, RFC 2231."""
+    texts = tuple(
+        None if (found := block.first(name)) is None else found.text.lstrip(" \t")
+        for name in _CONTENT_FIELDS
+    )
+    if sum(len(text) for text in texts if text) > _CACHED_FIELD_CHARS:
+        return _parse_fields.__wrapped__(texts, default_type)
+    return _parse_fields(texts, default_type)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_fields(texts: tuple[str | None, ...], default_type: str) -> _Fields:
     info = EmailMessage(policy=_POLICY)
     info.set_default_type(default_type)
-    for name in ("content-type", "content-transfer-encoding", "content-disposition"):
-        found = block.first(name)
-        if found is not None:
-            info.set_raw(name, found.text.lstrip(" \t"))
-    return info
+    for name, text in zip(_CONTENT_FIELDS, texts, strict=True):
+        if text is not None:
+            info.set_raw(name, text)
+    charset: str | Exception | None
+    filename: str | Exception
+    try:
+        charset = info.get_content_charset()
+    except Exception as exc:
+        charset = exc
+    try:
+        filename = info.get_filename() or ""
+    except Exception as exc:
+        filename = exc
+    content_type = info.get_content_type()
+    return _Fields(
+        content_type,
+        info.get_boundary() if info.get_content_maintype() == "multipart" else None,
+        str(info.get("content-transfer-encoding", "")).lower(),
+        charset,
+        filename,
+    )
 
 
-def _decoded(info: EmailMessage, body: bytes) -> bytes:
-    """``body`` with its Content-Transfer-Encoding undone, as the stdlib undoes it."""
-    info.set_payload(body.decode("ascii", "surrogateescape"))
-    payload = info.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else body
+def _decoded(info: _Fields, body: bytes) -> bytes:
+    """``body`` with its Content-Transfer-Encoding undone, as ``Message.get_payload(
+    decode=True)`` undoes it for a body read as ASCII with surrogate escapes (its
+    ``bpayload`` is then ``body`` itself); ``test_sensitivity_fields`` holds the two
+    side by side."""
+    if info.cte == "quoted-printable":
+        return quopri.decodestring(body)
+    if info.cte == "base64":
+        return decode_b(b"".join(body.splitlines()))[0]
+    if info.cte in ("x-uuencode", "uuencode", "uue", "x-uue"):
+        try:
+            return decode_uu(body)
+        except ValueError:
+            return body
+    return body
 
 
 def _split(source: _Source, start: int, end: int, boundary: str) -> list[tuple[int, int]] | None:

@@ -8,18 +8,19 @@ append-only audit table with a SHA-256 hash chain.
 Modules, one job each: ``crypto`` (AES-256-GCM per message, keys wrapped by the master
 key; passcode HMAC), ``keys`` (which key opens the database; crash-safe rotation),
 ``store`` (the SQLite file and its thread), ``audit`` (the hash chain), ``notices`` (the
-emails), ``limits`` (per-client rate limit for the web), ``records`` (typed answers),
-``service`` (``Portal``: the decisions).
+emails), ``digest`` (a sender's notices gathered), ``limits`` (per-client rate limit for
+the web), ``records`` (typed answers), ``service`` (``Portal``: the decisions).
 
 The API the web layer and the gateway use (all async unless marked; the clock is
 ``Portal.open(clock=...)``):
 
     Portal.open(config: PortalConfig, *, clock=time.time, organisation="Example Trust",
-                address="portal@localhost", send: Send | None = None) -> Portal  # sync
+                address="portal@localhost", send: Send | None = None,
+                sender_notice_wait=2.0) -> Portal  # sync
     await portal.start(); await portal.close()
     deposit(data, *, sender, sender_name, recipients, queue_id) -> Deposit
         Deposit(message_id, expires, links: {rcpt: token}); committed before returning
-    notify(deposit, sender, sender_name) -> None     # recipient + sender notices
+    notify(deposit, sender, sender_name) -> None     # recipient notices; sender's gathered
     renotify() -> int                                 # after a crash: new tokens, notices
     link(token) -> str                                # sync: <base_url>/m/<token>
     access(token) -> Access | Gone | None             # Gone -> 410, None -> 404

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from securemail.config import PortalConfig
-from securemail.portal import audit, keys, notices
+from securemail.portal import audit, digest, keys, notices
 from securemail.portal.crypto import MasterKey, Sealed, seal, unseal
 from securemail.portal.records import (
     RECORDABLE,
@@ -79,7 +79,7 @@ def _gone(row: Any, now: float) -> Gone | None:
 class Portal:
     def __init__(
         self, config: PortalConfig, *, clock: Callable[[], float], organisation: str,
-        address: str, send: Send | None,
+        address: str, send: Send | None, sender_notice_wait: float = digest.WAIT,
     ) -> None:  # fmt: skip
         self.config = config
         self.clock = clock
@@ -88,15 +88,20 @@ class Portal:
         self.send = send  # set by the gateway; None: nobody can be mailed (tests, CLI)
         self.store = Store(config.database)
         self._key: MasterKey | None = None
+        self._digest = digest.SenderDigest(self._sender_notice, wait=sender_notice_wait)
 
     @classmethod
     def open(
         cls, config: PortalConfig, *, clock: Callable[[], float] = time.time,
         organisation: str = "Example Trust", address: str = "portal@localhost",
-        send: Send | None = None,
+        send: Send | None = None, sender_notice_wait: float = digest.WAIT,
     ) -> Portal:  # fmt: skip
-        """The portal ``config`` describes; nothing is opened until ``await start()``."""
-        return cls(config, clock=clock, organisation=organisation, address=address, send=send)
+        """The portal ``config`` describes; nothing is opened until ``await start()``.
+        ``sender_notice_wait``: seconds a sender's notices gather (``digest``; 0: none)."""
+        return cls(
+            config, clock=clock, organisation=organisation, address=address, send=send,
+            sender_notice_wait=sender_notice_wait,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Open the database and settle the master key (finishing an interrupted
@@ -109,6 +114,7 @@ class Portal:
             raise
 
     async def close(self) -> None:
+        await self._digest.close()
         await self.store.close()
 
     def _master(self, conn: sqlite3.Connection) -> MasterKey:
@@ -155,8 +161,9 @@ class Portal:
         return Deposit(message_id, expires, links)
 
     async def notify(self, deposit: Deposit, sender: str, sender_name: str) -> None:
-        """Mail each recipient their link and the sender where it went; each link is
-        marked notified once its notice is queued (``renotify`` covers a crash before)."""
+        """Mail each recipient their link, mark the links notified once their notices are
+        queued (``renotify`` covers a crash before), and tell the sender where the message
+        went (gathered with the sender's others: ``digest``)."""
         now = self.clock()
         for rcpt, token in deposit.links.items():
             await self._send(rcpt, notices.recipient_notice(
@@ -164,13 +171,15 @@ class Portal:
                 organisation=self.organisation, expires=deposit.expires,
                 link=self.link(token), now=now,
             ))  # fmt: skip
-            await self.store.call(_notified, deposit.message_id, rcpt, now)
+        await self.store.call(_notified, deposit.message_id, list(deposit.links), now)
         if sender:
-            await self._send(sender, notices.sender_notice(
-                portal=self.address, to=sender, organisation=self.organisation,
-                message_id=deposit.message_id, recipients=list(deposit.links),
-                expires=deposit.expires, now=now,
-            ))  # fmt: skip
+            await self._digest.add(sender, deposit)
+
+    async def _sender_notice(self, sender: str, deposits: list[Deposit]) -> None:
+        await self._send(sender, notices.sender_notice(
+            portal=self.address, to=sender, organisation=self.organisation,
+            deposits=deposits, now=self.clock(),
+        ))  # fmt: skip
 
     async def renotify(self) -> int:
         """Links whose notice was never queued (a crash between deposit and notice) get
@@ -462,11 +471,12 @@ def _link(conn: sqlite3.Connection, token_hash: bytes) -> sqlite3.Row | None:
     return cursor.fetchone()
 
 
-def _notified(conn: sqlite3.Connection, message_id: str, rcpt: str, now: float) -> None:
-    conn.execute(
-        "UPDATE links SET notified = 1 WHERE message_id = ? AND rcpt = ?", (message_id, rcpt)
-    )
-    audit.append(conn, now, message_id, rcpt, Event.NOTIFIED)
+def _notified(conn: sqlite3.Connection, message_id: str, rcpts: list[str], now: float) -> None:
+    for rcpt in rcpts:
+        conn.execute(
+            "UPDATE links SET notified = 1 WHERE message_id = ? AND rcpt = ?", (message_id, rcpt)
+        )
+        audit.append(conn, now, message_id, rcpt, Event.NOTIFIED)
 
 
 def _session_row(conn: sqlite3.Connection, id_hash: bytes, now: float) -> tuple[Any, ...] | None:

@@ -33,7 +33,10 @@ def portal_config(tmp_path: Path) -> PortalConfig:
 async def portal(
     portal_config: PortalConfig, clock: Clock, mailbox: Mailbox
 ) -> AsyncIterator[Portal]:
-    p = Portal.open(portal_config, clock=clock, address="portal@example.nhs.uk", send=mailbox)
+    p = Portal.open(
+        portal_config, clock=clock, address="portal@example.nhs.uk", send=mailbox,
+        sender_notice_wait=0,  # each sender notice at once; test_sender_digest gathers
+    )  # fmt: skip
     await p.start()
     yield p
     await p.close()

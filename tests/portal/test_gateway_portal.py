@@ -190,3 +190,21 @@ async def test_notice_and_passcode_mail_carry_a_valid_dkim_signature(
         assert mail.count(b"DKIM-Signature:") == 1
         verdicts = await verify_dkim(mail, resolver)
         assert [(v.result, v.domain) for v in verdicts] == [(Result.PASS, ORG_DOMAIN)]
+
+
+async def test_a_sensitive_display_name_is_left_out_of_the_notices(gateway, mx, pki) -> None:
+    """The From name goes into the recipient's notice, which travels in the clear: a name
+    holding an NHS number or a marking would make the notice itself sensitive (and the
+    gateway would refuse to send it, leaving the recipient without a link)."""
+    message = _message("carer@gmail.test").replace(
+        b"From: Dr Alice <", b"From: Dr Alice OFFICIAL-SENSITIVE 943 476 5919 <"
+    )
+    await asyncio.to_thread(
+        submit, gateway, pki, f"alice@{ORG_DOMAIN}", ["carer@gmail.test"], message
+    )
+    await eventually(lambda: _received(mx, "carer@gmail.test"))
+    [notice] = _received(mx, "carer@gmail.test")
+    assert b"https://portal.example.nhs.uk/m/" in notice
+    assert b"Someone at Test Trust" in notice
+    for secret in (b"943", b"OFFICIAL", b"Dr Alice"):
+        assert secret not in notice

@@ -47,7 +47,7 @@ from securemail.core.message import (
 from securemail.core.policy import Action, Decision, Policy
 from securemail.core.replies import SmtpReply
 from securemail.core.senders import OwnedAddresses, header_from, header_from_refusal
-from securemail.core.sensitivity import Sensitivity, scan_message
+from securemail.core.sensitivity import Sensitivity, scan_message, text_is_sensitive
 from securemail.core.transport import tls_required_no
 from securemail.cpu import RunCpu, run_inline
 from securemail.dns import Resolver
@@ -393,12 +393,15 @@ class AcceptPipeline:
 def _display_name(block: HeaderBlock) -> str:
     """The header From's display name ("Dr A Smith"), for the portal's notices: read by
     the same From reader DMARC uses (``header_from``), so a message with two From fields
-    or two mailboxes names no one rather than whichever a second parser picked."""
+    or two mailboxes names no one rather than whichever a second parser picked. A name
+    the scanner calls sensitive ("J Smith 943 476 5919") names no one either: the notice
+    goes to someone outside the secure boundary, in the clear."""
     address, _ = header_from(block)
     if address is None:
         return ""
     name = decode_words(address.display_name.encode("utf-8", "surrogateescape"))
-    return " ".join(name.split())[:100]
+    name = " ".join(name.split())[:100]
+    return "" if text_is_sensitive(name) else name
 
 
 def _recipients(
