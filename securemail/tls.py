@@ -65,6 +65,31 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
     return ctx
 
 
+class FollowingContext:
+    """A server context whose certificate is whichever context ``use`` was last given.
+
+    For a listener that cannot change its context once serving (the portal's: asyncio
+    fixes it at ``create_server``): every handshake is handed to the current context in
+    the SNI callback, which OpenSSL calls for each ClientHello, with or without a server
+    name. A reload's new certificate is then served to the next connection, as the SMTP
+    listeners do. What OpenSSL fixes before the callback (the cipher list, the options,
+    the lowest version) is the front context's own: hardened as ``server_context``'s,
+    with the lowest version of the context it was last given."""
+
+    def __init__(self, current: ssl.SSLContext) -> None:
+        self.context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "1.2")
+        self.context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        self.context.sni_callback = self._hand_over
+        self.use(current)
+
+    def use(self, current: ssl.SSLContext) -> None:
+        self._current = current
+        self.context.minimum_version = current.minimum_version
+
+    def _hand_over(self, conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        conn.context = self._current
+
+
 @dataclass(frozen=True, slots=True)
 class ServedCertificate:
     """What the listeners present, for the start-up log and the gateway's state file."""

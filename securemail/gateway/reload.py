@@ -328,6 +328,8 @@ def swap(gateway: Gateway, pieces: Pieces) -> Deliverer:
     gateway.pipeline.rules = pieces.rules
     gateway.users.adopt(pieces.users)
     gateway.listeners.reconfigure(pieces.listen, pieces.tls)
+    if gateway.web is not None:
+        gateway.web.use_tls(pieces.tls)
     for handler in gateway.handlers:
         handler.max_recipients = pieces.max_recipients
         handler.recipients = pieces.recipients

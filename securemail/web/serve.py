@@ -3,7 +3,8 @@
 Why uvicorn's programmatic ``Server`` rather than hypercorn or a second process: it
 runs on the loop the gateway already has (one process, one shutdown), takes the
 gateway's own ``ssl.SSLContext`` through ``ssl_context_factory`` (one certificate set,
-the same hardening as the SMTP listeners), and stops on ``should_exit`` with a bounded
+the same hardening as the SMTP listeners; ``tls.FollowingContext`` so a reload's new
+certificate is served here too), and stops on ``should_exit`` with a bounded
 grace for requests in flight. The one change made to it: it must not take SIGTERM and
 SIGINT for itself (``capture_signals``), since ``serve`` owns them and stops the portal
 with the gateway.
@@ -23,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from securemail.errors import InputError
+from securemail.tls import FollowingContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +56,16 @@ class _Server(uvicorn.Server):
 class PortalWeb:
     """A started portal listener: ``port`` (the bound one), ``await stop()``."""
 
-    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    def __init__(
+        self, server: uvicorn.Server, task: asyncio.Task[None], tls: FollowingContext
+    ) -> None:
         self._server = server
         self._task = task
+        self._tls = tls
+
+    def use_tls(self, tls: ssl.SSLContext) -> None:
+        """A reload: connections from now on get ``tls``'s certificate."""
+        self._tls.use(tls)
 
     @property
     def port(self) -> int:
@@ -91,11 +100,12 @@ async def start_portal_web(
     accepts. The integrator calls it from ``securemail serve`` after ``gateway.start()``
     and ``await portal.stop()`` before ``gateway.stop()``."""
     sock = sock or bind_portal(listen)
+    following = FollowingContext(tls)
     config = uvicorn.Config(
         app,
         host=listen.host,
         port=listen.port,
-        ssl_context_factory=lambda _config, _default: tls,
+        ssl_context_factory=lambda _config, _default: following.context,
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -110,4 +120,4 @@ async def start_portal_web(
             sock.close()
             raise InputError(f"cannot serve the portal on {listen.host}:{listen.port}")
         await asyncio.sleep(0.01)
-    return PortalWeb(server, task)
+    return PortalWeb(server, task, following)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness.gatewaykit import ORG_DOMAIN, add_mx, eventually, submit
+from cryptography import x509
+from harness.gatewaykit import HOSTNAME, ORG_DOMAIN, add_mx, client_context, eventually, submit
 from harness.portal_gateway import PORTAL_SECTION, link_tokens, plaintext_on_disk
 from harness.smtpsink import SinkServer
 
@@ -208,3 +210,27 @@ async def test_a_sensitive_display_name_is_left_out_of_the_notices(gateway, mx, 
     assert b"Someone at Test Trust" in notice
     for secret in (b"943", b"OFFICIAL", b"Dr Alice"):
         assert secret not in notice
+
+
+async def test_a_reload_serves_the_new_certificate_on_the_portal_too(gateway, pki) -> None:
+    """One certificate set: after ``reload`` with a new cert and key, a new connection to
+    the portal's HTTPS listener gets the new certificate, as the SMTP listeners do."""
+    host, port = gateway.portal_address
+
+    def serial() -> int:
+        with socket.create_connection((host, port)) as raw:
+            context = client_context(pki)
+            context.check_hostname = False  # an address: the chain is still verified
+            with context.wrap_socket(raw) as tls:
+                return int(tls.getpeercert()["serialNumber"], 16)
+
+    before = await asyncio.to_thread(serial)
+    source = gateway.config.source
+    tls = gateway.config.tls
+    new_cert, new_key = pki.server_cert(HOSTNAME)
+    text = source.read_text().replace(str(tls.cert), str(new_cert))
+    source.write_text(text.replace(str(tls.key), str(new_key)))
+    await gateway.reload()
+    after = await asyncio.to_thread(serial)
+    assert after != before
+    assert after == x509.load_pem_x509_certificate(new_cert.read_bytes()).serial_number
