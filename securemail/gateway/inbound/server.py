@@ -67,6 +67,7 @@ from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.limits import AuthLimiter
 from securemail.gateway.inbound.networks import Networks
 from securemail.gateway.inbound.recipients import AnyRecipient, RecipientCheck
+from securemail.gateway.inbound.smtp_init import initialise
 
 log = logging.getLogger("securemail.smtp")
 
@@ -114,6 +115,8 @@ class GatewaySMTP(SMTP):
     * Connections over ``limits`` get ``421`` and are closed before the greeting; the
       greeting waits ``greet_pause`` seconds, and a client that sends anything first
       is refused (a real MTA waits for the 220; spam engines often do not).
+    * Construction: ``smtp_init.initialise`` instead of ``SMTP.__init__``, whose method
+      tables cost ~0.3 ms of introspection per connection.
     * Idle timeout: only commands that move a transaction forward re-arm it (not NOOP,
       RSET, HELP or VRFY), and it ends the session with ``421`` (RFC 5321 §4.5.3.2).
     """
@@ -127,7 +130,7 @@ class GatewaySMTP(SMTP):
         greet_pause: float | Pregreet = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        initialise(self, handler, **kwargs)  # SMTP.__init__, its method tables cached
         self.gateway_handler = handler
         self.on_close: Callable[[GatewaySMTP], None] | None = None
         self.limits = limits
