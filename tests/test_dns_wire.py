@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import time
+from collections import Counter
 
 import dns.flags
 import dns.message
@@ -26,8 +27,9 @@ class ScriptedServer(asyncio.DatagramProtocol):
     """A UDP nameserver on the test's own loop; ``script(query, addr, server)`` replies
     (or not) through ``server.send`` / ``server.send_from_other_port``."""
 
-    def __init__(self, script):
+    def __init__(self, script, host="127.0.0.1"):
         self.script = script
+        self.host = host
         self.transport = None
         self.other = None
         self.sources = []
@@ -35,10 +37,11 @@ class ScriptedServer(asyncio.DatagramProtocol):
     async def start(self):
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=("127.0.0.1", 0)
+            lambda: self, local_addr=(self.host, 0)
         )
-        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.other.bind(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.other = socket.socket(family, socket.SOCK_DGRAM)
+        self.other.bind((self.host, 0))
         return self
 
     def close(self):
@@ -47,7 +50,8 @@ class ScriptedServer(asyncio.DatagramProtocol):
 
     @property
     def nameserver(self):
-        return f"127.0.0.1:{self.transport.get_extra_info('sockname')[1]}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.transport.get_extra_info('sockname')[1]}"
 
     def datagram_received(self, data, addr):
         self.sources.append(addr)
@@ -72,8 +76,8 @@ def answer(query, *texts, rdtype="A", name=None):
 async def scripted():
     servers = []
 
-    async def make(script):
-        server = await ScriptedServer(script).start()
+    async def make(script, host="127.0.0.1"):
+        server = await ScriptedServer(script, host).start()
         servers.append(server)
         return server
 
@@ -108,6 +112,18 @@ async def test_forged_replies_are_ignored_and_the_real_one_used(scripted):
     assert [r.to_text() for r in await resolver.query("real.test", "A")] == ["192.0.2.1"]
     # Five forgeries reached our socket (the kernel itself drops the other port's).
     assert resolver.stats().dropped >= 5
+    await resolver.close()
+
+
+async def test_ipv6_nameserver_and_its_forgeries(scripted):
+    def script(query, wire, addr, server):
+        server.send_from_other_port(answer(query, "192.0.2.66"), addr)
+        server.send(answer(query, "192.0.2.6"), addr)
+
+    server = await scripted(script, "::1")
+    resolver = Resolver([server.nameserver], timeout=2.0)
+    assert resolver.nameservers == (server.nameserver,)
+    assert [r.to_text() for r in await resolver.query("v6.test", "A")] == ["192.0.2.6"]
     await resolver.close()
 
 
@@ -182,6 +198,22 @@ async def test_every_query_has_a_fresh_unpredictable_id(scripted):
     await resolver.close()
 
 
+@pytest.mark.timeout(10)
+async def test_ids_are_unique_among_a_sockets_queries_in_flight(scripted):
+    seen = []
+    server = await scripted(lambda query, wire, addr, server: seen.append((addr[1], query.id)))
+    resolver = Resolver([server.nameserver], timeout=0.5, cache=False)
+    names = [f"n{i}.test" for i in range(ROTATE_QUERIES)]
+    results = await asyncio.gather(
+        *(resolver.query(name, "A") for name in names), return_exceptions=True
+    )
+    assert all(isinstance(result, DnsTemporaryError) for result in results)
+    assert len(seen) == ROTATE_QUERIES
+    assert len({port for port, _id in seen}) == 1  # all on one socket, all in flight at once
+    assert len({query_id for _port, query_id in seen}) == ROTATE_QUERIES
+    await resolver.close()
+
+
 async def test_source_port_rotates(scripted):
     def script(query, wire, addr, server):
         server.send(answer(query, "192.0.2.1"), addr)
@@ -194,6 +226,30 @@ async def test_source_port_rotates(scripted):
     assert len(ports) == 3
     assert resolver.stats().sockets == 3
     assert resolver.open_sockets == 1
+    await resolver.close()
+
+
+async def test_queries_in_flight_are_spread_over_sockets(scripted):
+    seen = []
+
+    def script(query, wire, addr, server):
+        seen.append((addr[1], query.id))
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, server.send, answer(query, "192.0.2.1"), addr)
+
+    server = await scripted(script)
+    resolver = Resolver([server.nameserver], timeout=2.0, cache=False)
+    limit = asyncio.Semaphore(80)  # a bigger burst overflows the server's receive buffer
+
+    async def one(name):
+        async with limit:
+            await resolver.query(name, "A")
+
+    await asyncio.gather(*(one(f"n{i}.test") for i in range(ROTATE_QUERIES * 5 + 1)))
+    per_port = Counter(port for port, _id in seen)
+    assert len(per_port) == 6
+    assert max(per_port.values()) == ROTATE_QUERIES
+    assert resolver.open_sockets == 1  # drained sockets were closed
     await resolver.close()
 
 

@@ -17,8 +17,9 @@ a standard query (opcode 0). Anything else is dropped and counted, and the wait 
 so a spoofer cannot even cut a lookup short. An off-path attacker must guess the id and
 the source port together (the Kaminsky mitigation): each socket is bound by the kernel
 to a random ephemeral port (Linux randomises UDP autobind) and replaced after
-``ROTATE_QUERIES`` queries or ``ROTATE_SECONDS``, and carries at most ``MAX_IN_FLIGHT``
-queries, so a port is a moving target with few valid ids at any time.
+``ROTATE_QUERIES`` queries or ``ROTATE_SECONDS``, so a port is a moving target with at
+most ``ROTATE_QUERIES`` valid ids at any time. A fresh socket costs ~20 µs, under 1 %
+of the queries it carries.
 """
 
 from __future__ import annotations
@@ -43,13 +44,12 @@ timeout bounds the whole of it, retries and further nameservers included."""
 EDNS_PAYLOAD = 1232
 """The UDP payload we advertise (DNS flag day 2020): larger answers come with TC set
 and are asked again over TCP rather than fragmented."""
-MAX_IN_FLIGHT = 256
-"""Queries waiting on one socket at once; a full socket is replaced by a fresh one."""
-MAX_SOCKETS = 32
-"""Sockets one nameserver may have busy at once: beyond ``MAX_SOCKETS * MAX_IN_FLIGHT``
-queries in flight, further ones wait for a place instead of opening more sockets."""
 ROTATE_QUERIES = 100
+"""Queries one socket carries in its life (so also the most it has in flight)."""
 ROTATE_SECONDS = 30.0
+MAX_SOCKETS = 64
+"""Sockets one nameserver may have busy at once: beyond ``MAX_SOCKETS * ROTATE_QUERIES``
+queries in flight, further ones wait for a place instead of opening more sockets."""
 MAX_READS = 64
 """Datagrams read per wake-up of a socket, so one busy socket cannot starve the loop."""
 MAX_MESSAGE = 65_535
@@ -195,7 +195,7 @@ class Channel:
         self._active: _Socket | None = None
         self._sockets: set[_Socket] = set()
         self._peer: tuple[object, ...] | None = None
-        self._slots = asyncio.Semaphore(MAX_SOCKETS * MAX_IN_FLIGHT)
+        self._slots = asyncio.Semaphore(MAX_SOCKETS * ROTATE_QUERIES)
 
     @property
     def open_sockets(self) -> int:
@@ -265,11 +265,7 @@ class Channel:
 
     def _current(self) -> _Socket:
         s = self._active
-        if s is not None and (
-            len(s.pending) >= MAX_IN_FLIGHT
-            or s.sent >= ROTATE_QUERIES
-            or self.loop.time() >= s.expires
-        ):
+        if s is not None and (s.sent >= ROTATE_QUERIES or self.loop.time() >= s.expires):
             self._retire(s)
             s = None
         if s is None:
