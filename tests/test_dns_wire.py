@@ -356,15 +356,30 @@ async def test_identical_lookups_in_flight_share_one_query(dns_server, resolver)
     assert resolver.stats().coalesced == 19
 
 
-async def test_one_waiter_cancelled_does_not_cancel_the_others(dns_server, resolver):
+async def test_the_asker_cancelled_does_not_fail_those_waiting_on_it(dns_server, resolver):
     dns_server.add("patient.test", "A", "192.0.2.3")
     dns_server.behave("patient.test", "slow", delay=0.2)
-    impatient = asyncio.create_task(resolver.addresses("patient.test"))
-    patient = asyncio.create_task(resolver.addresses("patient.test"))
+    asker = asyncio.create_task(resolver.query("patient.test", "A"))
     await asyncio.sleep(0.05)
-    impatient.cancel()
-    assert await patient == ["192.0.2.3"]
-    assert impatient.cancelled()
+    waiter = asyncio.create_task(resolver.query("patient.test", "A"))
+    await asyncio.sleep(0.05)
+    asker.cancel()
+    assert [r.to_text() for r in await waiter] == ["192.0.2.3"]
+    assert asker.cancelled()
+    assert dns_server.queries == [("patient.test", "A")] * 2  # the waiter asked again
+
+
+async def test_a_waiter_cancelled_does_not_cancel_the_lookup(dns_server, resolver):
+    dns_server.add("patient.test", "A", "192.0.2.3")
+    dns_server.behave("patient.test", "slow", delay=0.2)
+    asker = asyncio.create_task(resolver.query("patient.test", "A"))
+    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(resolver.query("patient.test", "A"))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    assert [r.to_text() for r in await asker] == ["192.0.2.3"]
+    assert waiter.cancelled()
+    assert dns_server.queries == [("patient.test", "A")]
 
 
 async def test_cache_is_bounded_least_recently_used_out(dns_server):

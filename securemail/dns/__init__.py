@@ -144,18 +144,13 @@ class Resolver:
         await self.close()
 
     async def close(self) -> None:
-        """Close every socket. Lookups still in flight fail as temporary errors (this
-        waits for them); a later lookup opens fresh sockets."""
+        """Close every UDP socket; lookups waiting on one fail as temporary errors, and a
+        later lookup opens fresh sockets. (A TCP exchange under way keeps its own
+        connection until it ends, within the timeout.)"""
         clients = list(self._clients.values())
         self._clients.clear()
         for client in clients:
             client.release()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - close() is a coroutine
-            return
-        mine = [task for c in clients if c.loop is loop for task in c.inflight.values()]
-        await asyncio.gather(*mine, return_exceptions=True)
 
     def stats(self) -> DnsStats:
         """A snapshot of the counters (lookups, cache hits, packets, dropped replies…)."""
@@ -275,15 +270,28 @@ class Resolver:
                     raise DnsNotFound(f"{_what(name, rdtype)}: no such domain (NXDOMAIN)")
                 return hit
         client = self._client()
-        task = client.inflight.get(key)
-        if task is None:
-            task = client.loop.create_task(self._fetch(client, wire, kind, _what(name, rdtype)))
-            client.inflight[key] = task
-            task.add_done_callback(functools.partial(_forget, client.inflight, key))
-        else:
+        while (waiters := client.inflight.get(key)) is not None:
+            # The same question is being asked: wait for its answer instead of asking.
             self._stats.coalesced += 1
-        # Shielded: one waiter being cancelled must not cancel the others' lookup.
-        return await asyncio.shield(task)
+            waiter: asyncio.Future[Answer] = client.loop.create_future()
+            waiters.append(waiter)
+            try:
+                return await waiter
+            except _AskAgain:
+                continue  # its asker was cancelled; one of us asks now
+        client.inflight[key] = waiters = []
+        try:
+            answer = await self._fetch(client, wire, kind, _what(name, rdtype))
+        except DnsError as exc:
+            _settle(waiters, exc)
+            raise
+        except BaseException:  # cancelled: the others are not, so they ask again
+            _settle(waiters, _AskAgain())
+            raise
+        finally:
+            del client.inflight[key]
+        _settle(waiters, answer)
+        return answer
 
     async def _fetch(self, client: Client, wire: bytes, kind: int, what: str) -> Answer:
         """Ask the nameservers, cache what they say, and turn failures into our errors."""
@@ -362,12 +370,18 @@ def _system_nameservers() -> tuple[Nameserver, ...]:
     return servers
 
 
-def _forget(
-    inflight: dict[object, asyncio.Task[Answer]], key: object, task: asyncio.Task[Answer]
-) -> None:
-    inflight.pop(key, None)
-    if not task.cancelled():
-        task.exception()  # retrieved: its waiters may all have been cancelled
+class _AskAgain(Exception):
+    """The lookup a waiter waited on was cancelled with its asker."""
+
+
+def _settle(waiters: list[asyncio.Future[Answer]], outcome: Answer | BaseException) -> None:
+    for waiter in waiters:
+        if waiter.done():  # that waiter was cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
 
 
 def _release_all(clients: dict[asyncio.AbstractEventLoop, Client]) -> None:

@@ -20,12 +20,14 @@ is the smallest along the chain, or for a negative answer the SOA's TTL and mini
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import NamedTuple
 
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.wire
 
 MAX_CHAIN = 16
 """CNAME links followed within one reply (dnspython's ``MAX_CHAIN``)."""
@@ -130,6 +132,21 @@ def _parse(data: bytes, offset: int, qname: bytes, rdtype: int) -> Parsed:
         minimum = struct.unpack_from("!I", data, end - 4)[0] if soa.length >= 22 else 0
         ttl = min(ttl, soa.ttl, minimum)
     return Parsed(rcode, None, ttl, bool(flags & _AD))
+
+
+def _rdata(data: bytes, rdtype: int, record: _Record) -> dns.rdata.Rdata:
+    """dnspython's reader of this type, as ``dns.rdata.from_wire`` calls it (the whole
+    message given, for compressed names; exactly ``length`` octets consumed)."""
+    kind, cls = _rdata_class(rdtype)
+    parser = dns.wire.Parser(data, record.start)
+    with parser.restrict_to(record.length):
+        return cls.from_wire_parser(_IN, kind, parser, None)
+
+
+@functools.cache
+def _rdata_class(rdtype: int) -> tuple[dns.rdatatype.RdataType, type[dns.rdata.Rdata]]:
+    kind = dns.rdatatype.RdataType.make(rdtype)
+    return kind, dns.rdata.get_rdata_class(_IN, kind)
 
 
 def _record(data: bytes, offset: int) -> tuple[_Record, int]:

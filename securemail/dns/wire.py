@@ -349,7 +349,8 @@ class Client:
         self.loop = loop
         self.stats = stats
         self.channels = tuple(Channel(loop, server, stats) for server in servers)
-        self.inflight: dict[object, asyncio.Task[Answer]] = {}
+        self.inflight: dict[object, list[asyncio.Future[Answer]]] = {}
+        """Lookups being asked, by (name, type): the futures of those waiting on them."""
 
     @property
     def open_sockets(self) -> int:
