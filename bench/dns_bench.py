@@ -18,6 +18,20 @@ harness server would be the bottleneck.
 * ``securemail``: ``securemail.dns.Resolver(cache=False).query`` (the lean path over
   dnspython's wire format, ``securemail/dns/wire.py``), the whole public call, error
   mapping included.
+
+Measured on the 2-core machine while others worked on it (20,000 queries, 100 in flight;
+CPU µs per query, ranges over runs):
+
+    loop     dnspython   aiodns   securemail
+    uvloop   420-690     62-140   89-110
+    asyncio  510-590     88-98    121-132
+
+aiodns is cheaper per raw query, but it hands back c-ares' own records (no dnspython
+rdata for ``Resolver.query``'s callers; making them costs ~25 µs of ours), has no AD
+flag (MX ``dnssec``, DANE's TLSA) and checks replies its own way, so ``securemail``
+keeps its own path: 4-6x cheaper than dnspython's resolver, with every reply check ours
+and counted. ``bench/check_bench.py --modes dns --slow 0 --dead 0 --domains 500``
+went from 148 to 213 domains/s with it.
 """
 
 from __future__ import annotations
