@@ -13,7 +13,7 @@ mail provider has the same MX set) are stored once.
 
 What a checker meets from a real recursive resolver is there: NXDOMAIN and NODATA carry
 the zone's SOA (so negative answers are cached), CNAME chains come with the records they
-lead to, an EDNS OPT record is echoed (with DO when asked), answers over 1,232 bytes (512
+lead to (a type the chain's end does not have gets a plain NODATA), an EDNS OPT record is echoed (with DO when asked), answers over 1,232 bytes (512
 without EDNS) are truncated with TC so the client retries over TCP, which is served too.
 Names under a *dead* domain are never answered at all, as when a domain's nameservers are
 gone: the client can only time out.
