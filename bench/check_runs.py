@@ -265,7 +265,7 @@ class Workbench:
         source = self.tmp / f"domains-{len(self.runs)}.txt"
         source.write_text("".join(f"{d}\n" for d in domains))
         errors = self.tmp / "stderr.txt"
-        dns0, peers0, udp0 = self.dns.stats(), self.peers.stats(), _udp_receive_errors()
+        dns0, peers0 = self.dns.stats(), self.peers.stats()
         with source.open("rb") as stdin, errors.open("wb") as stderr:
             start = time.perf_counter()
             proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr,
@@ -285,7 +285,7 @@ class Workbench:
         run.processes = len(peaks.peaks)
         self.runs.append(run)
         print(run.row(), flush=True)
-        self._helpers(run, dns0, peers0, udp0)
+        self._helpers(run, dns0, peers0)
         if proc.returncode != 0:
             tail = errors.read_text(errors="replace").strip().splitlines()[-3:]
             self.problems.append(f"{run.label} ({run.workload}): exit {proc.returncode}: {tail}")
@@ -294,7 +294,7 @@ class Workbench:
                 f"{run.label} ({run.workload}): {run.reports} reports for {run.domains} domains"
             )
 
-    def _helpers(self, run: Run, dns0: dict, peers0: dict, udp0: int) -> None:
+    def _helpers(self, run: Run, dns0: dict, peers0: dict) -> None:
         """What the run cost the helpers: evidence that they were not the limit."""
         dns1, peers1 = self.dns.stats(), self.peers.stats()
         queries = dns1["queries"] - dns0["queries"]
@@ -306,9 +306,9 @@ class Workbench:
             f"peers {peers1['cpu'] - peers0['cpu']:.1f} s CPU, {tls:,} STARTTLS, "
             f"{peers1['policies'] - peers0['policies']:,} MTA-STS policies"
         )
-        lost = _udp_receive_errors() - udp0
+        lost = dns1["kernel_drops"] - dns0["kernel_drops"]
         if lost:
-            text += f"; !!! {lost} UDP datagrams lost to full buffers (figures suspect)"
+            text += f"; !!! {lost} queries lost in the DNS server's full buffer (figures suspect)"
         print(text, flush=True)
 
 
@@ -358,15 +358,3 @@ def _vm_hwm(pid: int) -> int:
         return 0
     found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
     return int(found.group(1)) if found else 0
-
-
-def _udp_receive_errors() -> int:
-    """RcvbufErrors from /proc/net/snmp: datagrams dropped because a buffer was full."""
-    try:
-        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    except OSError:
-        return 0
-    udp = [line for line in lines if line and line[0] == "Udp:"]
-    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
-        return 0
-    return int(udp[1][udp[0].index("RcvbufErrors")])

@@ -236,6 +236,7 @@ def serve(count: int, seed: int) -> None:
         return {
             "queries": server.queries,
             "dropped": server.dropped,
+            "kernel_drops": server.kernel_drops(),
             "udp_cpu": server.udp_cpu(),
             "cpu": time.process_time(),
         }

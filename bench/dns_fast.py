@@ -13,8 +13,9 @@ mail provider has the same MX set) are stored once.
 
 What a checker meets from a real recursive resolver is there: NXDOMAIN and NODATA carry
 the zone's SOA (so negative answers are cached), CNAME chains come with the records they
-lead to (a type the chain's end does not have gets a plain NODATA), an EDNS OPT record is echoed (with DO when asked), answers over 1,232 bytes (512
-without EDNS) are truncated with TC so the client retries over TCP, which is served too.
+lead to (a type the chain's end does not have gets a plain NODATA), an EDNS OPT record
+is echoed (with DO when asked), answers over 1,232 bytes (512 without EDNS) are
+truncated with TC so the client retries over TCP, which is served too.
 Names under a *dead* domain are never answered at all, as when a domain's nameservers are
 gone: the client can only time out.
 
@@ -272,6 +273,19 @@ class FastDnsServer:
         if ident is None:
             return 0.0
         return time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+    def kernel_drops(self) -> int:
+        """Queries the kernel dropped because our receive buffer was full (the ``drops``
+        column of /proc/net/udp for this socket; 0 where it cannot be read)."""
+        local = f"{int(ipaddress.IPv4Address(self.host)):08X}:{self.port:04X}"
+        little = f"{int.from_bytes(ipaddress.IPv4Address(self.host).packed, 'little'):08X}"
+        wanted = {local, f"{little}:{self.port:04X}"}
+        try:
+            with open("/proc/net/udp") as table:  # noqa: PTH123
+                rows = [line.split() for line in table.readlines()[1:]]
+        except OSError:
+            return 0
+        return sum(int(row[-1]) for row in rows if len(row) > 12 and row[1] in wanted)
 
     def _serve_udp(self) -> None:
         recv, send, answer = self.udp.recvfrom, self.udp.sendto, self.zone.answer
