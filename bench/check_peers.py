@@ -1,18 +1,20 @@
 """The servers the checker's TLS and HTTPS checks talk to, for the checker benchmark.
 
-One process (``python bench/check_peers.py SEED``), one event loop, two listeners on
-127.0.0.1: an SMTP server that offers STARTTLS (the MX hosts: the checker connects to
-whatever address DNS gave, 127.0.0.1, on ``[check] smtp_port``) and an HTTPS server that
-answers ``GET /.well-known/mta-sts.txt`` for ``Host: mta-sts.dNNNNNN.example`` with that
-domain's policy (mode enforce, its own MX hosts, from ``check_zones``), on ``[check]
-https_port``. Both present a certificate for exactly the name the client sent in SNI,
-issued by the test CA (``harness.pki``) the first time the name is seen and cached, so
-every MX host and policy host of 100,000 domains verifies as it would on the internet.
+One process (``python bench/check_peers.py SEED PREWARM_DOMAINS``), one event loop, two
+listeners on 127.0.0.1: an SMTP server that offers STARTTLS (the MX hosts: the checker
+connects to whatever address DNS gave, 127.0.0.1, on ``[check] smtp_port``) and an HTTPS
+server that answers ``GET /.well-known/mta-sts.txt`` for ``Host: mta-sts.dNNNNNN.example``
+with that domain's policy (mode enforce, its own MX hosts, from ``check_zones``), on
+``[check] https_port``. Both present a certificate for exactly the name the client sent
+in SNI, issued by the test CA (``harness.pki``) and cached, so every MX host and policy
+host verifies as it would on the internet.
 
-Minting is cheap on purpose (one shared P-256 leaf key, one ECDSA signature a name): it
-runs while the checker is being measured. The SMTP dialogue is the least a prober needs:
-greeting, EHLO, STARTTLS, QUIT; servers accept TLS 1.2 and 1.3 only, so the checker's
-TLS 1.0/1.1 probes are refused as a well-run server refuses them.
+Issuing costs about 2 ms a name (one shared P-256 leaf key, one signature, and ``ssl``
+loads certificates from files only), which would land in the middle of a measured run:
+the names of the first PREWARM_DOMAINS live domains (the TLS workloads') are issued
+before the process reports ready, any other name on first use. The SMTP dialogue is the
+least a prober needs: greeting, EHLO, STARTTLS, QUIT; servers accept TLS 1.2 and 1.3
+only, so the checker's TLS 1.0/1.1 probes are refused as a well-run server refuses them.
 """
 
 from __future__ import annotations
