@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def child_env() -> dict[str, str]:
 
 
 class Workbench:
+    """The helpers, the config that points securemail at them, and every run so far."""
+
     def __init__(self, tmp: Path, *, zones: int, seed: int, prewarm: int) -> None:
         self.tmp = tmp
         self.env = child_env()
@@ -138,7 +141,8 @@ class Workbench:
             env={**self.env, "COLUMNS": "200", "NO_COLOR": "1"}, check=False,
         ).stdout  # fmt: skip
         if "--workers" not in help_text:
-            return "no `check --workers` in this securemail: one process (workers=1)"
+            ignored = f" (--workers {requested} ignored)" if requested is not None else ""
+            return f"no `check --workers` in this securemail: one process (workers=1){ignored}"
         if requested is None:
             return "--workers not given: securemail's default"
         self._workers = ["--workers", str(requested)]
@@ -152,8 +156,7 @@ class Workbench:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=self.env)  # fmt: skip
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        usage = _reap(proc)
         wall = time.perf_counter() - start
         return f"{wall:.2f} s ({usage.ru_utime + usage.ru_stime:.2f} s CPU)"
 
@@ -275,9 +278,8 @@ class Workbench:
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line(raw)
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            usage = _reap(proc)
             run.wall = time.perf_counter() - start
-            proc.returncode = os.waitstatus_to_exitcode(status)
             peaks.stop()
         run.cpu = usage.ru_utime + usage.ru_stime
         run.rss_mb = usage.ru_maxrss / 1024
@@ -310,6 +312,13 @@ class Workbench:
         if lost:
             text += f"; !!! {lost} queries lost in the DNS server's full buffer (figures suspect)"
         print(text, flush=True)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> resource.struct_rusage:
+    """Wait for ``proc``; its resource use, with that of the children it waited for."""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage
 
 
 class TreePeaks(threading.Thread):
