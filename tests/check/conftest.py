@@ -116,10 +116,13 @@ def world(
         HttpsServer(https_ctx, routes) as https,
     ):
         config = tmp_path / "securemail.toml"
+        # The loopback servers share this process: a modest concurrency and a DNS timeout
+        # with room for a retry keep them from being the ones that time out.
         config.write_text(
-            f'[dns]\nnameservers = ["{dns_server.nameserver}"]\ntimeout = 2.0\n'
+            f'[dns]\nnameservers = ["{dns_server.nameserver}"]\ntimeout = 5.0\n'
             f'[tls]\nca_file = "{pki.ca_file}"\n'
             f"[check]\nsmtp_port = {smtp.port}\nhttps_port = {https.port}\ntimeout = 3.0\n"
+            "concurrency = 10\n"
         )
         yield World(
             dns_server, smtp, https, pki.ca_file, config, [name(i) for i in range(WORLD_SIZE)]
