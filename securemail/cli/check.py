@@ -75,10 +75,10 @@ def check(
         int | None,
         typer.Option(
             "--workers",
-            help="Processes to check in (default: one per CPU; 1: this process only). With "
-            "more than 1, --json and --csv lines come in completion order and carry "
-            '"index", the domain\'s position in the input (0 = first; blank lines and # '
-            "comments not counted), as a JSON field or the last CSV column.",
+            help="Processes to check in (default: one per CPU; 1: this process only). "
+            "--json and --csv lines come as domains complete; with more than 1 worker each "
+            'carries "index", the domain\'s position in the input (0 = first; blank lines '
+            "and # comments not counted), as a JSON field or the last CSV column.",
             min=1,
             max=MAX_WORKERS,
         ),
@@ -170,18 +170,18 @@ def _worker_command(
     cfg: Config, selector: list[str] | None, *, no_tls: bool, only: str | None, fmt: str,
     concurrency: int,
 ) -> list[str]:  # fmt: skip
-    """This command as a worker: the same config and check options, ``fmt`` output."""
+    """This command as a worker: the same config and check options, ``fmt`` output.
+    (Values are joined to their options: a value starting with "-" stays a value.)"""
     command = [sys.executable, "-m", "securemail.cli", "check", "-", "--worker"]
-    command += ["--concurrency", str(concurrency)]
+    command += [f"--concurrency={concurrency}"]
     command += {"json": ["--json"], "csv": ["--csv"]}.get(fmt, [])
     if cfg.source is not None:
-        command += ["--config", str(cfg.source)]
-    for name in selector or ():
-        command += ["--selector", name]
+        command.append(f"--config={cfg.source}")
+    command += [f"--selector={name}" for name in selector or ()]
     if no_tls:
         command.append("--no-tls")
     if only is not None:
-        command += ["--only", only]
+        command.append(f"--only={only}")
     return command
 
 
