@@ -170,6 +170,8 @@ async def check_sharded(
                 continue
             worker, line = event
             if line is not None:
+                if not line.endswith(b"\n"):
+                    continue  # cut short by the worker's death: that domain is still dealt
                 index_text, verdict, rest = line.decode("utf-8", "surrogateescape").split("\t", 2)
                 text = worker.dealt.pop(int(index_text))
                 room.set()
@@ -182,7 +184,7 @@ async def check_sharded(
                 died.append(why)
                 for index, text in worker.dealt.items():
                     yield lost(index, text, f"{why} while checking it")
-                if feeding and restarts < MAX_RESTARTS:
+                if not feeder.done() and restarts < MAX_RESTARTS:  # else none would end
                     restarts += 1
                     await start()
             room.set()

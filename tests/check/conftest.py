@@ -69,7 +69,7 @@ def publish(dns: DnsServer, i: int, *, flaws: bool = True) -> None:
 
 @dataclass
 class World:
-    """The running world; tests reach the helpers through it (``world.name(3)``)."""
+    """The running world; tests reach the helpers through it (``bulk_world.name(3)``)."""
 
     shared_names = SHARED_NAMES
     name = staticmethod(name)
@@ -97,11 +97,11 @@ WORLD_SIZE = 60
 
 
 @pytest.fixture
-def world(
+def bulk_world(
     request: pytest.FixtureRequest, pki: TestPKI, dns_server: DnsServer, tmp_path: Path
 ) -> Iterator[World]:
     """``WORLD_SIZE`` domains (``c0.example``...), published with their flaws unless the
-    test asks for a healthy world (``@pytest.mark.parametrize("world", [False],
+    test asks for a healthy world (``@pytest.mark.parametrize("bulk_world", [False],
     indirect=True)``)."""
     flaws = getattr(request, "param", True)
     smtp_ctx = pki.server_context("*.sweep.test")

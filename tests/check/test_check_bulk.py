@@ -1,5 +1,5 @@
 """Bulk runs in one process: what a run shares (TLS contexts, probes) and what bounds it
-(probes kept, reports alive, intake while the loop is late), on the loopback world."""
+(probes kept, reports alive, intake while the loop is late), on the loopback bulk_world."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ DNS_ONLY = frozenset({"mx", "spf", "dmarc"})
 # --- TLS contexts: built once per trust configuration -----------------------------------
 
 
-async def test_tls_contexts_are_built_once_per_trust_configuration(world, tmp_path, monkeypatch):
+async def test_tls_contexts_are_built_once_per_trust_configuration(
+    bulk_world, tmp_path, monkeypatch
+):
     """Every STARTTLS probe and MTA-STS fetch reuses its context: a new CA file (a new
     trust configuration) costs a constant few constructions, then 50 more domains none."""
     ca_file = tmp_path / "ca.pem"  # a path no context was built for yet
-    shutil.copy(world.ca_file, ca_file)
+    shutil.copy(bulk_world.ca_file, ca_file)
     built: list[type] = []
     real_new = ssl.SSLContext.__new__
 
@@ -38,19 +40,23 @@ async def test_tls_contexts_are_built_once_per_trust_configuration(world, tmp_pa
         return real_new(cls, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "__new__", counting_new)
-    options = world.options(ca_file=ca_file)
-    first = [r async for r in Checker(world.resolver(), options).check_many(world.domains[:10])]
+    options = bulk_world.options(ca_file=ca_file)
+    first = [
+        r async for r in Checker(bulk_world.resolver(), options).check_many(bulk_world.domains[:10])
+    ]
     assert {r.verdict for r in first} <= {Status.PASS, Status.WARN, Status.FAIL}
     assert all(any(f.check == "mta_sts.policy_fetch" for f in r.findings) for r in first)
     assert all(any(f.check == "tls.certificate_chain" for f in r.findings) for r in first)
     # policy fetches + verifying probe + the non-verifying probe per pinned version
     assert 2 <= len(built) <= 7, built
     built.clear()
-    second = Checker(world.resolver(), options).check_many(world.domains[10:])
+    second = Checker(bulk_world.resolver(), options).check_many(bulk_world.domains[10:])
     assert len([r async for r in second]) == 50
     assert built == []
-    ca_file.write_bytes(world.ca_file.read_bytes() + b"\n")  # replaced: read again
-    again = [r async for r in Checker(world.resolver(), options).check_many(world.domains[:1])]
+    ca_file.write_bytes(bulk_world.ca_file.read_bytes() + b"\n")  # replaced: read again
+    again = [
+        r async for r in Checker(bulk_world.resolver(), options).check_many(bulk_world.domains[:1])
+    ]
     assert again[0].verdict is not Status.ERROR
     assert len(built) == 2  # the policy host's and the probe's verifying contexts
 
@@ -58,13 +64,13 @@ async def test_tls_contexts_are_built_once_per_trust_configuration(world, tmp_pa
 # --- TLS probes: shared while in use, bounded after ---------------------------------------
 
 
-async def test_probe_cache_is_bounded_and_shares_each_host(world):
+async def test_probe_cache_is_bounded_and_shares_each_host(bulk_world):
     """60 MX hosts, each also the MX of an alias domain checked right after it: each host
     is probed once, and the probes kept never exceed what the run's concurrency needs."""
-    for i in range(len(world.domains)):
-        world.dns.add(f"alias{i}.example", "MX", f"10 mx-c{i}.sweep.test.")
-    names = [n for i, d in enumerate(world.domains) for n in (d, f"alias{i}.example")]
-    checker = Checker(world.resolver(), world.options(only=frozenset({"mx", "tls"})))
+    for i in range(len(bulk_world.domains)):
+        bulk_world.dns.add(f"alias{i}.example", "MX", f"10 mx-c{i}.sweep.test.")
+    names = [n for i, d in enumerate(bulk_world.domains) for n in (d, f"alias{i}.example")]
+    checker = Checker(bulk_world.resolver(), bulk_world.options(only=frozenset({"mx", "tls"})))
     concurrency, kept = 2, []
     async for report in checker.check_many(names, concurrency=concurrency):
         assert report.verdict is Status.PASS, report.findings
@@ -170,7 +176,7 @@ async def test_a_domain_cancelled_does_not_cancel_a_probe_others_await(dns_serve
 # --- reports: streamed, at most `concurrency` alive ---------------------------------------
 
 
-async def test_reports_alive_never_exceed_concurrency(world):
+async def test_reports_alive_never_exceed_concurrency(bulk_world):
     """A slow reader (a full pipe) holds up intake: no more than ``concurrency`` domains
     are started and not yet taken, however long the input."""
     started: list[str] = []
@@ -180,13 +186,13 @@ async def test_reports_alive_never_exceed_concurrency(world):
             started.append(domain)
             return await super().check(domain, **kw)
 
-    checker = Counting(world.resolver(), world.options(only=DNS_ONLY))
+    checker = Counting(bulk_world.resolver(), bulk_world.options(only=DNS_ONLY))
     taken = 0
-    async for _report in checker.check_many(world.domains, concurrency=4):
+    async for _report in checker.check_many(bulk_world.domains, concurrency=4):
         taken += 1
         assert len(started) - taken <= 4 - 1  # the one just taken freed its slot
         await asyncio.sleep(0.02)
-    assert taken == len(world.domains) == len(started)
+    assert taken == len(bulk_world.domains) == len(started)
 
 
 # --- intake while the event loop is late --------------------------------------------------
@@ -217,7 +223,7 @@ async def test_loop_lag_monitor_measures_with_its_clock():
     assert lag.pauses == 1 and lag.worst == pytest.approx(0.5)
 
 
-async def test_no_domain_starts_while_the_loop_is_late(world):
+async def test_no_domain_starts_while_the_loop_is_late(bulk_world):
     """A coroutine hogging the loop (as a long collection or a burst of parsing does)
     makes intake pause: after each stall, no new domain starts until the monitor has
     seen the loop on time again."""
@@ -243,11 +249,11 @@ async def test_no_domain_starts_while_the_loop_is_late(world):
             stalls.append((began, time.monotonic()))
 
     lag = Recording(limit=0.1, period=0.02)
-    checker = Counting(world.resolver(), world.options(only=DNS_ONLY))
+    checker = Counting(bulk_world.resolver(), bulk_world.options(only=DNS_ONLY))
     hogging = asyncio.ensure_future(hog())
-    reports = [r async for r in checker.check_many(world.domains, concurrency=2, lag=lag)]
+    reports = [r async for r in checker.check_many(bulk_world.domains, concurrency=2, lag=lag)]
     await hogging
-    assert len(reports) == len(world.domains)
+    assert len(reports) == len(bulk_world.domains)
     assert lag.pauses >= 1 and lag.worst >= 0.2
     for _began, ended in stalls:
         later = [s for s in starts if s > ended]

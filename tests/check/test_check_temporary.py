@@ -17,12 +17,14 @@ from securemail.check.runner import Checker
 pytestmark = pytest.mark.timeout(120)
 
 
-async def _names_asked(world, index: int) -> list[str]:
+async def _names_asked(bulk_world, index: int) -> list[str]:
     """The names a full check of domain ``index`` asks about, in the order first asked."""
-    before = len(world.dns.queries)
-    report = await Checker(world.resolver(), world.options()).check(world.name(index))
+    before = len(bulk_world.dns.queries)
+    report = await Checker(bulk_world.resolver(), bulk_world.options()).check(
+        bulk_world.name(index)
+    )
     assert report.verdict is Status.PASS, [f for f in report.findings if f.status > Status.PASS]
-    asked = [n for n, _type in world.dns.queries[before:] if n not in world.shared_names]
+    asked = [n for n, _type in bulk_world.dns.queries[before:] if n not in bulk_world.shared_names]
     return list(dict.fromkeys(asked))
 
 
@@ -35,18 +37,18 @@ def _failed(report: object) -> list[str]:
     return [f"{f.check}: {f.message}" for f in report.findings if f.status is Status.FAIL]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("world", [False], indirect=True)
+@pytest.mark.parametrize("bulk_world", [False], indirect=True)
 @pytest.mark.parametrize("mode", ["servfail", "timeout"])
-async def test_no_lookup_failure_is_ever_a_fail(world, mode: str) -> None:
-    asked = await _names_asked(world, 0)
+async def test_no_lookup_failure_is_ever_a_fail(bulk_world, mode: str) -> None:
+    asked = await _names_asked(bulk_world, 0)
     assert len(asked) > 20, asked  # MX, addresses, SPF and its include, DKIM... all there
-    assert len(asked) < len(world.domains), "more names than domains to fault them in"
+    assert len(asked) < len(bulk_world.domains), "more names than domains to fault them in"
     faulted = {}
     for index, asked_name in enumerate(asked, start=1):
-        domain = world.name(index)
+        domain = bulk_world.name(index)
         faulted[domain] = _for_domain(asked_name, index)
-        world.dns.behave(faulted[domain], mode)
-    checker = Checker(world.resolver(timeout=0.5), world.options())
+        bulk_world.dns.behave(faulted[domain], mode)
+    checker = Checker(bulk_world.resolver(timeout=0.5), bulk_world.options())
     reports = {r.domain: r async for r in checker.check_many(faulted, concurrency=len(faulted))}
     assert set(reports) == set(faulted)
     for domain, report in reports.items():
@@ -54,15 +56,15 @@ async def test_no_lookup_failure_is_ever_a_fail(world, mode: str) -> None:
         assert report.verdict is Status.ERROR, (faulted[domain], report.findings)
 
 
-@pytest.mark.parametrize("world", [False], indirect=True)
+@pytest.mark.parametrize("bulk_world", [False], indirect=True)
 @pytest.mark.parametrize("shared", ["1.0.0.127.in-addr.arpa", "ptr.sweep.test"])
-async def test_reverse_dns_failure_is_not_a_fail(world, shared: str) -> None:
+async def test_reverse_dns_failure_is_not_a_fail(bulk_world, shared: str) -> None:
     """The names every domain's MX shares (its address's PTR and the name it points
     to), faulted one at a time for every domain."""
-    assert shared in world.shared_names
-    world.dns.behave(shared, "timeout")
-    checker = Checker(world.resolver(timeout=0.5), world.options())
-    async for report in checker.check_many(world.domains[:3]):
+    assert shared in bulk_world.shared_names
+    bulk_world.dns.behave(shared, "timeout")
+    checker = Checker(bulk_world.resolver(timeout=0.5), bulk_world.options())
+    async for report in checker.check_many(bulk_world.domains[:3]):
         assert not _failed(report)
         assert report.verdict is Status.ERROR
         codes = {f.check for f in report.findings if f.status is Status.ERROR}
