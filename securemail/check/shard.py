@@ -99,9 +99,10 @@ async def check_sharded(
     at a time. ``render`` writes the report of a domain whose worker died."""
     live: list[_Worker] = []
     readers: set[asyncio.Task[None]] = set()
-    # Bounded: readers wait while it is full, and so, through their pipes, do workers.
-    events: asyncio.Queue[tuple[_Worker, bytes | None] | Sharded | None]
-    events = asyncio.Queue(maxsize=2 * window * workers)
+    # Bounded by the protocol: a worker answers only domains it was dealt, at most
+    # ``window`` at a time, and the feeder queues at most ``window`` reports of its own.
+    events: asyncio.Queue[tuple[_Worker, bytes | None] | Sharded | None] = asyncio.Queue()
+    own_reports = asyncio.Semaphore(window)
     room = asyncio.Event()  # set when a worker may have room for more
     restarts = 0
     died: list[str] = []
@@ -122,8 +123,8 @@ async def check_sharded(
         stdout = worker.proc.stdout
         assert stdout is not None
         while line := await stdout.readline():
-            await events.put((worker, line))
-        await events.put((worker, None))
+            events.put_nowait((worker, line))
+        events.put_nowait((worker, None))
 
     def lost(index: int, text: str, why: str) -> Sharded:
         report = DomainReport(domain_key(text), (), error=why)
@@ -145,19 +146,19 @@ async def check_sharded(
             async for index, text in items:
                 worker = await pick()
                 if worker is None:  # every worker died and none may start
-                    await events.put(lost(index, text, f"not checked: {'; '.join(died)}"))
+                    await own_reports.acquire()
+                    events.put_nowait(lost(index, text, f"not checked: {'; '.join(died)}"))
                     continue
                 worker.deal(index, text)
                 await worker.flush()
         finally:
             for worker in live:
                 worker.finish()
-            ended.append(asyncio.ensure_future(events.put(None)))
 
-    ended: list[asyncio.Future[None]] = []
     for _ in range(workers):
         await start()
     feeder = asyncio.ensure_future(feed())
+    feeder.add_done_callback(lambda _: events.put_nowait(None))  # the input has ended
     feeding = True
     try:
         while feeding or live:
@@ -166,6 +167,7 @@ async def check_sharded(
                 feeding = False
                 continue
             if isinstance(event, Sharded):
+                own_reports.release()
                 yield event
                 continue
             worker, line = event
@@ -190,9 +192,9 @@ async def check_sharded(
             room.set()
         feeder.result()  # what reading the input raised, if anything
     finally:
-        for task in (feeder, *ended, *readers):
+        for task in (feeder, *readers):
             task.cancel()
-        await asyncio.gather(feeder, *ended, *readers, return_exceptions=True)
+        await asyncio.gather(feeder, *readers, return_exceptions=True)
         await asyncio.gather(*(_stop(worker) for worker in live))
 
 
