@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 
 class Status(IntEnum):
@@ -52,6 +53,13 @@ class Finding:
         if self.subject:
             out["subject"] = self.subject
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(
+            str(data["check"]), Status[str(data["status"]).upper()], str(data["message"]),
+            str(data.get("fix", "")), str(data.get("subject", "")),
+        )  # fmt: skip
 
 
 def passed(check: str, message: str, subject: str = "") -> Finding:
@@ -93,6 +101,13 @@ class DomainReport:
         if self.facts:
             out["facts"] = self.facts
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DomainReport:
+        """The report ``to_json`` wrote (a worker process's, read back by ``--workers``)."""
+        findings = tuple(Finding.from_json(f) for f in data.get("findings", ()))
+        return cls(str(data["domain"]), findings, dict(data.get("facts", {})),
+                   str(data.get("error", "")))  # fmt: skip
 
 
 def verdict(findings: Iterable[Finding]) -> Status:

@@ -40,18 +40,23 @@ _MEANING = {
 }
 
 
-def to_json_line(report: DomainReport) -> str:
+def to_json_line(report: DomainReport, index: int | None = None) -> str:
     """One JSON object on one line (non-ASCII and control characters escaped), without
-    the newline: the writer ends each line, so JSON Lines output counts with ``wc -l``."""
-    return json.dumps(report.to_json(), ensure_ascii=True, default=str)
+    the newline: the writer ends each line, so JSON Lines output counts with ``wc -l``.
+    ``index`` (the domain's input position, when output is in completion order from
+    several processes) comes first, as ``"index"``."""
+    data = report.to_json() if index is None else {"index": index, **report.to_json()}
+    return json.dumps(data, ensure_ascii=True, default=str)
 
 
 CSV_HEADER = ("domain", "verdict", "fail", "warn", "error", "pass", "first_failing_check")
+CSV_INDEX = "index"  # the last column when rows carry their input position
 
 
-def to_csv_row(report: DomainReport) -> list[str]:
-    """One ``CSV_HEADER`` row. Every cell goes through ``to_cell``: a domain, a subject or
-    an error message starting ``=`` or ``+`` must not run as a spreadsheet formula."""
+def to_csv_row(report: DomainReport, index: int | None = None) -> list[str]:
+    """One ``CSV_HEADER`` row (then the ``index`` when given). Every cell goes through
+    ``to_cell``: a domain, a subject or an error message starting ``=`` or ``+`` must
+    not run as a spreadsheet formula."""
     n = counts(report)
     return [
         to_cell(clean(cell))
@@ -60,6 +65,7 @@ def to_csv_row(report: DomainReport) -> list[str]:
             report.verdict.label,
             *(str(n[s]) for s in (Status.FAIL, Status.WARN, Status.ERROR, Status.PASS)),
             headline(report),
+            *(() if index is None else (str(index),)),
         )
     ]
 

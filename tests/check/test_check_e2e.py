@@ -175,11 +175,18 @@ def test_dns_unreachable_is_error_not_a_grade(unreachable, tmp_path):
     assert '<span class="badge error">ERROR</span>' in html.read_text()
 
 
-def test_csv_rows_never_formulas_and_totals_on_stderr(world):
-    proc = run(world, "--csv", "--no-tls", "-", stdin=f"{GOOD}\n{BAD}\n=HYPERLINK(1)\n")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_csv_rows_never_formulas_and_totals_on_stderr(world, workers):
+    stdin = f"{GOOD}\n{BAD}\n=HYPERLINK(1)\n"
+    proc = run(world, "--csv", "--no-tls", "--workers", str(workers), "-", stdin=stdin)
     assert proc.returncode == 0, proc.stderr
     header, *rows = list(csv.reader(io.StringIO(proc.stdout)))
-    assert header == ["domain", "verdict", "fail", "warn", "error", "pass", "first_failing_check"]
+    columns = ["domain", "verdict", "fail", "warn", "error", "pass", "first_failing_check"]
+    if workers == 1:
+        assert header == columns
+    else:  # completion order from two processes: each row says where it came in
+        assert header == [*columns, "index"]
+        assert {row[0]: row[-1] for row in rows} == {GOOD: "0", BAD: "1", "'=HYPERLINK(1)": "2"}
     by_domain = {row[0]: row for row in rows}
     assert len(rows) == 3 and set(by_domain) == {GOOD, BAD, "'=HYPERLINK(1)"}
     bad = by_domain[BAD]

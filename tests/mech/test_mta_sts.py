@@ -1,6 +1,10 @@
 """MTA-STS (RFC 8461): record and policy parsing, MX matching, the DNS lookup and HTTPS fetch."""
 
+import asyncio
+import contextlib
+import ssl
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from harness.httpsserver import HttpsServer, Route
@@ -18,6 +22,7 @@ from securemail.mech.mta_sts import (
     parse_txt_record,
     policy_covers,
 )
+from securemail.mech.mta_sts.lookup import PolicyClient, PolicyHostCertificateError, policy_context
 
 DOMAIN = "example.nhs.uk"
 HOST = f"mta-sts.{DOMAIN}"
@@ -407,3 +412,59 @@ async def test_fetch_connection_refused(pki):
         port = srv.port
     with pytest.raises(MtaStsError, match=f"https://127.0.0.1:{port}{WELL_KNOWN}: "):
         await fetch_policy(DOMAIN, https_port=port, resolve=_loopback, ca_file=pki.ca_file)
+
+
+# --- one client for a run of fetches ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _keep_alive_server(context: ssl.SSLContext) -> AsyncIterator[tuple[int, list[int]]]:
+    """An HTTPS server that keeps every connection open for more requests (as most do,
+    whatever the client's ``Connection`` header says); yields its port and the number of
+    requests each connection carried."""
+    carried: list[int] = []
+    body = POLICY.encode()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        carried.append(0)
+        slot = len(carried) - 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                carried[slot] += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n")
+                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1], carried
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_shared_client_never_reuses_a_connection_across_policy_hosts(pki):
+    """Two policy hosts at one address (a hosting provider's), the certificate valid for
+    the first only: the second fetch must verify its own certificate on its own
+    connection, and fail, not ride the first host's verified connection."""
+    context = pki.server_context(HOST)
+    async with (
+        _keep_alive_server(context) as (port, carried),
+        PolicyClient(ca_file=pki.ca_file, timeout=5.0, resolve=_loopback) as client,
+    ):
+        assert await client.fetch(DOMAIN, https_port=port) == POLICY
+        assert await client.fetch(DOMAIN, https_port=port) == POLICY
+        with pytest.raises(PolicyHostCertificateError, match="Hostname mismatch"):
+            await client.fetch("other.example", https_port=port)
+    assert carried == [1, 1]  # one request per connection; the third never got one
+
+
+async def test_policy_context_is_built_once_per_ca_file_version(pki, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki.ca_file.read_bytes())
+    first = policy_context(ca_file)
+    assert policy_context(ca_file) is first
+    ca_file.write_bytes(pki.ca_file.read_bytes() + b"\n")  # replaced: read again
+    assert policy_context(ca_file) is not first
+    assert policy_context(None) is policy_context(None)

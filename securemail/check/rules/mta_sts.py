@@ -18,14 +18,29 @@ from securemail.mech.mta_sts import (
     WELL_KNOWN,
     MtaStsError,
     MtaStsPolicy,
-    fetch_policy,
     lookup_record,
     parse_policy,
     parse_txt_record,
     policy_covers,
 )
+from securemail.mech.mta_sts.lookup import PolicyClient
 
 MIN_GOOD_MAX_AGE = 86_400
+
+
+def policy_client(
+    resolver: Resolver, *, ca_file: Path | None = None, timeout: float = 10.0,
+    max_connections: int = 100,
+) -> PolicyClient:  # fmt: skip
+    """The client policies are fetched with: policy hosts found through ``resolver``.
+    A run of many checks shares one (``Checker``), sized to the domains in flight."""
+
+    async def resolve(host: str) -> str:
+        return (await resolver.addresses(host))[0]
+
+    return PolicyClient(
+        ca_file=ca_file, timeout=timeout, resolve=resolve, max_connections=max_connections
+    )
 
 
 async def check_mta_sts(
@@ -36,8 +51,16 @@ async def check_mta_sts(
     https_port: int = 443,
     ca_file: Path | None = None,
     timeout: float = 10.0,
+    client: PolicyClient | None = None,
 ) -> tuple[list[Finding], dict[str, object]]:
-    """Findings for the MTA-STS record and policy, and the facts behind them."""
+    """Findings for the MTA-STS record and policy, and the facts behind them.
+
+    ``client`` is a run's ``policy_client`` (its ``ca_file`` and ``timeout`` apply);
+    without one, a client is made for this check and closed after it."""
+    if client is None:
+        async with policy_client(resolver, ca_file=ca_file, timeout=timeout) as own:
+            return await check_mta_sts(domain, resolver, mx_hosts, https_port=https_port,
+                                       client=own)  # fmt: skip
     domain = domain.rstrip(".").lower()
     facts: dict[str, object] = {"id": None}
     out = {"mta_sts": facts}
@@ -60,14 +83,9 @@ async def check_mta_sts(
     facts["id"] = record_id
     findings = [passed("mta_sts.record", f"_mta-sts.{domain}: v=STSv1, id={record_id}")]
 
-    async def resolve(host: str) -> str:
-        return (await resolver.addresses(host))[0]
-
     text, reason = "", ""
     try:
-        text = await fetch_policy(
-            domain, https_port=https_port, ca_file=ca_file, timeout=timeout, resolve=resolve
-        )
+        text = await client.fetch(domain, https_port=https_port)
     except (DnsNotFound, MtaStsError) as exc:
         reason = str(exc)
     except DnsError as exc:

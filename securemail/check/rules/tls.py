@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from securemail.check.model import Finding, failed, passed, warned
 from securemail.errors import ConfigError
+from securemail.mech.mta_sts.lookup import trust_version
 from securemail.tls import NCSC_TLS12_CIPHERS, name_matches
 
 _ALL_VERSIONS = (
@@ -259,6 +260,12 @@ def _sni(host: str) -> str | None:
     return None  # no SNI for an address literal
 
 
+# Contexts are built once and shared by every probe (an SSLContext may be shared): the
+# verifying one reads the system trust store, tens of milliseconds of CPU, so it is
+# built once per ``ca_file`` version (``trust_version``, as MTA-STS policy fetches: a
+# replaced CA file is read again), and the non-verifying ones once per pinned version.
+
+
 @functools.cache
 def _client_context(version: str | None) -> ssl.SSLContext:
     """Non-verifying; ``version`` pins one protocol, None allows every one we have."""
@@ -269,8 +276,12 @@ def _client_context(version: str | None) -> ssl.SSLContext:
     return ctx
 
 
-@functools.lru_cache(maxsize=8)
 def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
+    return _verifying_context_for(ca_file, trust_version(ca_file))
+
+
+@functools.lru_cache(maxsize=8)
+def _verifying_context_for(ca_file: Path | None, _version: tuple[int, int]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # matched separately, see name_matches
     ctx.verify_mode = ssl.CERT_REQUIRED
