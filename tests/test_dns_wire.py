@@ -356,13 +356,19 @@ async def test_identical_lookups_in_flight_share_one_query(dns_server, resolver)
     assert resolver.stats().coalesced == 19
 
 
-async def test_the_asker_cancelled_does_not_fail_those_waiting_on_it(dns_server, resolver):
+async def _asker_and_waiter(dns_server, resolver):
+    """Two identical lookups of a slow name: the first asks, the second waits on it."""
     dns_server.add("patient.test", "A", "192.0.2.3")
     dns_server.behave("patient.test", "slow", delay=0.2)
     asker = asyncio.create_task(resolver.query("patient.test", "A"))
     await asyncio.sleep(0.05)
     waiter = asyncio.create_task(resolver.query("patient.test", "A"))
     await asyncio.sleep(0.05)
+    return asker, waiter
+
+
+async def test_the_asker_cancelled_does_not_fail_those_waiting_on_it(dns_server, resolver):
+    asker, waiter = await _asker_and_waiter(dns_server, resolver)
     asker.cancel()
     assert [r.to_text() for r in await waiter] == ["192.0.2.3"]
     assert asker.cancelled()
@@ -370,12 +376,7 @@ async def test_the_asker_cancelled_does_not_fail_those_waiting_on_it(dns_server,
 
 
 async def test_a_waiter_cancelled_does_not_cancel_the_lookup(dns_server, resolver):
-    dns_server.add("patient.test", "A", "192.0.2.3")
-    dns_server.behave("patient.test", "slow", delay=0.2)
-    asker = asyncio.create_task(resolver.query("patient.test", "A"))
-    await asyncio.sleep(0.05)
-    waiter = asyncio.create_task(resolver.query("patient.test", "A"))
-    await asyncio.sleep(0.05)
+    asker, waiter = await _asker_and_waiter(dns_server, resolver)
     waiter.cancel()
     assert [r.to_text() for r in await asker] == ["192.0.2.3"]
     assert waiter.cancelled()
