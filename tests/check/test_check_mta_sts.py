@@ -171,3 +171,16 @@ async def test_check_dns_failure_warns(dns_server, resolver):
     findings, _facts = await check_mta_sts(DOMAIN, resolver, [])
     assert [(f.check, f.status) for f in findings] == [("mta_sts.dns_error", Status.ERROR)]
     assert f"_mta-sts.{DOMAIN}" in findings[0].message
+
+
+async def test_check_policy_host_silent_is_could_not_check(pki, dns_server, resolver):
+    """No answer is no finding: the policy host may be slow or the checker late, so a
+    fetch that times out is ``error`` (could not check), never ``fail``."""
+    _publish(dns_server)
+    routes = {WELL_KNOWN: Route(200, "text/plain", POLICY, delay=10.0)}
+    with _server(pki, routes) as srv:
+        findings, _facts = await check_mta_sts(
+            DOMAIN, resolver, [], https_port=srv.port, ca_file=pki.ca_file, timeout=0.5
+        )
+    assert (findings[-1].check, findings[-1].status) == ("mta_sts.policy_fetch", Status.ERROR)
+    assert "no answer within 0.5 s" in findings[-1].message

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from securemail.check.model import Finding, dns_error, failed, passed, warned
+from securemail.check.model import Finding, dns_error, failed, passed, unknown, warned
 from securemail.dns import DnsError, DnsNotFound, Resolver
 from securemail.mech.mta_sts import (
     WELL_KNOWN,
@@ -23,7 +23,7 @@ from securemail.mech.mta_sts import (
     parse_txt_record,
     policy_covers,
 )
-from securemail.mech.mta_sts.lookup import PolicyClient
+from securemail.mech.mta_sts.lookup import PolicyClient, PolicyTimeoutError
 
 MIN_GOOD_MAX_AGE = 86_400
 
@@ -86,6 +86,9 @@ async def check_mta_sts(
     text, reason = "", ""
     try:
         text = await client.fetch(domain, https_port=https_port)
+    except PolicyTimeoutError as exc:  # no answer is no finding: could not check
+        fix = "Retry later; if it persists, make sure the policy host answers HTTPS promptly."
+        return [*findings, unknown("mta_sts.policy_fetch", str(exc), fix)], out
     except (DnsNotFound, MtaStsError) as exc:
         reason = str(exc)
     except DnsError as exc:

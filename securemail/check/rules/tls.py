@@ -36,7 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from securemail.check.model import Finding, failed, passed, warned
+from securemail.check.model import Finding, failed, passed, unknown, warned
 from securemail.errors import ConfigError
 from securemail.mech.mta_sts.lookup import trust_version
 from securemail.tls import NCSC_TLS12_CIPHERS, name_matches
@@ -88,6 +88,7 @@ class TlsProbe:
     name_matches: bool | None
     error: str  # connection/protocol problem, "" if none
     cert_der: bytes = b""  # the leaf certificate (for DANE matching); not in JSON
+    timed_out: bool = False  # the main session got no answer in time (could not check)
 
     @property
     def subject(self) -> str:
@@ -116,6 +117,7 @@ class _Session:
     error: str = ""  # before TLS
     tls_error: str = ""  # STARTTLS refused or the handshake failed
     untrusted: bool = False  # the handshake failed certificate verification
+    timed_out: bool = False  # no answer within the timeout: nothing was learnt
 
 
 async def probe_tls(
@@ -153,7 +155,7 @@ async def probe_tls(
         cipher_bits=main.bits, cert_subject=None, cert_issuer=None, cert_sans=(),
         cert_not_after=None, cert_days_left=None, cert_key_type=None, cert_key_bits=None,
         chain_valid=chain_valid, chain_error=chain_error, name_matches=None,
-        error=main.error or main.tls_error, cert_der=main.der,
+        error=main.error or main.tls_error, cert_der=main.der, timed_out=main.timed_out,
     )  # fmt: skip
     try:
         return _with_certificate(probe) if main.der else probe
@@ -201,6 +203,7 @@ async def _session(
             s.cipher, s.bits = (cipher[0], cipher[2]) if cipher else (None, None)
             s.der = ssl_object.getpeercert(binary_form=True) or b""
     except TimeoutError:
+        s.timed_out = True
         _failed(s, f"timeout after {timeout:g}s while {s.stage} ({peer})")
     except ssl.SSLCertVerificationError as exc:
         s.untrusted, s.tls_error = True, str(exc.verify_message or exc.reason or exc)
@@ -343,6 +346,11 @@ def _key_kind(key: object) -> tuple[str | None, int | None]:
 def evaluate_tls(probe: TlsProbe, *, now: datetime) -> list[Finding]:
     """The ``tls.*`` findings for one probed address, with ``probe.subject`` as subject."""
     at = probe.subject
+    if not probe.connected and probe.timed_out:
+        # Silence is not a finding: the host may be slow, the path lossy, or (in bulk)
+        # the checker itself late. Refused, reset or a 554 greeting are answers: fail.
+        fix = "Retry later; if it persists, make sure the MX host greets within seconds."
+        return [unknown("tls.connect", f"could not check: {probe.error}", fix, at)]
     if not probe.connected:
         fix = "Make sure the MX host accepts SMTP on port 25 and greets with 220."
         return [failed("tls.connect", f"could not connect: {probe.error or 'no greeting'}",

@@ -39,6 +39,11 @@ WELL_KNOWN = "/.well-known/mta-sts.txt"
 Resolve = Callable[[str], Awaitable[str]]
 
 
+class PolicyTimeoutError(MtaStsError):
+    """The policy host did not answer in time: nothing is known about the policy (the
+    checker says "could not check"; delivery treats it like any failed fetch)."""
+
+
 class PolicyHostCertificateError(MtaStsError):
     """The policy host's certificate failed PKIX validation: RFC 8460's
     ``sts-webpki-invalid``, which a sender reports apart from other fetch failures."""
@@ -148,7 +153,7 @@ class PolicyClient:
                 finally:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException):
-            raise MtaStsError(f"{url}: no answer within {self.timeout:g} s") from None
+            raise PolicyTimeoutError(f"{url}: no answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
             kind = PolicyHostCertificateError if _certificate_failed(exc) else MtaStsError
             raise kind(f"{url}: {_describe(exc)}") from None
