@@ -223,8 +223,10 @@ async def test_source_port_rotates(scripted):
     for i in range(ROTATE_QUERIES * 3):
         await resolver.query(f"n{i}.test", "A")
     ports = {port for _host, port in server.sources}
-    assert len(ports) == 3
-    assert resolver.stats().sockets == 3
+    assert resolver.stats().sockets == 3  # a new socket every ROTATE_QUERIES queries
+    # Each was bound by the kernel to a random port: all three differ but by chance (a
+    # CI run once drew the same port twice), so this asserts the rotation, not the draw.
+    assert len(ports) >= 2
     assert resolver.open_sockets == 1
     await resolver.close()
 
