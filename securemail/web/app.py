@@ -139,17 +139,28 @@ def create_app(
             _set_cookie(response, BROWSER_COOKIE, browser, max_age=None)
         return response
 
-    @app.post("/m/{token}/passcode")
-    async def passcode(request: Request, token: str) -> Response:
+    async def token_form(
+        request: Request, token: str, purpose: str, limiter: ClientLimiter
+    ) -> tuple[Any, Access] | Response:
+        """What every form posted against a link passes first, in this order: a small
+        form, its CSRF token, a live link, the client's rate limit."""
         form = await request.form(max_files=0, max_fields=4)
-        if not csrf.valid("passcode", browser_id(request), str(form.get("csrf", ""))):
+        if not csrf.valid(purpose, browser_id(request), str(form.get("csrf", ""))):
             return forbidden()
         access = await live(token)
         if not isinstance(access, Access):
             return access
-        wait = passcodes.allow(client(request))
+        wait = limiter.allow(client(request))
         if wait:
             return _limited(page, wait)
+        return form, access
+
+    @app.post("/m/{token}/passcode")
+    async def passcode(request: Request, token: str) -> Response:
+        passed = await token_form(request, token, "passcode", passcodes)
+        if isinstance(passed, Response):
+            return passed
+        _form, access = passed
         sent = await backend.send_passcode(token)
         if isinstance(sent, Gone):
             return gone()
@@ -187,15 +198,10 @@ def create_app(
 
     @app.post("/m/{token}/verify")
     async def verify(request: Request, token: str) -> Response:
-        form = await request.form(max_files=0, max_fields=4)
-        if not csrf.valid("verify", browser_id(request), str(form.get("csrf", ""))):
-            return forbidden()
-        access = await live(token)
-        if not isinstance(access, Access):
-            return access
-        wait = verifies.allow(client(request))
-        if wait:
-            return _limited(page, wait)
+        passed = await token_form(request, token, "verify", verifies)
+        if isinstance(passed, Response):
+            return passed
+        form, access = passed
         code = "".join(str(form.get("code", "")).split())[:32]
         result = await backend.check_passcode(token, code, client(request))
         if isinstance(result, Gone):
