@@ -112,14 +112,6 @@ class World:
 
 
 @pytest.fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
-    await spool.open()
-    yield spool
-    await spool.close()
-
-
-@pytest.fixture
 def events():
     return MemorySink()
 

@@ -16,7 +16,7 @@ from securemail.gateway.events import LogSink, MemorySink, OperatorDecision, utc
 from securemail.gateway.outbound.deliver import Result
 from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.schedule import Schedule
-from securemail.gateway.spool import Decision, NewMessage, NewRecipient, RcptStatus, SqliteSpool
+from securemail.gateway.spool import Decision, NewMessage, NewRecipient, RcptStatus
 
 pytestmark = pytest.mark.timeout(30)
 SENDER = "jo@example.nhs.uk"
@@ -49,14 +49,6 @@ def delivered(queue_id, rcpt):
 
 def rcpt(address, level, status=RcptStatus.QUEUED):
     return NewRecipient(address, address.rpartition("@")[2], status, level, "test")
-
-
-@pytest.fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
-    await spool.open()
-    yield spool
-    await spool.close()
 
 
 async def until(predicate, timeout=10.0):

@@ -45,14 +45,6 @@ def msg(*recipients, data=b"Subject: hi\r\n\r\nbody\r\n", sender="jo@example.nhs
     return NewMessage(sender, rcpts, data, client="127.0.0.1:5000 helo=pc1", **kw)
 
 
-@pytest.fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
-    await spool.open()
-    yield spool
-    await spool.close()
-
-
 def run_child(script, *args):
     """A separate Python process running ``script`` (stdout piped, line by line)."""
     return subprocess.Popen(

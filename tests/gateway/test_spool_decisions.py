@@ -38,14 +38,6 @@ def msg(*recipients, received=0.0):
     return NewMessage("jo@example.nhs.uk", rcpts, b"Subject: hi\r\n\r\nbody\r\n", received=received)
 
 
-@pytest.fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL")
-    await spool.open()
-    yield spool
-    await spool.close()
-
-
 async def states(spool, qid):
     info = await spool.get(qid)
     return {r.rcpt: r.status for r in info.recipients}
