@@ -152,13 +152,23 @@ def print_json(obj: object) -> None:
 # --- input and running -----------------------------------------------------------------
 
 
+MAX_STDIN_LINE = 4096  # characters: a domain is 253, an address 254; the rest is junk
+
+
 def stdin_lines() -> Iterator[str]:
-    """Lines of stdin; undecodable bytes survive as lone surrogates (then: invalid)."""
+    """Lines of stdin; undecodable bytes survive as lone surrogates (then: invalid).
+
+    A line is at most ``MAX_STDIN_LINE`` characters: the rest of a longer one is read
+    and dropped, so one newline-free gigabyte costs a buffer, not a gigabyte (what is
+    kept is still reported, as not a domain or address)."""
     stream = open(  # noqa: SIM115 - wraps stdin's own descriptor, which we must not close
         sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape", closefd=False
     )
     with stream:
-        for line in stream:
+        while line := stream.readline(MAX_STDIN_LINE):
+            if not line.endswith("\n"):
+                while (rest := stream.readline(MAX_STDIN_LINE)) and not rest.endswith("\n"):
+                    pass
             if line.strip():
                 yield line
 

@@ -64,6 +64,17 @@ def test_classify_stdin_undecodable_bytes_are_invalid_not_a_crash(config):
     assert [r["status"] for r in rows] == ["invalid", "secure"]
 
 
+def test_classify_stdin_a_huge_line_is_cut_not_held(config):
+    """One newline-free 50 MB line: read in bounded pieces, what is kept reported as
+    invalid (at most MAX_STDIN_LINE characters of it), and the next line still read."""
+    huge = b"a" * 50_000_000 + b"@nhs.net\njo@nhs.net\nlast@nhs.net"
+    proc = run("classify", "-c", str(config), "--json", "-", stdin=huge)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [r["status"] for r in rows] == ["invalid", "secure", "secure"]
+    assert len(proc.stdout) < 20_000  # the first row names at most 4096 characters
+
+
 def test_audience_option_and_config_default(tmp_path):
     cfg = tmp_path / "gov.toml"
     cfg.write_text('[organisation]\naudience = "government"\n')
