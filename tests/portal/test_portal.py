@@ -78,7 +78,7 @@ async def test_passcode_session_read(portal: Portal, mailbox: Mailbox) -> None:
     events = [e.event for e in await portal.events(session.message_id)]
     assert events == ["deposited", "passcode sent", "session started", "opened"]
     passcode_mail = mailbox.to("carer@gmail.test")[-1]
-    assert b"secret-body" not in passcode_mail and b"943" not in passcode_mail
+    assert b"secret-body" not in passcode_mail and b"943 476 5919" not in passcode_mail
 
 
 async def test_passcode_expires(portal: Portal, mailbox: Mailbox, clock: Clock) -> None:
@@ -195,7 +195,7 @@ async def test_notices_carry_no_content(portal: Portal, mailbox: Mailbox) -> Non
     text = parsed.get_body().get_content()  # type: ignore[union-attr]
     assert f"https://portal.example.nhs.uk/m/{deposit.links['carer@gmail.test']}" in text
     assert "Dr A" in text and "Example Trust" in text
-    for secret in (b"secret-body", b"943", b"NHS"):
+    for secret in (b"secret-body", b"943 476 5919", b"9434765919", b"NHS"):
         assert secret not in notice
     [sender_notice] = mailbox.to("a@example.nhs.uk")
     assert deposit.message_id.encode() in sender_notice and b"carer@gmail.test" in sender_notice

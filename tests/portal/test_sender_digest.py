@@ -48,7 +48,7 @@ async def test_a_senders_messages_share_one_notice_and_recipients_wait_for_nothi
         assert _ids(notice) == alice
         parsed = message_from_bytes(notice, policy=default)
         assert parsed["Subject"] == "Your 3 messages were sent by the secure portal"
-        for secret in (b"secret-body", b"943", b"/m/"):  # no content, no link, no token
+        for secret in (b"secret-body", b"943 476 5919", b"9434765919", b"/m/"):
             assert secret not in notice
         [single] = mailbox.to("bob@example.nhs.uk")
         assert _ids(single) == [bob]
