@@ -85,11 +85,17 @@ class ListenConfig:
     greet_pause: float = 0.3  # seconds before the 220; a client talking first is refused
 
     cpu_budget: float = 20.0  # seconds of checking per message, off the event loop
+    workers: int = 0  # inbound accept processes under ``serve``; 0: one per CPU core
 
     @property
     def data_in_flight(self) -> int:
         """``max_data_in_flight`` as used: 0 means room for four maximum-size messages."""
         return self.max_data_in_flight or 4 * self.max_message_size
+
+    @property
+    def accept_workers(self) -> int:
+        """``workers`` as used: 0 means one per CPU core (``os.cpu_count``)."""
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +285,7 @@ _CHECKS: Mapping[tuple[str, str], Callable[[object], object]] = {
     ("listen", "max_data_in_flight"): _zero_or_between(1024, 1024**4),
     ("listen", "greet_pause"): _between(0, 60),
     ("listen", "cpu_budget"): _between(1, 3600),
+    ("listen", "workers"): _between(0, 64),
     ("delivery", "port"): _PORT,
     ("delivery", "retry_base"): _between(0.01, 86400),
     ("delivery", "retry_max"): _between(0.01, 7 * 86400),

@@ -18,6 +18,11 @@ What the stages take from the config is built by ``reload.build``, at start and 
 on every reload (SIGHUP), which swaps the new pieces in without a restart; the pid and
 state files through which ``securemail reload`` finds and hears from this process are
 ``control.ServiceFiles``.
+
+With ``workers`` above 1 (``[listen] workers``, under ``securemail serve``), the inbound
+listener's sessions run in that many accept worker processes (``inbound/pool.py`` says
+why and how); each is a ``Gateway`` too, built with the ``channel`` to this one, which
+runs only the inbound sessions and the accept pipeline, with its own spool writer.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -36,15 +41,20 @@ from securemail.core.replies import SmtpReply
 from securemail.errors import SecuremailError
 from securemail.gateway.control import OK, REFUSED, GatewayState, ServiceFiles
 from securemail.gateway.events import EventSink, Lifecycle, LogSink
+from securemail.gateway.inbound import handoff
 from securemail.gateway.inbound.accept import AcceptPipeline
+from securemail.gateway.inbound.capacity import Admitted
 from securemail.gateway.inbound.limits import AuthLimiter, LockoutFiles
 from securemail.gateway.inbound.listeners import ROLES, Listeners
 from securemail.gateway.inbound.offload import Offload
+from securemail.gateway.inbound.pool import AcceptPool
+from securemail.gateway.inbound.pool import worker_command as default_worker_command
 from securemail.gateway.inbound.server import GatewayHandler, Transaction
 from securemail.gateway.inbound.users import UserStore
 from securemail.gateway.queue.manager import QueueManager
 from securemail.gateway.queue.notify import Notifier
 from securemail.gateway.reload import (
+    Pieces,
     build,
     config_base,
     listen_settings,
@@ -73,13 +83,19 @@ class Gateway:
         service: ServiceFiles | None = None,
         listeners: Listeners | None = None,
         portal_socket: socket.socket | None = None,
+        workers: int = 1,
+        worker_command: Sequence[str] = (),
+        channel: handoff.Channel | None = None,
     ) -> None:
         """Wire the stages; reads the TLS key, DKIM keys and accredited list (so, under
         ``serve``, after the switch to the service user). ``service``: the pid and state
         files (``securemail serve`` passes them); None for a gateway embedded in a test or
         benchmark, which nothing outside signals. ``listeners``: those ``bind_listeners``
         bound, else new ones that ``start`` binds; ``portal_socket`` likewise for the
-        portal's HTTPS listener (``bind_portal``), when the portal is enabled."""
+        portal's HTTPS listener (``bind_portal``), when the portal is enabled.
+        ``workers``: accept processes for the inbound listener (1: none, all in this
+        process), each started with ``worker_command`` (``pool.worker_command``).
+        ``channel``: this is an accept worker, fed connections over it."""
         self.clock = clock
         self.today = today
         self.events = events or LogSink()
@@ -104,7 +120,7 @@ class Gateway:
             events=self.events,
             clock=clock,
             senders=self.users.owned,
-            stored=lambda: self.queue.wake(),
+            stored=self._stored,
             offload=self.offload,
         )
         notifier = Notifier(
@@ -136,7 +152,19 @@ class Gateway:
             clock=clock,
             events=self.events,
         )
+        self.channel = channel
         self.listeners = listeners or Listeners(live.listen)
+        self.pool: AcceptPool | None = None
+        if workers > 1 and channel is None:
+            self.pool = AcceptPool(
+                workers,
+                command=worker_command or default_worker_command(),
+                limits=self.listeners.limits,  # one count for both listeners' sessions
+                budget=self.listeners.budget,  # and one DATA budget for every process
+                events=self.events,
+                stored=lambda: self.queue.wake(),
+            )
+        self._store_signalled = False
         self.handlers: list[GatewayHandler] = []
         self.limiter: AuthLimiter | None = None
         self.generation = 0  # reload attempts so far (the state file's generation)
@@ -164,7 +192,7 @@ class Gateway:
         the log line names each ("listen.inbound changed: needs a restart").
 
         Returns the state recorded (None before ``start``, when there is nothing to
-        reload yet).
+        reload yet). The accept workers are sent what is now in force.
         """
         async with self._reloading:
             if not self.started:
@@ -179,20 +207,11 @@ class Gateway:
                     sts_store=self.spool,
                 )
             except Exception as exc:  # whatever it is, the running configuration stays
-                why = str(exc) if isinstance(exc, SecuremailError) else repr(exc)
-                message = f"reload refused: {why}; keeping the running configuration"
-                self.events.emit(Lifecycle(message, warning=True))
+                message = self._refused(exc)
                 return self._record(REFUSED, message, ())
-            retired = swap(self, new.pieces)  # no await before it: atomic on the loop
-            if self.portal is not None:  # its LIVE keys; the files stay (RESTART_ONLY)
-                running = self.portal.config
-                self.portal.config = replace(
-                    new.pieces.config.portal, enabled=True, key_file=running.key_file,
-                    database=running.database, listen=running.listen,
-                )  # fmt: skip
-            task = asyncio.ensure_future(retired.close())
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            self._apply(new.pieces)
+            if self.pool is not None:
+                self.pool.reload(new.pieces.config)
             for warning in new.warnings:
                 self.events.emit(Lifecycle(f"reload: config: {warning}", warning=True))
             waiting = "".join(f"; {key} changed: needs a restart" for key in new.restart_needed)
@@ -202,6 +221,54 @@ class Gateway:
             )
             self.events.emit(Lifecycle(message, warning=bool(new.restart_needed)))
             return self._record(OK, message, new.restart_needed)
+
+    async def adopt(self, config: Config) -> str:
+        """An accept worker's reload: build what the gateway process now runs (its
+        ``config``, already checked there) and put it in force. What happened, in words."""
+        async with self._reloading:
+            self.generation += 1
+            try:
+                pieces = await asyncio.to_thread(
+                    build, config, today=self.today, events=self.events, sts_store=self.spool
+                )
+            except Exception as exc:  # this worker keeps what it runs; the log says so
+                return self._refused(exc)
+            self._apply(pieces)
+            return f"reloaded (generation {self.generation})"
+
+    def _refused(self, exc: Exception) -> str:
+        why = str(exc) if isinstance(exc, SecuremailError) else repr(exc)
+        message = f"reload refused: {why}; keeping the running configuration"
+        self.events.emit(Lifecycle(message, warning=True))
+        return message
+
+    def _apply(self, pieces: Pieces) -> None:
+        """Swap ``pieces`` in (no await before it: atomic on the loop) and retire the
+        deliverer they replace once its deliveries are done."""
+        retired = swap(self, pieces)
+        if self.portal is not None:  # its LIVE keys; the files stay (RESTART_ONLY)
+            running = self.portal.config
+            self.portal.config = replace(
+                pieces.config.portal, enabled=True, key_file=running.key_file,
+                database=running.database, listen=running.listen,
+            )  # fmt: skip
+        task = asyncio.ensure_future(retired.close())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def _stored(self) -> None:
+        """New mail in the spool: the queue manager looks now; from an accept worker,
+        the gateway process's is told, once per turn of the loop however many came."""
+        if self.channel is None:
+            self.queue.wake()
+        elif not self._store_signalled:
+            self._store_signalled = True
+            asyncio.get_running_loop().call_soon(self._signal_stored)
+
+    def _signal_stored(self) -> None:
+        self._store_signalled = False
+        if self.channel is not None:
+            self.channel.send(handoff.STORED)
 
     def _record(self, result: str, message: str, restart: tuple[str, ...]) -> GatewayState:
         state = GatewayState(
@@ -257,44 +324,81 @@ class Gateway:
             self._queue_task = asyncio.ensure_future(self.queue.run())
             if self.portal is not None:
                 self._expiry_task = asyncio.ensure_future(self._portal_upkeep(self.portal))
+            if self.pool is not None:  # each opens the spool this one has just prepared
+                await self.pool.start(self.config)
             await self._listen()
             if self.portal is not None:
                 self.web = await self._serve_portal(self.portal)
             listening = ", ".join(
                 f"{role} {host}:{port}" for role, (host, port) in self.addresses.items()
             )
-            self.events.emit(
-                Lifecycle(f"listening on {listening}; running as {describe_uid(os.geteuid())}")
+            workers = (
+                f"; inbound sessions in {self.pool.count} accept workers (pids "
+                f"{', '.join(map(str, self.pool.pids))})"
+                if self.pool is not None
+                else ""
             )
+            running = describe_uid(os.geteuid())
+            self.events.emit(Lifecycle(f"listening on {listening}; running as {running}{workers}"))
             self.started = self._now()
             if self.service is not None:
                 self.service.publish()
             self._record(OK, "started", ())
 
+    async def start_worker(self) -> None:
+        """An accept worker's start: the spool (and the portal's store), then the inbound
+        sessions the gateway process hands over; ``READY`` tells it so."""
+        assert self.channel is not None
+        async with self._reloading:
+            await self.spool.open()
+            if self.portal is not None:
+                await self.portal.start()
+            self.listeners.adopt("inbound", self._handler("inbound"), self.live.tls)
+            self.started = self._now()
+            self.channel.send(handoff.READY)
+
+    def take(self, sock: socket.socket, conn_id: int) -> None:
+        """An accept worker's session: a connection the gateway process counted."""
+        assert self.channel is not None
+        channel = self.channel
+        task = asyncio.ensure_future(
+            self.listeners.take(
+                "inbound", sock, Admitted(lambda: channel.send(handoff.closed(conn_id)))
+            )
+        )
+        task.add_done_callback(_close_on_failure(sock, channel, conn_id))
+
     async def _listen(self) -> None:
-        cfg, live = self.config, self.live
+        cfg = self.config
         self.limiter = AuthLimiter(
-            live.auth_limits, files=LockoutFiles(cfg.relay.users_file), events=self.events
+            self.live.auth_limits, files=LockoutFiles(cfg.relay.users_file), events=self.events
         )
         for role, (host, port) in _listen_addresses(cfg):
-            handler = GatewayHandler(
-                role,
-                classify=self.classify,
-                accept=self.pipeline.accept,
-                own_domains=self.own_domains,
-                relay_networks=cfg.relay.networks if role == "inbound" else (),
-                authenticate=self.users.verify if role == "submission" else None,
-                max_recipients=live.max_recipients,
-                limiter=self.limiter,
-                events=self.events,
-                recipients=live.recipients,
-                senders=self.users.owned,
-                postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
-                inbound_tls=lambda: self.pipeline.rules.inbound_tls,  # a reload's, at once
-            )
-            self.handlers.append(handler)
             await self.listeners.bind(role, host, port)  # unless bind_listeners did
-            await self.listeners.serve(role, handler, live.tls)
+            if role == "inbound" and self.pool is not None:
+                self.pool.serve(self.listeners.detach(role))
+            else:
+                await self.listeners.serve(role, self._handler(role), self.live.tls)
+
+    def _handler(self, role: str) -> GatewayHandler:
+        cfg, live = self.config, self.live
+        handler = GatewayHandler(
+            role,
+            classify=self.classify,
+            accept=self.pipeline.accept,
+            own_domains=self.own_domains,
+            relay_networks=cfg.relay.networks if role == "inbound" else (),
+            authenticate=self.users.verify if role == "submission" else None,
+            max_recipients=live.max_recipients,
+            limiter=self.limiter,
+            events=self.events,
+            recipients=live.recipients,
+            senders=self.users.owned,
+            postmaster_domain=cfg.organisation.domains[0] if cfg.organisation.domains else "",
+            inbound_tls=lambda: self.pipeline.rules.inbound_tls,  # a reload's, at once
+        )
+        self.handlers.append(handler)
+        return handler
 
     def startup_facts(self) -> list[tuple[str, bool]]:
         """What this gateway runs with, as (fact, warning) for the start-up log: which
@@ -395,22 +499,52 @@ class Gateway:
         return web
 
     async def stop(self, grace: float = 30.0) -> None:
+        if self.channel is not None:
+            await self._stop_worker(grace)
+            return
         if self.web is not None:  # no new page views; requests in flight finish
             await self.web.stop(min(grace, 10.0))
+        workers = asyncio.ensure_future(self.pool.stop(grace) if self.pool else _nothing())
         deadline = await self.listeners.stop(grace)
+        await workers
         await self.queue.stop(max(deadline - time.monotonic(), 1.0))
         for task in (self._queue_task, self._expiry_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self._close_stores()
+        if self.service is not None and self.started:
+            self.service.withdraw()
+        self.events.emit(Lifecycle("stopped"))
+
+    async def _stop_worker(self, grace: float) -> None:
+        await self.listeners.stop(grace)
+        await self._close_stores()
+
+    async def _close_stores(self) -> None:
         await asyncio.gather(*self._retired, return_exceptions=True)
         await self.offload.close()
         await self.spool.close()
         if self.portal is not None:
             await self.portal.close()
-        if self.service is not None and self.started:
-            self.service.withdraw()
-        self.events.emit(Lifecycle("stopped"))
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _close_on_failure(
+    sock: socket.socket, channel: handoff.Channel, conn_id: int
+) -> Callable[[asyncio.Future[None]], None]:
+    """A handed-over connection the loop could not take (out of descriptors, say) is
+    closed, and the gateway process told, so its count goes down."""
+
+    def done(task: asyncio.Future[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            sock.close()
+            channel.send(handoff.closed(conn_id))
+
+    return done
 
 
 async def bind_listeners(config: Config) -> Listeners:

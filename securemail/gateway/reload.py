@@ -76,6 +76,7 @@ RESTART_ONLY: Mapping[str, str] = {
     "listen.max_connections_per_ip": "open connections are counted against it since start",
     "listen.max_data_in_flight": "DATA bytes held are counted against it since start",
     "listen.cpu_budget": "the worker processes that enforce it are set up at start",
+    "listen.workers": "the accept processes are started at start",
     "spool.url": "the spool is opened and locked at start",
     "spool.audit_days": "old decision history is pruned when the spool opens",
     "relay.networks": "they also exempt clients from the connection limits set up at start",

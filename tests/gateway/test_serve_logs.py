@@ -65,8 +65,12 @@ def test_syslog_gets_each_line_tagged_and_a_dead_syslog_stops_no_mail(
     try:
         assert gateway.proc is not None
         tag = f"securemail[{gateway.proc.pid}]: ".encode()
+        # Mail is accepted by an accept worker ([listen] workers): its own pid, as
+        # Postfix's smtpd[PID] lines carry each smtpd's.
+        workers = "|".join(map(str, gateway.accept_workers(2)))
         accepted = re.compile(
-            rb"<22>" + re.escape(tag) + rb"INFO securemail\.gateway: accepted id="
+            rb"<22>securemail\[(?:" + workers.encode() + rb")\]: INFO securemail\.gateway: "
+            rb"accepted id="
         )
         send(gateway)
         wait_for("accepted, in syslog", lambda: any(accepted.match(d) for d in daemon.got))

@@ -39,7 +39,11 @@ def write_config(
     cert, key = pki.server_cert(HOSTNAME)
     # No greeting pause: it would add 0.3 s to every connection of every test; the
     # pregreet test (tests/security/test_listener_sessions.py) sets its own.
-    listen = {"max_message_size": "200000", "timeout": "30", "greet_pause": "0"}
+    # Two accept workers, whatever the machine's cores: a `securemail serve` of the tests
+    # always runs the multi-process gateway (an embedded ``Gateway`` runs in one).
+    listen = {
+        "max_message_size": "200000", "timeout": "30", "greet_pause": "0", "workers": "2"
+    }  # fmt: skip
     for line in listen_extra.splitlines():  # "key = value" lines; they win over these
         name, _, value = line.partition("=")
         if value.strip():

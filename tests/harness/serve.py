@@ -131,6 +131,27 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"serve still running after {timeout}s:\n{self.tail()}") from None
 
+    def children(self) -> list[int]:
+        """The pids of the gateway's child processes: its accept workers (``[listen]
+        workers``) and any CPU workers, as /proc lists them now."""
+        assert self.proc is not None
+        try:
+            path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            return [int(pid) for pid in path.read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def accept_workers(self, count: int, timeout: float = 30.0) -> list[int]:
+        """Wait (bounded) until ``count`` accept workers run; their pids."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [pid for pid in self.children() if _is_accept_worker(pid)]
+            if len(found) == count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)} accept workers, not {count}:\n{self.tail()}")
+            time.sleep(0.05)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -151,3 +172,10 @@ class GatewayProcess:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _is_accept_worker(pid: int) -> bool:
+    try:
+        return b"--accept-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

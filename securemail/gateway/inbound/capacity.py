@@ -11,11 +11,23 @@ holds against one budget (``[listen] max_data_in_flight``).
 
 from __future__ import annotations
 
+import mmap
+import os
+import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from securemail.gateway.inbound.networks import Networks
+
+
+class Admission(Protocol):
+    """What a session asks when it opens and tells when it closes."""
+
+    def admit(self, ip: str) -> str | None: ...
+
+    def leave(self, ip: str) -> None: ...
 
 
 class ConnectionLimits:
@@ -50,21 +62,85 @@ class ConnectionLimits:
             del self.open[ip]  # bounded: only addresses with a connection open stay
 
 
+class Admitted:
+    """``Admission`` for a connection the gateway process already counted and handed to
+    this accept worker (``inbound/pool.py``): it is in; closing it is reported back."""
+
+    def __init__(self, on_leave: Callable[[], None]) -> None:
+        self.on_leave = on_leave
+
+    def admit(self, ip: str) -> str | None:
+        return None
+
+    def leave(self, ip: str) -> None:
+        self.on_leave()
+
+
+class BudgetSlots:
+    """What each process holds of the DATA budget, on one page they all map.
+
+    With accept workers (``inbound/pool.py``) the sessions of one gateway are spread
+    over several processes, and ``[listen] max_data_in_flight`` must still bound them
+    all. The gateway creates a ``memfd`` with one 8-byte slot per process (its own is 0)
+    and hands it to each worker with its slot number. A process writes only its own
+    slot and reads all of them to decide, so none ever waits for another (no lock on
+    the DATA path); two deciding at the same instant may each take one chunk
+    (``server.DATA_CHUNK``) past the limit: a bounded excess. A worker's slot is zeroed
+    before its replacement starts, so the bytes a killed worker held are free again.
+    """
+
+    SLOT = struct.Struct("=q")
+
+    def __init__(self, fd: int, slot: int, count: int) -> None:
+        if not 0 <= slot < count:
+            raise ValueError(f"slot {slot} of {count}")
+        self.fd, self.slot, self.count = fd, slot, count
+        self._map = mmap.mmap(fd, self.SLOT.size * count)
+        self._all = struct.Struct(f"={count}q")
+
+    @classmethod
+    def create(cls, count: int) -> BudgetSlots:
+        """A new page of ``count`` zeroed slots; this process has slot 0."""
+        fd = os.memfd_create("securemail-data-in-flight", os.MFD_CLOEXEC)
+        os.ftruncate(fd, cls.SLOT.size * count)
+        return cls(fd, 0, count)
+
+    def total(self) -> int:
+        return sum(self._all.unpack_from(self._map))
+
+    def set(self, held: int, slot: int | None = None) -> None:
+        self.SLOT.pack_into(self._map, self.SLOT.size * (self.slot if slot is None else slot), held)
+
+
 class DataBudget:
-    """DATA bytes held across all connections, against ``limit``."""
+    """DATA bytes held across all connections, against ``limit``; those of the accept
+    workers too, once shared with them (``share``, ``BudgetSlots``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.held = 0
+        self.mine = 0  # held by this process's connections
+        self.slots: BudgetSlots | None = None
+
+    @property
+    def held(self) -> int:
+        return self.mine if self.slots is None else self.slots.total()
+
+    def share(self, slots: BudgetSlots) -> None:
+        self.slots = slots
+        slots.set(self.mine)
 
     def take(self, size: int) -> bool:
         if self.held + size > self.limit:
             return False
-        self.held += size
+        self.mine += size
+        if self.slots is not None:
+            self.slots.set(self.mine)
         return True
 
     def give(self, size: int) -> None:
-        self.held -= size
+        self.mine -= size
+        if self.slots is not None:
+            self.slots.set(self.mine)
 
 
 class Pregreet:

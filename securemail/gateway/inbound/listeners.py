@@ -19,11 +19,19 @@ as root and every connection is served by the service user.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 
-from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
+from securemail.gateway.inbound.capacity import (
+    Admission,
+    Admitted,
+    ConnectionLimits,
+    DataBudget,
+    Pregreet,
+)
 from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
 
 ROLES = ("inbound", "submission")
@@ -83,7 +91,29 @@ class Listeners:
         self._tls = tls
         await self.servers[role].start_serving()
 
-    def _protocol(self, role: str) -> GatewaySMTP:
+    def detach(self, role: str) -> list[socket.socket]:
+        """``role``'s bound sockets, listening, for another to accept on (``AcceptPool``):
+        copies of the descriptors, so the server this holds can be closed as usual."""
+        sockets = []
+        for sock in self.servers[role].sockets:
+            copy = socket.socket(fileno=os.dup(sock.fileno()))
+            copy.listen(socket.SOMAXCONN)
+            sockets.append(copy)
+        return sockets
+
+    def adopt(self, role: str, handler: GatewayHandler, tls: ssl.SSLContext) -> None:
+        """Serve ``role``'s sessions handed over by the gateway process (``take``), in an
+        accept worker, which binds nothing."""
+        self._handlers[role] = handler
+        self._tls = tls
+
+    async def take(self, role: str, sock: socket.socket, on_close: Admitted) -> None:
+        """Serve one connection the gateway process accepted and counted."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        await loop.connect_accepted_socket(lambda: self._protocol(role, on_close), sock)
+
+    def _protocol(self, role: str, limits: Admission | None = None) -> GatewaySMTP:
         s = self.settings
         protocol = GatewaySMTP(
             self._handlers[role],
@@ -97,7 +127,7 @@ class Listeners:
             timeout=s.timeout,
             enable_SMTPUTF8=True,
             command_call_limit=1000,
-            limits=self.limits,
+            limits=limits or self.limits,
             budget=self.budget,
             greet_pause=self.pregreet,
         )

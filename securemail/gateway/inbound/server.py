@@ -62,7 +62,7 @@ from securemail.gateway.events import (
     RelayDenied,
     SessionAuth,
 )
-from securemail.gateway.inbound.capacity import ConnectionLimits, DataBudget, Pregreet
+from securemail.gateway.inbound.capacity import Admission, DataBudget, Pregreet
 from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.limits import AuthLimiter
 from securemail.gateway.inbound.networks import Networks
@@ -125,7 +125,7 @@ class GatewaySMTP(SMTP):
         self,
         handler: GatewayHandler,
         *,
-        limits: ConnectionLimits | None = None,
+        limits: Admission | None = None,
         budget: DataBudget | None = None,
         greet_pause: float | Pregreet = 0.0,
         **kwargs: Any,
