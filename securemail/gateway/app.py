@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
 from securemail.config import Config
 from securemail.core.classify import Classification
@@ -66,8 +67,9 @@ from securemail.gateway.spool import open_spool, spool_path
 from securemail.portal import Portal, PortalError
 from securemail.privileges import describe_uid
 from securemail.tls import served_certificate
-from securemail.web.app import create_app
-from securemail.web.serve import PortalWeb, portal_listen, start_portal_web
+
+if TYPE_CHECKING:
+    from securemail.web.serve import PortalWeb
 
 PORTAL_EXPIRY_EVERY = 300.0  # seconds between two expiry runs of the portal
 
@@ -486,7 +488,12 @@ class Gateway:
 
     async def _serve_portal(self, portal: Portal) -> PortalWeb:
         """The portal's pages over HTTPS on ``[portal] listen``, with the SMTP listeners'
-        certificate; replies from its recipients go into our pipeline as portal mail."""
+        certificate; replies from its recipients go into our pipeline as portal mail.
+        The web stack is imported here, not at the top: an accept worker never serves it,
+        and FastAPI's import is a third of a worker's start."""
+        from securemail.web.app import create_app
+        from securemail.web.serve import portal_listen, start_portal_web
+
         listen = portal_listen(self.config.portal.listen, self.config.portal.base_url)
 
         async def submit_reply(rcpt: str, data: bytes) -> None:

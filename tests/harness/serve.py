@@ -3,6 +3,7 @@ log output): start it on fixed ports, wait until both listeners greet, stop or k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 SECUREMAIL = [sys.executable, "-m", "securemail.cli"]
@@ -103,6 +104,7 @@ class GatewayProcess:
                 stderr=log,
                 cwd=self.config.parent,
                 env=self.env,
+                start_new_session=True,  # its own process group: ``kill`` takes every process
             )
         if not ready:
             return
@@ -116,9 +118,33 @@ class GatewayProcess:
                 time.sleep(0.02)
 
     def kill(self) -> None:
+        """SIGKILL every process of the gateway at once (its accept and CPU workers
+        too): the power cut, as far as a test can have one."""
         assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def kill_main(self) -> None:
+        """SIGKILL the gateway process alone; its accept workers see their channel
+        close and stop by themselves (finishing the message they are receiving)."""
+        assert self.proc is not None
+        workers = self.children()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in workers):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers {workers} outlived the gateway by 60 s")
+            time.sleep(0.05)
+
+    def kill_worker(self, pick: Callable[[list[int]], int]) -> int:
+        """SIGKILL one accept worker (``pick`` chooses among their pids); its pid."""
+        workers = [pid for pid in self.children() if _is_accept_worker(pid)]
+        assert workers, f"no accept worker running:\n{self.tail()}"
+        pid = pick(workers)
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
     def terminate(self) -> None:
         assert self.proc is not None
@@ -179,3 +205,11 @@ def _is_accept_worker(pid: int) -> bool:
         return b"--accept-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, not yet reaped by anyone (an orphan's parent is init, which will)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

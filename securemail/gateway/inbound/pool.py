@@ -106,6 +106,7 @@ class AcceptPool:
         self._turn = itertools.count()
         self._stopping = False
         self._paused = False
+        self._waiting = False
         self._backoff = [RESTART_BASE] * count
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -166,6 +167,9 @@ class AcceptPool:
         self._sockets.clear()
 
     def _accept(self, sock: socket.socket) -> None:
+        if not any(w is not None and w.serving for w in self.workers):
+            self._wait_for_worker()
+            return
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, address = sock.accept()
@@ -190,10 +194,8 @@ class AcceptPool:
             if worker.channel.offer(message, conn.fileno()):
                 worker.open[conn_id] = ip
                 return
-        self.limits.leave(ip)
+        self.limits.leave(ip)  # every worker's channel is full: they are far behind
         self._refuse(conn, ip, replies.NO_WORKER, "no accept worker could take it")
-        if not any(w is not None and w.serving for w in self.workers):
-            self._pause("no accept worker is running")
 
     def _by_load(self) -> list[_Worker]:
         """Serving workers, fewest open connections first; ties taken in turn."""
@@ -215,18 +217,31 @@ class AcceptPool:
             return
         self._paused = True
         self.events.emit(Lifecycle(f"{why}; not accepting for {ACCEPT_PAUSE:g}s", warning=True))
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            loop.remove_reader(sock.fileno())
-        loop.call_later(ACCEPT_PAUSE, self._resume)
+        self._reading(False)
+        asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
-        if self._stopping:
-            return
+        self._reading(not self._stopping and not self._waiting)
+
+    def _wait_for_worker(self) -> None:
+        """No worker is serving (all died at once, or are starting): connections wait in
+        the backlog, as they do for Postfix's master when every smtpd is busy, and are
+        taken once a worker is ready (``_message``) instead of refused."""
+        if not self._waiting:
+            self._waiting = True
+            self.events.emit(
+                Lifecycle("no accept worker is running; connections wait", warning=True)
+            )
+            self._reading(False)
+
+    def _reading(self, on: bool) -> None:
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            loop.add_reader(sock.fileno(), self._accept, sock)
+            if on:
+                loop.add_reader(sock.fileno(), self._accept, sock)
+            else:
+                loop.remove_reader(sock.fileno())
 
     # --- workers ------------------------------------------------------------------------
 
@@ -278,6 +293,9 @@ class AcceptPool:
             elif kind == handoff.READY:
                 if not worker.ready.done():
                     worker.ready.set_result(None)
+                if self._waiting:
+                    self._waiting = False
+                    self._reading(not self._paused and not self._stopping)
             elif kind == handoff.RELOADED:
                 text = body.decode("utf-8", "replace")
                 if not text.startswith("reloaded"):
