@@ -70,7 +70,6 @@ AUTH_RATE_LIMITED = SmtpReply(
     454, "4.7.0", "Too many failed authentication attempts; try again later", check="auth-limit"
 )
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down")
-NO_WORKER = SmtpReply(421, "4.3.2", "Service not available, try again later", check="workers")
 UNKNOWN_RECIPIENT = SmtpReply(
     550, "5.1.1", "Recipient address rejected: user unknown", check="recipients"
 )

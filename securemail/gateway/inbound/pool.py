@@ -29,6 +29,7 @@ nobody reloaded yet. A reload is the gateway's; it sends the result to every wor
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import itertools
@@ -54,6 +55,7 @@ ACCEPT_PAUSE = 1.0  # seconds without accepting after EMFILE/ENFILE (as asyncio 
 RESTART_BASE = 1.0  # seconds before a dead worker's replacement; doubling while it dies
 RESTART_MAX = 60.0
 STABLE_AFTER = 30.0  # a worker that lived this long died of something else: no backoff
+HANDOFF_RETRY = 0.002  # seconds between tries while every worker's channel is full
 
 
 def worker_command(log_level: str = "info") -> list[str]:
@@ -63,6 +65,15 @@ def worker_command(log_level: str = "info") -> list[str]:
 
 class WorkerStartError(SecuremailError):
     """A worker did not get ready; ``str(err)`` says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    """An accepted, counted connection on its way to a worker."""
+
+    conn: socket.socket
+    ip: str
+    conn_id: int
 
 
 @dataclass(eq=False)
@@ -103,6 +114,7 @@ class AcceptPool:
         self.config: Config | None = None
         self._sockets: list[socket.socket] = []
         self._ids = itertools.count(1)
+        self._pending: collections.deque[_Handed] = collections.deque()
         self._turn = itertools.count()
         self._stopping = False
         self._paused = False
@@ -148,6 +160,11 @@ class AcceptPool:
         """Stop accepting; each worker finishes its sessions within ``grace`` seconds."""
         self._stopping = True
         self._stop_accepting()
+        while self._pending:  # never greeted: they may try again, elsewhere or later
+            handed = self._pending.popleft()
+            self.limits.leave(handed.ip)
+            self._refuse(handed.conn, handed.ip, replies.SHUTTING_DOWN, "stopping")
+            handed.conn.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -171,6 +188,8 @@ class AcceptPool:
             self._wait_for_worker()
             return
         for _ in range(ACCEPT_BATCH):
+            if self._pending:  # the workers are behind: the rest waits in the backlog
+                return
             try:
                 conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -180,22 +199,40 @@ class AcceptPool:
                     continue  # the client gave up in the backlog
                 self._pause(f"accept failed: {exc.strerror or exc}")
                 return
-            with conn:
-                self._hand(conn, str(address[0]))
+            self._hand(conn, str(address[0]))
 
     def _hand(self, conn: socket.socket, ip: str) -> None:
         why = self.limits.admit(ip)
         if why is not None:
             self._refuse(conn, ip, replies.TOO_MANY_CONNECTIONS, why)
+            conn.close()
             return
-        conn_id = next(self._ids)
-        message = handoff.connection(conn_id)
+        handed = _Handed(conn, ip, next(self._ids))
+        if not self._offer(handed):
+            self._pending.append(handed)
+            asyncio.get_running_loop().call_later(HANDOFF_RETRY, self._drain)
+
+    def _offer(self, handed: _Handed) -> bool:
+        """Hand ``handed`` to the least loaded worker that can take it now. A worker's
+        channel holds only a few messages (``net.unix.max_dgram_qlen``, 10 by default):
+        when every one is full, the connection waits here, not refused."""
+        message = handoff.connection(handed.conn_id)
         for worker in self._by_load():
-            if worker.channel.offer(message, conn.fileno()):
-                worker.open[conn_id] = ip
-                return
-        self.limits.leave(ip)  # every worker's channel is full: they are far behind
-        self._refuse(conn, ip, replies.NO_WORKER, "no accept worker could take it")
+            if worker.channel.offer(message, handed.conn.fileno()):
+                worker.open[handed.conn_id] = handed.ip
+                handed.conn.close()  # the worker has its own descriptor now
+                return True
+        return False
+
+    def _drain(self) -> None:
+        while self._pending and self._offer(self._pending[0]):
+            self._pending.popleft()
+        if self._pending:
+            asyncio.get_running_loop().call_later(HANDOFF_RETRY, self._drain)
+        else:  # what arrived meanwhile is in the backlog: take it now
+            for sock in self._sockets:
+                if not self._paused and not self._waiting and not self._stopping:
+                    self._accept(sock)
 
     def _by_load(self) -> list[_Worker]:
         """Serving workers, fewest open connections first; ties taken in turn."""
