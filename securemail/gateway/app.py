@@ -368,7 +368,7 @@ class Gateway:
                 "inbound", sock, Admitted(lambda: channel.send(handoff.closed(conn_id)))
             )
         )
-        task.add_done_callback(_close_on_failure(sock, channel, conn_id))
+        task.add_done_callback(_close_on_failure(sock, channel, conn_id, self.events))
 
     async def _listen(self) -> None:
         cfg = self.config
@@ -541,13 +541,16 @@ async def _nothing() -> None:
 
 
 def _close_on_failure(
-    sock: socket.socket, channel: handoff.Channel, conn_id: int
+    sock: socket.socket, channel: handoff.Channel, conn_id: int, events: EventSink
 ) -> Callable[[asyncio.Future[None]], None]:
     """A handed-over connection the loop could not take (out of descriptors, say) is
-    closed, and the gateway process told, so its count goes down."""
+    closed, said, and the gateway process told, so its count goes down."""
 
     def done(task: asyncio.Future[None]) -> None:
         if task.cancelled() or task.exception() is not None:
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            message = f"a handed-over connection could not be served: {why}"
+            events.emit(Lifecycle(message, warning=True))
             sock.close()
             channel.send(handoff.closed(conn_id))
 

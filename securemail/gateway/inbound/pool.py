@@ -119,6 +119,7 @@ class AcceptPool:
         self._stopping = False
         self._paused = False
         self._waiting = False
+        self._watching = False  # readers on the listening sockets
         self._backoff = [RESTART_BASE] * count
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -142,11 +143,10 @@ class AcceptPool:
 
     def serve(self, sockets: Sequence[socket.socket]) -> None:
         """Accept on ``sockets`` (bound, listening) from now on; they are ours to close."""
-        loop = asyncio.get_running_loop()
         for sock in sockets:
             sock.setblocking(False)
             self._sockets.append(sock)
-            loop.add_reader(sock.fileno(), self._accept, sock)
+        self._update_reading()
 
     def reload(self, config: Config) -> None:
         """Every worker runs ``config`` from now on (new connections; sessions keep theirs)."""
@@ -158,6 +158,8 @@ class AcceptPool:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; each worker finishes its sessions within ``grace`` seconds."""
+        if self._stopping:
+            return
         self._stopping = True
         self._stop_accepting()
         while self._pending:  # never greeted: they may try again, elsewhere or later
@@ -172,16 +174,30 @@ class AcceptPool:
         for worker in live:
             worker.channel.send(handoff.stop(grace))
         await asyncio.gather(*(self._reap(w, grace + 5.0) for w in live))
-        os.close(self.slots.fd)
+        os.close(self.slots.fd)  # the page stays mapped for this process's own sessions
 
     # --- accepting ----------------------------------------------------------------------
 
     def _stop_accepting(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._update_reading()
         for sock in self._sockets:
-            loop.remove_reader(sock.fileno())
             sock.close()
         self._sockets.clear()
+
+    def _update_reading(self) -> None:
+        """Watch the listening sockets exactly while a connection could be handed over:
+        not stopping, not paused, some worker serving, none waiting here for a worker.
+        Otherwise connections wait in the kernel's backlog, and the loop does not spin."""
+        on = not (self._stopping or self._paused or self._waiting or self._pending)
+        if on == self._watching:
+            return
+        self._watching = on
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            if on:
+                loop.add_reader(sock.fileno(), self._accept, sock)
+            else:
+                loop.remove_reader(sock.fileno())
 
     def _accept(self, sock: socket.socket) -> None:
         if not any(w is not None and w.serving for w in self.workers):
@@ -189,6 +205,7 @@ class AcceptPool:
             return
         for _ in range(ACCEPT_BATCH):
             if self._pending:  # the workers are behind: the rest waits in the backlog
+                self._update_reading()
                 return
             try:
                 conn, address = sock.accept()
@@ -210,6 +227,7 @@ class AcceptPool:
         handed = _Handed(conn, ip, next(self._ids))
         if not self._offer(handed):
             self._pending.append(handed)
+            self._update_reading()
             asyncio.get_running_loop().call_later(HANDOFF_RETRY, self._drain)
 
     def _offer(self, handed: _Handed) -> bool:
@@ -229,10 +247,8 @@ class AcceptPool:
             self._pending.popleft()
         if self._pending:
             asyncio.get_running_loop().call_later(HANDOFF_RETRY, self._drain)
-        else:  # what arrived meanwhile is in the backlog: take it now
-            for sock in self._sockets:
-                if not self._paused and not self._waiting and not self._stopping:
-                    self._accept(sock)
+        else:
+            self._update_reading()
 
     def _by_load(self) -> list[_Worker]:
         """Serving workers, fewest open connections first; ties taken in turn."""
@@ -254,12 +270,12 @@ class AcceptPool:
             return
         self._paused = True
         self.events.emit(Lifecycle(f"{why}; not accepting for {ACCEPT_PAUSE:g}s", warning=True))
-        self._reading(False)
+        self._update_reading()
         asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
-        self._reading(not self._stopping and not self._waiting)
+        self._update_reading()
 
     def _wait_for_worker(self) -> None:
         """No worker is serving (all died at once, or are starting): connections wait in
@@ -270,15 +286,7 @@ class AcceptPool:
             self.events.emit(
                 Lifecycle("no accept worker is running; connections wait", warning=True)
             )
-            self._reading(False)
-
-    def _reading(self, on: bool) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            if on:
-                loop.add_reader(sock.fileno(), self._accept, sock)
-            else:
-                loop.remove_reader(sock.fileno())
+            self._update_reading()
 
     # --- workers ------------------------------------------------------------------------
 
@@ -332,7 +340,7 @@ class AcceptPool:
                     worker.ready.set_result(None)
                 if self._waiting:
                     self._waiting = False
-                    self._reading(not self._paused and not self._stopping)
+                    self._update_reading()
             elif kind == handoff.RELOADED:
                 text = body.decode("utf-8", "replace")
                 if not text.startswith("reloaded"):
