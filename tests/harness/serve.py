@@ -139,11 +139,21 @@ class GatewayProcess:
             time.sleep(0.05)
 
     def kill_worker(self, pick: Callable[[list[int]], int]) -> int:
-        """SIGKILL one accept worker (``pick`` chooses among their pids); its pid."""
+        """SIGKILL one accept worker (``pick`` chooses among their pids); its pid.
+
+        Returns once the gateway has said so in its log: a process does not die the
+        instant ``kill`` returns, and a connection handed to it meanwhile goes with it
+        (before its greeting, so the client tries again), which belongs to this kill,
+        not to whatever the caller does next."""
         workers = [pid for pid in self.children() if _is_accept_worker(pid)]
         assert workers, f"no accept worker running:\n{self.tail()}"
         pid = pick(workers)
         os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while f"(pid {pid}) was killed by SIGKILL" not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway did not notice worker {pid}:\n{self.tail()}")
+            time.sleep(0.02)
         return pid
 
     def terminate(self) -> None:
