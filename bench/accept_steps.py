@@ -112,9 +112,9 @@ STEPS: dict[str, Callable[[], Callable[[], None]]] = {
 
 
 def per_call(fn: Callable[[], None], iterations: int) -> float:
-    """CPU µs per call: the best of three rounds (the least disturbed by other load)."""
+    """CPU µs per call: the best of five rounds (the least disturbed by other load)."""
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.process_time()
         for _ in range(iterations):
             fn()
