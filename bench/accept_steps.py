@@ -29,7 +29,7 @@ from securemail.gateway import events as ev
 from securemail.gateway.inbound.auth import strip_own_headers
 from securemail.gateway.inbound.capacity import DataBudget
 from securemail.gateway.inbound.data import DataReader
-from securemail.gateway.inbound.server import Transaction, received_header
+from securemail.gateway.inbound.server import GatewaySMTP, Transaction, received_header
 from securemail.gateway.spool import (
     NewMessage,
     NewRecipient,
@@ -65,6 +65,15 @@ ACCEPTED = ev.Accepted(
     client="127.0.0.1", tls="", auth_user="", sensitive=False,
     decisions=(ev.RcptDecision(RCPT, "deliver", "required"),),
 )  # fmt: skip
+
+
+PROTOCOL = GatewaySMTP.__new__(GatewaySMTP)  # _getaddr reads only a class attribute
+
+
+def addresses() -> None:
+    """The MAIL FROM and RCPT TO paths, as aiosmtpd's smtp_MAIL and smtp_RCPT parse them."""
+    PROTOCOL._getaddr(f"<{SENDER}>")
+    PROTOCOL._getaddr(f"<{RCPT}>")
 
 
 def data_reader() -> None:
@@ -136,6 +145,7 @@ def _spool_cycle(sensitivity: str) -> Callable[[], None]:
 
 
 STEPS: dict[str, Callable[[], Callable[[], None]]] = {
+    "MAIL and RCPT paths": lambda: addresses,
     "DATA reader": lambda: data_reader,
     "headers": lambda: headers,
     "scan": lambda: scan,
