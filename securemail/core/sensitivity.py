@@ -90,6 +90,11 @@ _MARKING = re.compile(
     rf"|[{_DASHES}]{_BLANK}{{0,3}}{_DESCRIPTOR}(?![a-z])))?",
     re.IGNORECASE,
 )
+# Every marking holds "official", matched with the same flags, so a line without it has
+# none. Found fast (the engine skips to an "o"), where _MARKING, opening with a
+# look-behind, is tried at every position: 11 µs for the 15 edge lines of a letter, 39.
+# Case-insensitive as _MARKING is: "offıcial" (dotless i) matches both, not str.lower's.
+_MARKING_HINT = re.compile("official", re.IGNORECASE)
 _SUBJECT_TAG = re.compile(r"\[\s*(secure|encrypt)\s*\]", re.IGNORECASE)
 _NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)
 # A line that may be a MIME delimiter: "--", a token, then the end of the line.
@@ -591,6 +596,8 @@ def _scan_text(text: str, where: str, *, is_subject: bool) -> list[Marker]:
             for m in _SUBJECT_TAG.finditer(text)
         ]
     for line in [text] if is_subject else _edge_lines(text):
+        if _MARKING_HINT.search(line) is None:
+            continue
         for match in _MARKING.finditer(line):
             descriptor = match[1] or match[2]
             label = (
