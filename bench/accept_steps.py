@@ -30,6 +30,7 @@ from securemail.gateway.inbound.auth import strip_own_headers
 from securemail.gateway.inbound.capacity import DataBudget
 from securemail.gateway.inbound.data import DataReader
 from securemail.gateway.inbound.server import GatewaySMTP, Transaction, received_header
+from securemail.gateway.logs import lean_records
 from securemail.gateway.spool import (
     NewMessage,
     NewRecipient,
@@ -103,7 +104,9 @@ def queue_id() -> None:
 
 
 def _log_sink(level: int) -> Callable[[], None]:
-    """LogSink.emit of an Accepted event with the gateway's formatter, at ``level``."""
+    """LogSink.emit of an Accepted event with the gateway's formatter and record
+    settings (``logs.lean_records``), at ``level``."""
+    lean_records()
     handler = logging.StreamHandler(io.StringIO())
     handler.setFormatter(ev.log_formatter("text"))
     logger = logging.getLogger("securemail.gateway")
