@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from securemail.core.addresses import parse_address
 from securemail.core.classify import Classification, Status
 from securemail.core.levels import TlsLevel
 from securemail.core.message import read_headers, reparse_input
@@ -75,6 +76,13 @@ def addresses() -> None:
     """The MAIL FROM and RCPT TO paths, as aiosmtpd's smtp_MAIL and smtp_RCPT parse them."""
     PROTOCOL._getaddr(f"<{SENDER}>")
     PROTOCOL._getaddr(f"<{RCPT}>")
+
+
+def address_reads() -> None:
+    """Each address as the gateway reads it for one message: MAIL FROM and its
+    classification, RCPT TO and its classification, the header From and its."""
+    for text in (SENDER, SENDER, RCPT, RCPT, f"<{SENDER}>", SENDER):
+        parse_address(text)
 
 
 def data_reader() -> None:
@@ -149,6 +157,7 @@ def _spool_cycle(sensitivity: str) -> Callable[[], None]:
 
 STEPS: dict[str, Callable[[], Callable[[], None]]] = {
     "MAIL and RCPT paths": lambda: addresses,
+    "address reads": lambda: address_reads,
     "DATA reader": lambda: data_reader,
     "headers": lambda: headers,
     "scan": lambda: scan,
