@@ -30,6 +30,7 @@ from securemail.gateway import events as ev
 from securemail.gateway.inbound.auth import strip_own_headers
 from securemail.gateway.inbound.capacity import DataBudget
 from securemail.gateway.inbound.data import DataReader
+from securemail.gateway.inbound.networks import Networks
 from securemail.gateway.inbound.server import GatewaySMTP, Transaction, received_header
 from securemail.gateway.logs import lean_records
 from securemail.gateway.spool import (
@@ -83,6 +84,19 @@ def address_reads() -> None:
     classification, RCPT TO and its classification, the header From and its."""
     for text in (SENDER, SENDER, RCPT, RCPT, f"<{SENDER}>", SENDER):
         parse_address(text)
+
+
+def _relay_networks() -> Callable[[], None]:
+    """The client checked against ``[relay] networks`` as often as for one message
+    (MAIL's forced TLS, RCPT's relay permission, inbound verification, forced TLS on
+    the header From, the connection limits)."""
+    relay = Networks(["127.0.0.0/8"])
+
+    def asks() -> None:
+        for _ in range(5):
+            assert "127.0.0.1" in relay
+
+    return asks
 
 
 def data_reader() -> None:
@@ -158,6 +172,7 @@ def _spool_cycle(sensitivity: str) -> Callable[[], None]:
 STEPS: dict[str, Callable[[], Callable[[], None]]] = {
     "MAIL and RCPT paths": lambda: addresses,
     "address reads": lambda: address_reads,
+    "relay networks": _relay_networks,
     "DATA reader": lambda: data_reader,
     "headers": lambda: headers,
     "scan": lambda: scan,
