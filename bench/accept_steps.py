@@ -109,8 +109,10 @@ def data_reader() -> None:
 
 
 def headers() -> None:
+    """As ``AcceptPipeline.accept`` reads and cleans the header section."""
     block = read_headers(MESSAGE)
-    strip_own_headers(reparse_input(MESSAGE, block), HOSTNAME)
+    data = reparse_input(MESSAGE, block)
+    strip_own_headers(data, HOSTNAME, block if data is MESSAGE else None)
 
 
 def scan() -> None:

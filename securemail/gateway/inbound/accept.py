@@ -168,7 +168,8 @@ class AcceptPipeline:
             # Only we may write these, whoever the client is (a signed-in user included):
             # our Authentication-Results (whatever its version or comments) and the trust
             # and quarantine marks. The trust mark we set below replaces any removed.
-            data = auth.strip_own_headers(data, rules.settings.hostname)
+            same = data is t.data  # reparse_input changed nothing: block is data's
+            data = auth.strip_own_headers(data, rules.settings.hostname, block if same else None)
         t = replace(t, data=data)
         queue_id = new_queue_id()
         now = self.clock()
