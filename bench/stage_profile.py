@@ -34,7 +34,11 @@ function name); the first rule that matches a frame gives it a stage and a tier:
 
 A sample with no Python frame at all (a thread caught in C code between frames) is
 counted as "no Python frame"; anything else matches no rule and is "other"
-(``--verbose`` lists the frames, so the rules can be checked).
+(``--verbose`` lists the frames, so the rules can be checked). Without pausing the
+gateway, py-spy now and then reads a stack while it changes: ``--verbose`` shows a few
+impossible ones (``reparse_input`` calling ``classify``), a percent or two of samples.
+Sampling the gateway did not change its CPU per message measurably (2.10-2.18 ms with
+``--stages``, 2.29 without, in the same quarter hour); py-spy's own CPU is printed.
 
 **From samples to milliseconds.** stage ms/msg = (stage samples / all samples) × (CPU
 time of the gateway processes over the same interval) / messages. The CPU time is read
