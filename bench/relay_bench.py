@@ -1,7 +1,7 @@
 """Forced, verified TLS relay throughput: securemail vs Postfix, same load, same run.
 
     sudo .venv/bin/python bench/relay_bench.py [--msgs 2000] [--sessions 20] [--size 10240]
-                                               [--runs 2]
+                                               [--runs 2] [--stages [--verbose]]
 
 Topology (the one in shared/tools/postfix_relay_baseline.sh; loopback only):
 
@@ -21,6 +21,12 @@ which both give only after fsync), msgs/s delivered (every message logged as sen
 p50/p99 accept→delivered latency (Postfix's ``delay=``, securemail's ``delay=``), and
 securemail ÷ Postfix ratios. Cross-checks: the sink's count of accepted messages, and
 no deferred/bounced/unverified deliveries on either relay.
+
+For securemail it also prints the CPU its processes used per message (``/proc``: the
+serve process and its children, accept and delivery together). ``--stages`` samples them
+with py-spy during the securemail runs and prints that CPU split by stage (SMTP and
+DATA, headers, scan, policy, …; ``stage_profile.py`` says how), and what the sampling
+cost; ``--verbose`` adds the frames behind each stage.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness.dnsserver import DnsServer  # noqa: E402
 from harness.pki import TestPKI  # noqa: E402
 from harness.postfix import PostfixInstance, free_port  # noqa: E402
+from stage_profile import Profile, Sampler, find_py_spy, report, tree_cpu  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -264,7 +271,18 @@ def main() -> None:
         action="store_true",
         help="both relays DKIM-sign (securemail natively, Postfix through the OpenDKIM milter)",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="sample securemail with py-spy and print its CPU per message by stage",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="with --stages: the frames behind each stage"
+    )
     args = parser.parse_args()
+    py_spy = find_py_spy() if args.stages else None
+    if args.stages and py_spy is None:
+        print("--stages: py-spy is not installed (pip install py-spy): no per-stage table")
     if os.geteuid() != 0:
         sys.exit(
             "run as root (Postfix instances need it): sudo .venv/bin/python bench/relay_bench.py"
@@ -330,6 +348,7 @@ def main() -> None:
     gw_log = sm_dir / "gateway.log"
     gateway: subprocess.Popen[bytes] | None = None
     results: dict[str, list[dict[str, float]]] = {"securemail": [], "postfix": []}
+    profiles: list[Profile] = []
     try:
         dns.start()
         sink.start()
@@ -364,7 +383,7 @@ secure_domains = ["sink.test"]
         )
         with gw_log.open("wb") as log:
             gateway = subprocess.Popen(
-                [str(ROOT / ".venv/bin/securemail"), "serve", "--config", str(config)],
+                [sys.executable, "-m", "securemail.cli", "serve", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -388,6 +407,13 @@ secure_domains = ["sink.test"]
                     r["lat"] = lat[-args.msgs :]
                 else:
                     before = count(gw_log, r"result=sent")
+                    sampler = None
+                    if py_spy is not None:
+                        try:
+                            sampler = Sampler(py_spy, gateway.pid, base / f"stages-{run}.raw")
+                        except RuntimeError as exc:
+                            print(f"--stages: {exc}; run {run} not sampled", flush=True)
+                    cpu0 = tree_cpu(gateway.pid)
                     t0 = time.monotonic()
                     source(sm_port, args.msgs, args.sessions, args.size, log)
                     t1 = time.monotonic()
@@ -396,22 +422,27 @@ secure_domains = ["sink.test"]
                         600,
                         "securemail to deliver everything",
                     )
+                    cpu = tree_cpu(gateway.pid) - cpu0
+                    if sampler is not None:
+                        profiles.append(sampler.stop())
                     lat = delays(gw_log, r"delay=([\d.]+) result=sent", before)
                     r = {
                         "accepted": args.msgs / (t1 - t0),
                         "delivered": args.msgs / (t2 - t0),
                         "lat": lat,
                         "bad": count(gw_log, r"result=(deferred|bounced)|\(unverified\)"),
+                        "cpu": cpu,
                     }
                 time.sleep(0.5)
                 r["sink"] = sink.accepted() - sink_before
                 results[name].append(r)
                 p50, p99 = percentile(r["lat"], 50), percentile(r["lat"], 99)
+                cpu_note = f"  cpu {r['cpu'] * 1000 / args.msgs:.2f} ms/msg" if "cpu" in r else ""
                 print(
                     f"{name:10} run {run}: accepted {r['accepted']:7.1f} msg/s  delivered "
                     f"{r['delivered']:7.1f} msg/s  latency p50 {p50 * 1000:6.0f} ms  p99 "
                     f"{p99 * 1000:6.0f} ms  [sink got {r['sink']}, deferred/bounced/"
-                    f"unverified {r['bad']}]",
+                    f"unverified {r['bad']}]{cpu_note}",
                     flush=True,
                 )
         sm, pf = results["securemail"], results["postfix"]
@@ -430,6 +461,11 @@ secure_domains = ["sink.test"]
             f"{percentile(sm_lat, 99) * 1000:.0f} ms, Postfix {percentile(pf_lat, 50) * 1000:.0f}/"
             f"{percentile(pf_lat, 99) * 1000:.0f} ms"
         )
+        if profiles:
+            sampled_cpu = sum(row["cpu"] for row in sm)
+            print()
+            print("\n".join(report(profiles, sampled_cpu, args.msgs * len(profiles),
+                                   verbose=args.verbose)))  # fmt: skip
     finally:
         if gateway is not None:
             gateway.terminate()

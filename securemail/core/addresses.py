@@ -11,6 +11,7 @@ Limits are RFC 5321 §4.5.3.1: local part 64 octets, domain 255 octets on the wi
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ MAX_DOMAIN_CHARS = 253
 MAX_ADDRESS_OCTETS = 254
 MAX_INPUT_CHARS = 1024
 MAX_LABEL_CHARS = 63
+PARSED_KEPT = 1024  # parse_address's answers kept (inputs ≤ MAX_INPUT_CHARS: ≤ ~2 MB)
 
 # RFC 5322 atext, plus non-ASCII characters (RFC 6531 SMTPUTF8 local parts); lone
 # surrogates (undecodable input bytes) are not characters and are refused.
@@ -59,10 +61,16 @@ class Address:
         return idna.decode(self.domain)
 
 
+@functools.lru_cache(maxsize=PARSED_KEPT)
 def parse_address(text: str) -> Address:
     """Parse ``local@domain`` or ``Display Name <local@domain>`` into an ``Address``.
 
     Raises ``AddressError`` for anything that is not exactly one routable mailbox.
+
+    The answers for the last ``PARSED_KEPT`` texts are kept (an ``Address`` is frozen;
+    a refusal is not kept, and is worked out again): the gateway reads each address of
+    a message at least twice (MAIL FROM, its classification; RCPT TO, its
+    classification; the header From, its classification), 8-15 µs of CPU each.
     """
     if len(text) > MAX_INPUT_CHARS:
         raise AddressError(f"input is longer than {MAX_INPUT_CHARS} characters")

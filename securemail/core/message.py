@@ -178,10 +178,14 @@ def read_headers(
 def without_fields(raw: bytes, block: HeaderBlock, drop: Callable[[HeaderField], bool]) -> bytes:
     """``raw`` (which ``block`` was read from) without the fields ``drop`` picks.
 
-    Everything else, the separator and body included, is kept byte for byte.
+    Everything else, the separator and body included, is kept byte for byte; when no
+    field goes, that is ``raw`` itself (the fields are ``raw`` up to ``header_end``, one
+    after another), not a copy of a large body.
     """
-    kept = b"".join(f.raw for f in block.fields if not drop(f))
-    return kept + raw[block.header_end :]
+    kept = [f.raw for f in block.fields if not drop(f)]
+    if len(kept) == len(block.fields):
+        return raw
+    return b"".join(kept) + raw[block.header_end :]
 
 
 def reparse_input(raw: bytes, block: HeaderBlock) -> bytes:

@@ -78,7 +78,7 @@ _NHS_CANDIDATE = re.compile(
     rf"|([0-9](?<![0-9]{{2}})[0-9]{{2}})()([0-9]{{3}})([0-9]{{4}})(?![0-9])"
     r"(?:(?<=[Nn][Hh][Ss][0-9]{10})|(?<![^\W_][0-9]{10})(?![^\W_]))"
 )
-_NOT_DIGITS = str.maketrans("", "", "0123456789")
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")  # "0" then marks every digit
 _SPARSE = 64  # one digit in this many characters or fewer: _sparse_matches is faster
 _NHS_EXACT = re.compile(rf"([0-9]{{3}})({_SEP}?)([0-9]{{3}})\2([0-9]{{4}})")
 _DASHES = "\\-_:\u2010\u2011\u2013\u2014"
@@ -90,6 +90,9 @@ _MARKING = re.compile(
     rf"|[{_DASHES}]{_BLANK}{{0,3}}{_DESCRIPTOR}(?![a-z])))?",
     re.IGNORECASE,
 )
+# In every marking, with the same flags ("offıcial" too, unlike str.lower): a line without
+# it skips _MARKING, whose leading look-behind is tried at every position (39 µs -> 11).
+_MARKING_HINT = re.compile("official", re.IGNORECASE)
 _SUBJECT_TAG = re.compile(r"\[\s*(secure|encrypt)\s*\]", re.IGNORECASE)
 _NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)
 # A line that may be a MIME delimiter: "--", a token, then the end of the line.
@@ -225,11 +228,12 @@ def text_is_sensitive(text: str) -> bool:
 
 def _nhs_numbers(text: str) -> Iterator[tuple[re.Match[str], str]]:
     """Each valid NHS number in ``text``: where it is, and its ten digits."""
-    digits = len(text) - len(text.translate(_NOT_DIGITS))
+    zeros = text.translate(_DIGITS_AS_ZERO)
+    digits = zeros.count("0")
     if digits < 10:
         return
     sparse = digits * _SPARSE <= len(text)
-    matches = _sparse_matches(text) if sparse else _NHS_CANDIDATE.finditer(text)
+    matches = _sparse_matches(text, zeros) if sparse else _NHS_CANDIDATE.finditer(text)
     for match in matches:
         first, _sep, middle, last = match.groups()[:4] if match[1] else match.groups()[4:]
         found = first + middle + last
@@ -237,25 +241,25 @@ def _nhs_numbers(text: str) -> Iterator[tuple[re.Match[str], str]]:
             yield match, found
 
 
-def _sparse_matches(text: str) -> Iterator[re.Match[str]]:
-    """``_NHS_CANDIDATE.finditer(text)`` for a text with few digits, found faster.
+def _sparse_matches(text: str, zeros: str) -> Iterator[re.Match[str]]:
+    """``_NHS_CANDIDATE.finditer(text)`` for a text with few digits, found faster;
+    ``zeros`` is ``text`` with every digit made "0" (``_DIGITS_AS_ZERO``).
 
     ``finditer`` tries the pattern at every position (its leading look-behinds defeat the
     regex engine's first-character skip, and a character-class search is slow too: about
-    1 ms for a 10 KB letter). Every match starts with a digit, so trying the pattern only
-    where a digit is, left to right, going on from the end of each match, finds the same
-    matches; the next digit is found with ``str.find`` (memchr speed) for each of the ten.
+    1 ms for a 10 KB letter). Both of its branches start with three digits, so trying it
+    only where three digits start (``str.find("000")`` in ``zeros``), left to right, going
+    on from the end of each match, finds the same matches: 10 KB of lines that each start
+    with a digit cost 20 µs, not the 240 of stepping from digit to digit.
     ``test_nhs_number_search_is_finditers`` holds the two side by side."""
-    ahead = {d: text.find(d) for d in "0123456789"}
-    while live := [at for at in ahead.values() if at >= 0]:
-        start = min(live)
+    pos = 0
+    while (start := zeros.find("000", pos)) >= 0:
         match = _NHS_CANDIDATE.match(text, start)
-        pos = start + 1 if match is None else match.end()
-        if match is not None:
+        if match is None:
+            pos = start + 1
+        else:
             yield match
-        for d, at in ahead.items():
-            if 0 <= at < pos:
-                ahead[d] = text.find(d, pos)
+            pos = match.end()
 
 
 def scan_message(
@@ -587,6 +591,8 @@ def _scan_text(text: str, where: str, *, is_subject: bool) -> list[Marker]:
             for m in _SUBJECT_TAG.finditer(text)
         ]
     for line in [text] if is_subject else _edge_lines(text):
+        if _MARKING_HINT.search(line) is None:
+            continue
         for match in _MARKING.finditer(line):
             descriptor = match[1] or match[2]
             label = (

@@ -367,19 +367,47 @@ def _decisions(decisions: Sequence[RcptDecision]) -> str:
     return str([(d.rcpt, d.action, d.tls) for d in decisions])
 
 
-_Line = tuple[int, str, str, tuple[object, ...]]  # level, logger, format, arguments
 _GW, _SMTP, _QUEUE = "securemail.gateway", "securemail.smtp", "securemail.queue"
 _DELIVERY = "securemail.delivery"
+_INFO, _WARNING = logging.INFO, logging.WARNING
+_ROUTES: dict[type, tuple[int, str]] = {
+    Accepted: (_INFO, _GW),
+    Refused: (_WARNING, _GW),
+    ForcedTlsRefused: (_WARNING, _SMTP),
+    AuthJudged: (_INFO, _GW),
+    NoticeQueued: (_INFO, _GW),
+    NoticeSkipped: (_WARNING, _GW),
+    RelayDenied: (_WARNING, _SMTP),
+    RcptRefused: (_WARNING, _SMTP),
+    ConnectionRefused: (_WARNING, _SMTP),
+    DeliveryAttempt: (_INFO, _DELIVERY),
+    Deferred: (_INFO, _QUEUE),
+    Bounced: (_WARNING, _QUEUE),
+    TlsAlert: (_WARNING, _QUEUE),
+    OperatorDecision: (_INFO, _QUEUE),
+    MtaStsFetched: (_INFO, _DELIVERY),
+    MtaStsFailure: (_WARNING, _DELIVERY),
+}
 
 
-def _line(event: Event) -> _Line:
-    """The log line for an event: the one place log text is written."""
+def _route(event: Event) -> tuple[int, str]:
+    """The level and logger of an event's line: known before its text is made, so an
+    event whose logger would drop it costs a dict lookup, not a formatted line."""
+    match event:
+        case SessionAuth():
+            return (_INFO if event.outcome == "ok" else _WARNING), _SMTP
+        case Lifecycle():
+            return (_WARNING if event.warning else _INFO), _GW
+    return _ROUTES[type(event)]
+
+
+def _line(event: Event) -> tuple[str, tuple[object, ...]]:
+    """The log line for an event, as format and arguments: the one place log text is
+    written (``_route`` says at which level, to which logger)."""
     match event:
         case Accepted():
             e = event
             return (
-                logging.INFO,
-                _GW,
                 (
                     "accepted id=%s from=<%s> rcpts=%d held=%d size=%d client=%s tls=%s auth=%s "
                     "sensitive=%s decisions=%s"
@@ -400,16 +428,12 @@ def _line(event: Event) -> _Line:
         case Refused():
             e = event
             return (
-                logging.WARNING,
-                _GW,
                 "refused from=<%s> client=%s check=%s reply=%r reason=%r",
                 (e.sender, e.client, e.check or "-", e.reply, e.reason),
             )
         case ForcedTlsRefused():
             e = event
             return (
-                logging.WARNING,
-                _SMTP,
                 "forced TLS inbound: refused %s domain=%s rule=%s client=%s from=<%s> "
                 "reply=%r reason=%r",
                 (e.identity, e.domain, e.rule, e.client, e.sender, e.reply, e.reason),
@@ -418,8 +442,6 @@ def _line(event: Event) -> _Line:
             e = event
             methods = " ".join(f"{m}={r}" for m, r in e.methods)
             return (
-                logging.INFO,
-                _GW,
                 ("auth id=%s from=<%s> header_from=%s %s action=%s trust=%s detail=%r"),
                 (
                     e.queue_id,
@@ -434,52 +456,39 @@ def _line(event: Event) -> _Line:
         case NoticeQueued():
             e = event
             return (
-                logging.INFO,
-                _GW,
                 "dsn (%s) for id=%s to=<%s>: %s",
                 (e.kind, e.queue_id, e.to, e.reply),
             )
         case NoticeSkipped():
             e = event
             return (
-                logging.WARNING,
-                _GW,
                 "no DSN for id=%s to=<%s>: %s",
                 (e.queue_id, e.to, e.reason),
             )
         case SessionAuth():
             e = event
-            level = logging.INFO if e.outcome == "ok" else logging.WARNING
-            return level, _SMTP, "auth %s user=%s client=%s", (e.outcome, e.user, e.client)
+            return "auth %s user=%s client=%s", (e.outcome, e.user, e.client)
         case RelayDenied():
             e = event
             return (
-                logging.WARNING,
-                _SMTP,
                 "relay denied client=%s rcpt=<%s>",
                 (e.client, e.rcpt),
             )
         case RcptRefused():
             e = event
             return (
-                logging.WARNING,
-                _SMTP,
                 "rcpt refused client=%s rcpt=<%s> reply=%r reason=%r",
                 (e.client, e.rcpt, e.reply, e.reason),
             )
         case ConnectionRefused():
             e = event
             return (
-                logging.WARNING,
-                _SMTP,
                 "connection refused client=%s reply=%r reason=%r",
                 (e.client, e.reply, e.reason),
             )
         case DeliveryAttempt():
             e = event
             return (
-                logging.INFO,
-                _DELIVERY,
                 "delivery id=%s rcpt=<%s> relay=%s tls=%s (%s) delay=%.3f result=%s reply=%r"
                 " transport=%r",
                 (
@@ -502,8 +511,6 @@ def _line(event: Event) -> _Line:
             e = event
             failure = e.tls_failure.value if e.tls_failure else "-"
             return (
-                logging.INFO,
-                _QUEUE,
                 "deferred id=%s rcpt=<%s> tls_failure=%s failure=%s retry_in=%.0fs reason=%r"
                 " transport=%r",
                 (
@@ -519,16 +526,12 @@ def _line(event: Event) -> _Line:
         case Bounced():
             e = event
             return (
-                logging.WARNING,
-                _QUEUE,
                 "bounced id=%s rcpt=<%s> reason=%r transport=%r",
                 (e.queue_id, e.rcpt, e.reason, e.transport or "-"),
             )
         case TlsAlert():
             e = event
             return (
-                logging.WARNING,
-                _QUEUE,
                 "ALERT forced TLS failing id=%s rcpt=<%s> failure=%s for %s; "
                 "sender <%s> notified: %s",
                 (
@@ -543,8 +546,6 @@ def _line(event: Event) -> _Line:
         case OperatorDecision():
             e = event
             return (
-                logging.INFO,
-                _QUEUE,
                 "operator decision queue_id=%s rcpt=%s action=%s by=%r reason=%r at=%s",
                 (e.queue_id, f"<{e.rcpt}>" if e.rcpt else "*", e.action, e.operator, e.reason,
                  utc_stamp(e.at)),
@@ -552,23 +553,18 @@ def _line(event: Event) -> _Line:
         case MtaStsFetched():
             e = event
             return (
-                logging.INFO,
-                _DELIVERY,
                 "mta-sts policy domain=%s id=%s mode=%s max_age=%d mx=%s",
                 (e.domain, e.policy_id, e.mode, e.max_age, ",".join(e.mx) or "-"),
             )
         case MtaStsFailure():
             e = event
             return (
-                logging.WARNING,
-                _DELIVERY,
                 "mta-sts failure domain=%s failure=%s mode=%s id=%s mx=%s kept=%s detail=%r",
                 (e.domain, e.failure.value, e.mode or "-", e.policy_id or "-", e.mx or "-",
                  e.kept or "-", e.detail),
             )  # fmt: skip
         case Lifecycle():
-            level = logging.WARNING if event.warning else logging.INFO
-            return level, _GW, "%s", (event.message,)
+            return "%s", (event.message,)
 
 
 class LogSink:
@@ -578,9 +574,10 @@ class LogSink:
         self._loggers: dict[str, logging.Logger] = {}
 
     def emit(self, event: Event) -> None:
-        level, name, fmt, args = _line(event)
+        level, name = _route(event)
         logger = self._loggers.get(name)
         if logger is None:
             logger = self._loggers[name] = logging.getLogger(name)
-        if logger.isEnabledFor(level):
+        if logger.isEnabledFor(level):  # else nothing is formatted, not even the arguments
+            fmt, args = _line(event)
             logger.log(level, fmt, *args)

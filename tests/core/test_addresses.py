@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail.core.addresses import (
+    Address,
     AddressError,
     normalise_domain,
     parse_address,
@@ -202,3 +203,14 @@ def test_bare_postmaster_is_ours():
 )  # fmt: skip
 def test_helo_name_printable_ascii(name, valid):
     assert valid_helo_name(name) is valid
+
+
+def test_a_kept_answer_is_the_parse_and_a_refusal_is_never_kept():
+    parse_address.cache_clear()
+    first = parse_address("Jo Bloggs <jo@NHS.net>")
+    assert parse_address("Jo Bloggs <jo@NHS.net>") == first == Address("jo", "nhs.net", "Jo Bloggs")
+    assert parse_address.cache_info().hits == 1
+    for _ in range(2):
+        with pytest.raises(AddressError, match="more than one '@'"):
+            parse_address("x@nhs.net@evil.com")
+    assert parse_address.cache_info().currsize == 1

@@ -18,6 +18,7 @@ from harness.documents import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from securemail.core import sensitivity
 from securemail.core.sensitivity import (
     NOT_SENSITIVE,
     Kind,
@@ -358,6 +359,22 @@ def test_short_body_marking_counted_once():
     assert scan_message(message(body)).markers == (
         marking("body", "OFFICIAL-SENSITIVE [PERSONAL]"),
     )
+
+
+def test_marking_with_a_case_folded_letter_is_found():
+    """The quick look for "official" before the full pattern is as case-blind as the
+    pattern: a dotless i or a Kelvin sign matches under re.IGNORECASE, not str.lower()."""
+    for text in ("OFF\u0131CIAL-SENSITIVE", "offıcial sensitive", "OFFICIAL-SENSITIVE"):
+        body = numbered_lines(6, {1: text})
+        assert scan_message(message(body)).markers == (marking("body"),), text
+
+
+@given(st.lists(st.sampled_from(["official", "OFFICIAL", "Offıcial", "ofﬁcial", "sensitive",
+                                 "SENSITIVE", "-", " ", "[personal]", "x", "é", "\u212a"]))
+       .map("".join))  # fmt: skip
+def test_every_marking_holds_the_hint(line: str):
+    for match in sensitivity._MARKING.finditer(line):
+        assert sensitivity._MARKING_HINT.search(match[0]) is not None
 
 
 def test_nhs_number_counts_anywhere_in_body():

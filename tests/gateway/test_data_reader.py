@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from securemail.core import replies
 from securemail.gateway.inbound.capacity import DataBudget
-from securemail.gateway.inbound.data import DataReader
+from securemail.gateway.inbound.data import DataReader, crlf_only, has_long_line
 
 MAX_LINE = 1001
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -110,3 +110,22 @@ def test_budget_shared_and_given_back():
     assert first.done and first.content() == b"x" * 598 + b"\r\n"
     first.release()
     assert budget.held == 0
+
+
+# The per-chunk checks, against the expressions they replaced (a list of every line; a
+# regex search tried at every position), on bytes rich in what they look for.
+line_bytes = st.binary().map(lambda b: bytes(b"\r\n.a"[x % 4] for x in b)) | st.lists(
+    st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"a" * 7, b"\r\r\n", b"\n\r"])
+).map(b"".join)
+
+
+@given(line_bytes, st.integers(0, 40))
+@settings(max_examples=2000)
+def test_has_long_line_is_the_longest_split_line(data, limit):
+    assert has_long_line(data, limit) == (max(map(len, data.split(b"\r\n"))) > limit)
+
+
+@given(line_bytes)
+@settings(max_examples=2000)
+def test_crlf_only_is_no_bare_newline(data):
+    assert crlf_only(data) == (BARE.search(data) is None)

@@ -221,6 +221,21 @@ async def test_sensitive_to_unknown_is_held_then_released(gateway, mx, pki):
     assert received[1].rcpt_tos == ["carer@gmail.test"]
 
 
+async def test_only_a_message_with_a_finding_is_stored_as_sensitive(gateway, internal):
+    """The spool erases a message stored with a sensitivity summary (secure_delete and a
+    WAL checkpoint when it is done); mail in which the scanner found nothing is stored
+    without one, and deleted as ordinary mail."""
+    internal.reply_code = 450  # our own server is down: both messages wait in the spool
+    for subject in ("hello", "OFFICIAL-SENSITIVE referral"):
+        refused = await asyncio.to_thread(
+            send_inbound, gateway, "someone@sender.test", [f"jo@{ORG_DOMAIN}"],
+            message(subject=subject),
+        )  # fmt: skip
+        assert refused == {}
+    stored = sorted(m.sensitivity for m in await gateway.spool.list_messages())
+    assert stored == ["", "OFFICIAL-SENSITIVE marking in subject"]
+
+
 async def test_sensitive_to_unknown_rejected_when_configured(gateway_factory, mx, dns_server, pki):
     add_mx(dns_server, "gmail.test")
     gateway = await gateway_factory(

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import typing
 from datetime import datetime
 from pathlib import Path
 
@@ -13,11 +14,17 @@ import pytest
 
 from securemail.config import load_config
 from securemail.errors import ConfigError
+from securemail.gateway import events
 from securemail.gateway.events import (
+    Accepted,
+    Event,
     JsonLineFormatter,
+    Lifecycle,
     LogSink,
     OneLineFormatter,
     OperatorDecision,
+    RcptDecision,
+    SessionAuth,
     log_formatter,
 )
 
@@ -104,3 +111,36 @@ def test_operator_decision_is_one_line_in_either_format(kind: str) -> None:
         "operator decision queue_id=01M8PCH772DZ9QJB rcpt=* action=release by='alice x' "
         "reason='ok\\r\\nforged' at=1970-01-01T00:00:00Z"
     )
+
+
+def test_every_kind_of_event_has_a_level_and_a_logger() -> None:
+    """``LogSink`` asks ``_route`` before it formats: a kind of event without one would
+    raise where it is emitted (the SMTP session, the queue), not just lose a line."""
+    by_content = {SessionAuth, Lifecycle}  # their level depends on what happened
+    assert {kind for kind in typing.get_args(Event) if kind not in events._ROUTES} == by_content
+    assert events._route(SessionAuth("u", "192.0.2.1", "ok")) == (logging.INFO, "securemail.smtp")
+    assert events._route(SessionAuth("u", "192.0.2.1", "failed"))[0] == logging.WARNING
+    assert events._route(Lifecycle("stopping", warning=True)) == (
+        logging.WARNING,
+        "securemail.gateway",
+    )
+
+
+def test_an_event_its_logger_would_drop_is_not_formatted(monkeypatch) -> None:
+    """Logging costs nothing when the level is off: not even the line's arguments."""
+    formatted: list[object] = []
+    line = events._line
+    monkeypatch.setattr(events, "_line", lambda event: formatted.append(event) or line(event))
+    accepted = Accepted("01M8PCH772DZ9QJB", "a@example.nhs.uk", 1, 0, 10240, "192.0.2.1", "",
+                        "", False, (RcptDecision("b@nhs.net", "deliver", "required"),))  # fmt: skip
+    logger = logging.getLogger("securemail.gateway")
+    old_level = logger.level
+    try:
+        logger.setLevel(logging.WARNING)
+        LogSink().emit(accepted)
+        assert formatted == []
+        logger.setLevel(logging.INFO)
+        LogSink().emit(accepted)
+        assert formatted == [accepted]
+    finally:
+        logger.setLevel(old_level)

@@ -1,6 +1,7 @@
 """``smtp_init.initialise`` sets what aiosmtpd's ``SMTP.__init__`` sets, attribute for
 attribute, for the arguments the listeners pass: built both ways and compared, so an
-aiosmtpd whose ``__init__`` changes fails here rather than drifting."""
+aiosmtpd whose ``__init__`` changes fails here rather than drifting. ``smtp_init.getaddr``
+(the protocol's ``_getaddr``) answers what aiosmtpd's ``SMTP._getaddr`` answers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import inspect
 import ssl
 import warnings
 import weakref
+from collections.abc import Callable
 
+import pytest
 from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securemail.gateway.inbound.server import GatewayHandler, GatewaySMTP
 from securemail.gateway.inbound.smtp_init import initialise
@@ -67,3 +72,78 @@ async def test_every_connection_gets_its_own_bound_methods() -> None:
     assert two._smtp_methods["DATA"].__self__ is two
     assert one._auth_methods["PLAIN"].method.__self__ is one
     assert one._handle_hooks["DATA"].__self__ is handler
+
+
+dot_atoms = st.lists(
+    st.text(alphabet="aZ09!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=4)
+    | st.sampled_from(['"q"', "é", "", "\\", "[1]", " "]),
+    min_size=1,
+    max_size=3,
+).map(".".join)
+# MAIL/RCPT arguments as aiosmtpd passes them (after "FROM:"/"TO:"): paths, bare
+# addresses, quoted and odd local parts, source routes, parameters, broken syntax.
+address_args = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "<>",
+            "<a@example.nhs.uk>",
+            "<a@example.nhs.uk> SIZE=10240",
+            "a@example.nhs.uk",
+            " <a@b.test>",
+            '<"john doe"@b.test>',
+            "<@relay.test:a@b.test>",
+            "<a@[192.0.2.1]>",
+            "<postmaster>",
+            "<a@b.test",
+            "a b@c.test",
+            "<a@b.test> REQUIRETLS BODY=8BITMIME",
+            f"<{'x' * 65}@b.test>",
+            "<a..b@c.test>",
+            "<(comment)a@b.test>",
+            "<a@b.test>x",
+        ]
+    ),
+    st.text(alphabet='<>@."()[]:\\ ,;aZ09-_\t', max_size=40),
+    # the shortcut's ground: dot-atoms in brackets (or nearly), and what may follow
+    st.tuples(
+        st.sampled_from(["<", "<", " <", "", "<<"]),
+        dot_atoms,
+        st.sampled_from(["@", "@", "@@", ""]),
+        dot_atoms,
+        st.sampled_from(
+            [
+                ">",
+                "> ",
+                ">\t",
+                ">  SIZE=1",
+                "> (c) X",
+                ">(c)",
+                "> \x0bX",
+                ">X",
+                "",
+                "> \u2003Y",
+                ">\t(c",
+                ">)",
+            ]
+        ),
+    ).map("".join),
+)
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 64])
+@settings(max_examples=400, deadline=None)
+@given(arg=address_args)
+def test_getaddr_is_aiosmtpds(arg: str, local_part_limit: int) -> None:
+    """The same answer, or the same exception: the email parser raises IndexError on a
+    lone '<' or '"', which aiosmtpd lets through to its session's error reply."""
+    protocol = GatewaySMTP.__new__(GatewaySMTP)
+    protocol.local_part_limit = local_part_limit
+
+    def outcome(parse: Callable[[str], object]) -> object:
+        try:
+            return parse(arg)
+        except Exception as exc:
+            return type(exc)
+
+    assert outcome(protocol._getaddr) == outcome(lambda a: SMTP._getaddr(protocol, a))

@@ -168,7 +168,8 @@ class AcceptPipeline:
             # Only we may write these, whoever the client is (a signed-in user included):
             # our Authentication-Results (whatever its version or comments) and the trust
             # and quarantine marks. The trust mark we set below replaces any removed.
-            data = auth.strip_own_headers(data, rules.settings.hostname)
+            same = data is t.data  # reparse_input changed nothing: block is data's
+            data = auth.strip_own_headers(data, rules.settings.hostname, block if same else None)
         t = replace(t, data=data)
         queue_id = new_queue_id()
         now = self.clock()
@@ -204,13 +205,17 @@ class AcceptPipeline:
             deposit = deposited
         spooled = [(d, r) for d, r in zip(decisions, t.recipients, strict=True)
                    if d.action is not Action.PORTAL]  # fmt: skip
+        # A finding, or a part that could not be read. Only such a message is stored with
+        # its summary: the spool erases those (secure_delete, then a WAL checkpoint) when
+        # they are done, and deletes the rest as ordinary mail (``remove_if_final``).
+        flagged = bool(sensitivity.markers)
         message = NewMessage(
             sender=t.sender,
             recipients=_recipients([d for d, _ in spooled], [r for _, r in spooled]),
             data=data,
             client=f"{t.peer} helo={t.helo}",
             auth_user=t.auth_user,
-            sensitivity=sensitivity.summary(),
+            sensitivity=sensitivity.summary() if flagged else "",
             received=now,
             queue_id=queue_id,
             requiretls=t.requiretls,
@@ -241,7 +246,7 @@ class AcceptPipeline:
                 client=t.peer,
                 tls=t.tls,
                 auth_user=t.auth_user,
-                sensitive=sensitivity.sensitive or bool(sensitivity.unscannable),
+                sensitive=flagged,
                 decisions=tuple(
                     ev.RcptDecision(d.recipient, d.action.value, d.tls.label if d.tls else "-")
                     for d in decisions

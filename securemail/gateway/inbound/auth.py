@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from securemail.core.classify import Classification
-from securemail.core.message import HeaderLimitError, read_headers, without_fields
+from securemail.core.message import HeaderBlock, HeaderLimitError, read_headers, without_fields
 from securemail.core.replies import AUTH_TEMPFAIL, SmtpReply, auth_refused
 from securemail.core.rules import Status
 from securemail.cpu import RunCpu, run_inline
@@ -177,7 +177,7 @@ def _tempfail(detail: str) -> AuthDecision:
 _ALWAYS_OURS = (b"x-securemail-trust", b"x-securemail-quarantine")
 
 
-def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
+def strip_own_headers(data: bytes, authserv_id: str, block: HeaderBlock | None = None) -> bytes:
     """Remove incoming copies of headers only we may write (RFC 8601 §5).
 
     Authentication-Results with our authserv-id (``is_own_auth_results``), and every
@@ -186,11 +186,13 @@ def strip_own_headers(data: bytes, authserv_id: str) -> bytes:
     body is left alone here as everywhere; the rest is kept byte for byte. A header
     section over the reader's limits is returned as it is: ``authenticate`` then finds
     no usable From ("header section not read") and ``decide`` refuses the message.
+    ``block``: ``data``'s fields, when the caller has read them already.
     """
-    try:
-        block = read_headers(data)
-    except HeaderLimitError:
-        return data
+    if block is None:
+        try:
+            block = read_headers(data)
+        except HeaderLimitError:
+            return data
     return without_fields(
         data,
         block,

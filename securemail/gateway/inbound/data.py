@@ -118,13 +118,14 @@ class DataReader:
         """Whole lines, each ending CRLF, the first at a line start (so while NOMINAL)."""
         if self.state is not DataState.NOMINAL or not lines:
             return
-        if max(map(len, lines.split(b"\r\n"))) > self.max_line - 2:
+        if has_long_line(lines, self.max_line - 2):
             self._refuse(DataState.TOO_LONG)
             return
         if lines[:1] == b".":
             lines = lines[1:]
         lines = lines.replace(b"\r\n.", b"\r\n")
-        lines = _BARE_NEWLINE.sub(b"\r\n", lines)
+        if not crlf_only(lines):
+            lines = _BARE_NEWLINE.sub(b"\r\n", lines)
         if self._body.tell() + len(lines) > self.max_size:
             self._refuse(DataState.TOO_MUCH)
         elif not self.budget.take(len(lines)):
@@ -137,3 +138,32 @@ class DataReader:
         if self.state is DataState.NOMINAL:
             self.state = state
             self.release()
+
+
+def has_long_line(data: bytes, limit: int) -> bool:
+    """Is a line of ``data`` (split at CRLF only, CRLF not counted) longer than ``limit``
+    (≥ 0)? ``max(map(len, data.split(b"\r\n"))) > limit``, without the list of lines.
+
+    From a line start, the last CRLF within ``limit + 2`` bytes ends a run of lines no
+    longer than ``limit``; none there, and the line going on past it is too long. Each
+    step is one ``rfind`` (a C loop) over at most ``limit + 2`` bytes, and two steps
+    always advance by more than ``limit``, so this stays O(n) for any input; a 4 KB chunk
+    of 80-octet lines takes 5 steps, where ``split`` made a list of 51 lines.
+    """
+    start, size = 0, len(data)
+    while start < size:
+        last = data.rfind(b"\r\n", start, start + limit + 2)
+        if last < 0:
+            return size - start > limit  # the line from start ends at the end of data
+        start = last + 2
+    return False
+
+
+def crlf_only(data: bytes) -> bool:
+    """True when every CR in ``data`` is followed by LF and every LF preceded by CR:
+    ``_BARE_NEWLINE`` would find nothing to change. Three ``count`` calls (C loops over
+    the bytes, ~20 µs for 10 KB) instead of a search with ``_BARE_NEWLINE``, whose
+    look-behind branch is tried at every position (~270 µs for 10 KB): the CRLF pairs
+    never overlap, so as many CR and as many LF as CRLF means no bare one."""
+    pairs = data.count(b"\r\n")
+    return data.count(b"\r") == pairs and data.count(b"\n") == pairs
