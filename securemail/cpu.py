@@ -15,10 +15,13 @@ time budget. That is why ``fn`` must be picklable: a module-level function, or a
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class RunCpu(Protocol):
@@ -30,3 +33,21 @@ class RunCpu(Protocol):
 async def run_inline(what: str, fn: Callable[[], T], /) -> T:
     """Call ``fn`` right here: for callers with no event loop to protect, and small input."""
     return fn()
+
+
+def tune_gc() -> None:
+    """For a long-running process past its start-up (a bulk check, the gateway and each
+    accept worker; call once): collect, freeze the survivors, raise the first
+    generation's threshold.
+
+    Such a process creates millions of short-lived objects (DNS messages and findings;
+    each message's header fields, addresses, decisions and events), and the default
+    thresholds (700 allocations) run the young generation constantly and traverse every
+    long-lived object (modules, the PSL, caches) in each full collection: a sixth of a
+    millisecond of every relayed message went to the collector. Freezing what start-up
+    built moves it out of the collector's sight, and a larger first threshold collects
+    less often; cyclic garbage still goes, a little later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

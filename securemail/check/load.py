@@ -8,23 +8,17 @@ the loop wakes (``LoopLag``: a task sleeping ``period`` and measuring the oversh
 and, while the lag is over ``limit``, starts no new domain: the domains in flight
 finish with the loop to themselves, and intake resumes once the loop is on time.
 
-``tune_gc_for_bulk`` is the other half: a run creates millions of short-lived objects
-(DNS messages, findings, facts), and the default collector thresholds (700 allocations)
-run the young generation constantly and traverse every long-lived object (modules,
-the PSL, caches) in each full collection. Freezing what start-up built moves it out of
-the collector's sight, and a larger first threshold collects less often.
+``cpu.tune_gc`` is the other half (a run creates millions of short-lived objects).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Callable
 
 LAG_LIMIT = 0.1  # seconds late before intake pauses
 LAG_PERIOD = 0.05  # how often the loop is sampled
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class LoopLag:
@@ -69,11 +63,3 @@ class LoopLag:
             started = self._clock()
             await asyncio.sleep(self.period)
             self.observe(max(0.0, self._clock() - started - self.period))
-
-
-def tune_gc_for_bulk() -> None:
-    """For a process about to check many domains (call once, after start-up): collect,
-    freeze the survivors, and raise the first generation's threshold."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)

@@ -125,9 +125,9 @@ def check(
         bulk=domains == ["-"] or len(domains) > 1, indexed=count > 1,
     )  # fmt: skip
     if run.bulk:
-        from securemail.check.load import tune_gc_for_bulk
+        from securemail.cpu import tune_gc
 
-        tune_gc_for_bulk()
+        tune_gc()
     source: Iterable[str] = stdin_lines() if domains == ["-"] else domains
     if count > 1:
         command = _worker_command(
@@ -205,13 +205,13 @@ def _csv_line(cells: Iterable[str]) -> str:
 
 def _serve_worker(cfg: Config, options: CheckOptions, concurrency: int, fmt: str) -> None:
     """``--worker``: check what the parent deals on stdin; reports to stdout."""
-    from securemail.check.load import tune_gc_for_bulk
     from securemail.check.runner import Checker
     from securemail.check.shard import serve_worker
+    from securemail.cpu import tune_gc
     from securemail.dns import Resolver
 
     sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    tune_gc_for_bulk()
+    tune_gc()
 
     async def serve() -> None:
         checker = Checker(Resolver.from_config(cfg.dns), options)

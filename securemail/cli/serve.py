@@ -10,6 +10,7 @@ from securemail import __version__
 from securemail.cli.common import ConfigOpt, run_async
 from securemail.config import Config, load_config
 from securemail.config_checks import require_files
+from securemail.cpu import tune_gc
 from securemail.errors import InputError, SecuremailError
 from securemail.gateway.control import ServiceFiles
 
@@ -122,6 +123,7 @@ def serve(
         except SecuremailError:  # another gateway runs; the pid file cannot be written
             await gateway.stop(grace=0)
             raise
+        tune_gc()  # what start-up built stays; each message's garbage goes in bulk
         inbound = cfg.listen.inbound
         log.info(
             "securemail %s ready: inbound %s, submission %s; e.g. swaks --server %s --to "
@@ -212,6 +214,7 @@ def run_accept_worker(fd: int, level: int) -> None:
 
         channel.listen(received, stop.set)
         await gateway.start_worker()
+        tune_gc()
         await stop.wait()
         await gateway.stop(grace[0])
         channel.close()
