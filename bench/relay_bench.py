@@ -255,6 +255,57 @@ def run_postfix(relay: PostfixInstance, args: argparse.Namespace, log: Path) -> 
     }
 
 
+class Gateway:
+    """One ``securemail serve`` of the bench, with its own directory, port and spool."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    @classmethod
+    def start(
+        cls, directory: Path, workers: int, cert: Path, key: Path, ca_file: Path,
+        nameserver: str, sink_port: int, dkim_toml: str,
+    ) -> Gateway:  # fmt: skip
+        directory.mkdir()
+        port = free_port()
+        config = directory / "securemail.toml"
+        config.write_text(
+            f"""
+[organisation]
+domains = ["example.nhs.uk"]
+hostname = "relay.example.nhs.uk"
+[listen]
+inbound = "127.0.0.1:{port}"
+submission = "127.0.0.1:0"
+workers = {workers}
+[tls]
+cert = "{cert}"
+key = "{key}"
+ca_file = "{ca_file}"
+[dns]
+nameservers = ["{nameserver}"]
+[spool]
+url = "sqlite:///spool.db"
+[relay]
+networks = ["127.0.0.0/8"]
+[delivery]
+port = {sink_port}
+[policy]
+secure_domains = ["sink.test"]
+{dkim_toml}"""
+        )
+        log = directory / "gateway.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "securemail.cli", "serve", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=directory,  # its own var/ (pid file) beside its config
+            )
+        wait(lambda: count(log, r"ready: inbound") > 0, 60, "securemail to start")
+        return cls(proc, port, log)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--msgs", type=int, default=2000)
@@ -279,7 +330,17 @@ def main() -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="with --stages: the frames behind each stage"
     )
+    parser.add_argument(
+        "--workers",
+        default="0",
+        help="[listen] workers for securemail; a list (1,2) runs one gateway per value, "
+        "each against the same Postfix in the same run (default 0: one per CPU core)",
+    )
     args = parser.parse_args()
+    try:
+        counts = [int(n) for n in args.workers.split(",")]
+    except ValueError:
+        sys.exit(f"--workers {args.workers!r}: expected numbers like 1,2")
     py_spy = find_py_spy() if args.stages else None
     if args.stages and py_spy is None:
         print("--stages: py-spy is not installed (pip install py-spy): no per-stage table")
@@ -342,12 +403,8 @@ def main() -> None:
     (base / "relay" / "etc" / "tls_policy").write_text(
         f"{sink.postfix.address} secure match=mx.sink.test\n"
     )
-    sm_port = free_port()
-    sm_dir = base / "securemail"
-    sm_dir.mkdir()
-    gw_log = sm_dir / "gateway.log"
-    gateway: subprocess.Popen[bytes] | None = None
-    results: dict[str, list[dict[str, float]]] = {"securemail": [], "postfix": []}
+    gateways: dict[str, Gateway] = {}
+    results: dict[str, list[dict[str, float]]] = {"postfix": []}
     profiles: list[Profile] = []
     try:
         dns.start()
@@ -356,81 +413,62 @@ def main() -> None:
             milter.start()
         relay.start()
         cert, key = pki.server_cert("relay.example.nhs.uk")
-        config = sm_dir / "securemail.toml"
-        config.write_text(
-            f"""
-[organisation]
-domains = ["example.nhs.uk"]
-hostname = "relay.example.nhs.uk"
-[listen]
-inbound = "127.0.0.1:{sm_port}"
-submission = "127.0.0.1:0"
-[tls]
-cert = "{cert}"
-key = "{key}"
-ca_file = "{pki.ca_file}"
-[dns]
-nameservers = ["{dns.nameserver}"]
-[spool]
-url = "sqlite:///spool.db"
-[relay]
-networks = ["127.0.0.0/8"]
-[delivery]
-port = {sink.postfix.port}
-[policy]
-secure_domains = ["sink.test"]
-{dkim_toml}"""
-        )
-        with gw_log.open("wb") as log:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "securemail.cli", "serve", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait(lambda: count(gw_log, r"ready: inbound") > 0, 30, "securemail to start")
+        for n in counts:
+            name = "securemail" if len(counts) == 1 else f"securemail/w{n}"
+            gateways[name] = Gateway.start(
+                base / name.replace("/", "-"), n, cert, key, pki.ca_file, dns.nameserver,
+                sink.postfix.port, dkim_toml,
+            )  # fmt: skip
+            results[name] = []
         if args.dkim:
-            smoke_dkim(sink, {"securemail": sm_port, "postfix": relay.port}, dns.nameserver, base)
+            ports = {name: gw.port for name, gw in gateways.items()}
+            smoke_dkim(sink, {**ports, "postfix": relay.port}, dns.nameserver, base)
         print(
             f"load: smtp-source -s {args.sessions} -m {args.msgs} -l {args.size}; "
             f"forced verified TLS to mx.sink.test; DKIM signing {'on' if args.dkim else 'off'}; "
             f"Postfix TLS connection reuse "
-            f"{'on' if args.postfix_reuse else 'off'}; {args.runs} runs each, alternating",
+            f"{'on' if args.postfix_reuse else 'off'}; securemail [listen] workers "
+            f"{args.workers} (0: one per core); {args.runs} runs each, alternating",
             flush=True,
         )
         for run in range(1, args.runs + 1):
-            for name in ("securemail", "postfix"):
+            for name in [*gateways, "postfix"]:
                 sink_before = sink.accepted()
-                log = base / f"source-{name}-{run}.log"
+                log = base / f"source-{name.replace('/', '-')}-{run}.log"
                 if name == "postfix":
                     r = run_postfix(relay, args, log)
                     lat = delays(relay.maillog, r"delay=([\d.]+),[^\n]*status=sent", 0)
                     r["lat"] = lat[-args.msgs :]
                 else:
-                    before = count(gw_log, r"result=sent")
+                    gw = gateways[name]
+                    before = count(gw.log, r"result=sent")
                     sampler = None
                     if py_spy is not None:
                         try:
-                            sampler = Sampler(py_spy, gateway.pid, base / f"stages-{run}.raw")
+                            raw = base / f"stages-{name.replace('/', '-')}-{run}.raw"
+                            sampler = Sampler(py_spy, gw.proc.pid, raw)
                         except RuntimeError as exc:
                             print(f"--stages: {exc}; run {run} not sampled", flush=True)
-                    cpu0 = tree_cpu(gateway.pid)
+                    cpu0 = tree_cpu(gw.proc.pid)
                     t0 = time.monotonic()
-                    source(sm_port, args.msgs, args.sessions, args.size, log)
+                    source(gw.port, args.msgs, args.sessions, args.size, log)
                     t1 = time.monotonic()
                     t2 = wait(
-                        lambda before=before: count(gw_log, r"result=sent") - before >= args.msgs,
+                        lambda before=before, gw=gw: (
+                            count(gw.log, r"result=sent") - before >= args.msgs
+                        ),
                         600,
                         "securemail to deliver everything",
                     )
-                    cpu = tree_cpu(gateway.pid) - cpu0
+                    cpu = tree_cpu(gw.proc.pid) - cpu0
                     if sampler is not None:
                         profiles.append(sampler.stop())
-                    lat = delays(gw_log, r"delay=([\d.]+) result=sent", before)
+                    lat = delays(gw.log, r"delay=([\d.]+) result=sent", before)
                     r = {
                         "accepted": args.msgs / (t1 - t0),
                         "delivered": args.msgs / (t2 - t0),
                         "lat": lat,
-                        "bad": count(gw_log, r"result=(deferred|bounced)|\(unverified\)"),
+                        "bad": count(gw.log, r"result=(deferred|bounced)|\(unverified\)"),
                         "cpu": cpu,
                     }
                 time.sleep(0.5)
@@ -445,31 +483,35 @@ secure_domains = ["sink.test"]
                     f"unverified {r['bad']}]{cpu_note}",
                     flush=True,
                 )
-        sm, pf = results["securemail"], results["postfix"]
+        pf = results["postfix"]
 
         def mean(rows: list[dict[str, float]], key: str) -> float:
             return statistics.mean(row[key] for row in rows)
 
-        print()
-        for key in ("delivered", "accepted"):
-            a, b = mean(sm, key), mean(pf, key)
-            print(f"mean {key}: securemail {a:.1f} msg/s, Postfix {b:.1f} msg/s, ratio {a / b:.2f}")
-        sm_lat = [x for row in sm for x in row["lat"]]
         pf_lat = [x for row in pf for x in row["lat"]]
-        print(
-            f"latency p50/p99: securemail {percentile(sm_lat, 50) * 1000:.0f}/"
-            f"{percentile(sm_lat, 99) * 1000:.0f} ms, Postfix {percentile(pf_lat, 50) * 1000:.0f}/"
-            f"{percentile(pf_lat, 99) * 1000:.0f} ms"
-        )
+        for name in gateways:
+            sm = results[name]
+            print()
+            for key in ("delivered", "accepted"):
+                a, b = mean(sm, key), mean(pf, key)
+                print(f"mean {key}: {name} {a:.1f} msg/s, Postfix {b:.1f} msg/s, ratio {a / b:.2f}")
+            sm_lat = [x for row in sm for x in row["lat"]]
+            print(
+                f"latency p50/p99: {name} {percentile(sm_lat, 50) * 1000:.0f}/"
+                f"{percentile(sm_lat, 99) * 1000:.0f} ms, Postfix "
+                f"{percentile(pf_lat, 50) * 1000:.0f}/{percentile(pf_lat, 99) * 1000:.0f} ms "
+                f"(p99 ratio {percentile(sm_lat, 99) / percentile(pf_lat, 99):.2f}); CPU "
+                f"{mean(sm, 'cpu') * 1000 / args.msgs:.2f} ms/msg"
+            )
         if profiles:
-            sampled_cpu = sum(row["cpu"] for row in sm)
+            sampled_cpu = sum(row["cpu"] for name in gateways for row in results[name])
             print()
             print("\n".join(report(profiles, sampled_cpu, args.msgs * len(profiles),
                                    verbose=args.verbose)))  # fmt: skip
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(30)
+        for gw in gateways.values():
+            gw.proc.terminate()
+            gw.proc.wait(30)
         relay.stop()
         if milter:
             milter.stop()
