@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from harness.portal_gateway import PORTAL_SECTION, link_tokens  # noqa: E402
 from harness.serve import GatewayProcess, free_port  # noqa: E402
 from harness.smtpsink import SinkServer  # noqa: E402
 from relay_bench import wait  # noqa: E402  (bench/ is on the path: this script's folder)
+from stage_profile import tree_cpu  # noqa: E402  (the gateway, its accept and CPU workers)
 
 from securemail.config import load_config  # noqa: E402
 from securemail.portal import Portal, Session, ensure_key  # noqa: E402
@@ -83,26 +83,19 @@ def arrived(sink: SinkServer, rcpt: str) -> list[bytes]:
     return [m.data for m in list(sink.messages) if rcpt in m.rcpt_tos]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children (the CPU workers)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def store_run(
     name: str, gateway: GatewayProcess, mx: SinkServer, args: argparse.Namespace, base: Path
 ) -> dict[str, float]:
     rcpt = PATHS[name]
     before = len(arrived(mx, rcpt))
-    cpu0 = cpu_seconds(gateway.proc.pid)
+    cpu0 = tree_cpu(gateway.proc.pid)
     t0 = time.monotonic()
     source(gateway.ports[0], rcpt, args, base / "sensitive.eml", base / f"source-{name}.log")
     t1 = time.monotonic()
     t2 = wait(lambda: len(arrived(mx, rcpt)) - before >= args.messages, 900,
               f"{name}: everything at the sink")  # fmt: skip
     time.sleep(2.5)  # the sender notices gathered in the last seconds (portal.digest)
-    cpu = cpu_seconds(gateway.proc.pid) - cpu0
+    cpu = tree_cpu(gateway.proc.pid) - cpu0
     return {"stored": args.messages / (t1 - t0), "delivered": args.messages / (t2 - t0),
             "cpu_ms": cpu * 1000 / args.messages}  # fmt: skip
 
