@@ -18,7 +18,7 @@ import time
 
 import pytest
 from harness.gatewaykit import ORG_DOMAIN, write_config
-from harness.serve import GatewayProcess, free_port
+from harness.serve import GatewayProcess, free_port, reply_line
 
 from securemail.gateway.inbound import handoff
 from securemail.gateway.inbound.capacity import BudgetSlots, DataBudget
@@ -49,15 +49,18 @@ def _mail_from(port: int) -> int:
         return code
 
 
-def _greeting(sock: socket.socket) -> bytes:
-    sock.settimeout(20)
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(512)
-        if not chunk:
-            break
-        data += chunk
-    return data
+def _connect(port: int) -> tuple[socket.socket, bytes]:
+    """A connection and its greeting."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    return sock, reply_line(sock)
+
+
+def _hold(gateway: GatewayProcess, held: list[socket.socket], count: int) -> None:
+    """``count`` idle inbound sessions, each greeted, kept open in ``held``."""
+    for _ in range(count):
+        sock, greeting = _connect(gateway.ports[0])
+        held.append(sock)
+        assert greeting.startswith(b"220"), gateway.tail()
 
 
 def test_a_reload_reaches_every_accept_worker(tmp_path, pki, dns_server, internal):
@@ -86,12 +89,10 @@ def test_connections_are_counted_once_and_a_killed_workers_are_released(
     held: list[socket.socket] = []
     try:
         first = gateway.accept_workers(2)
-        for _ in range(4):  # spread over both workers: the limit is the gateway's
-            sock = socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=20)
-            assert _greeting(sock).startswith(b"220"), gateway.tail()
-            held.append(sock)
-        with socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=20) as over:
-            assert _greeting(over).startswith(b"421 4.7.0 Too many connections")
+        _hold(gateway, held, 4)  # spread over both workers: the limit is the gateway's
+        over, greeting = _connect(gateway.ports[0])
+        with over:
+            assert greeting.startswith(b"421 4.7.0 Too many connections")
         for pid in first:
             os.kill(pid, signal.SIGKILL)
         for sock in held:  # their sessions went with them
@@ -101,14 +102,10 @@ def test_connections_are_counted_once_and_a_killed_workers_are_released(
             assert time.monotonic() < deadline, gateway.tail()
             time.sleep(0.1)
         assert "accept worker 0 (pid" in gateway.log.read_text()
-        # The four no longer count: four new ones are served.
-        for _ in range(4):
-            sock = socket.create_connection(("127.0.0.1", gateway.ports[0]), timeout=20)
-            assert _greeting(sock).startswith(b"220"), gateway.tail()
-            held.append(sock)
-        with socket.create_connection(("127.0.0.1", gateway.ports[1]), timeout=20) as fifth:
-            # submission, served by the gateway process: the same count
-            assert _greeting(fifth).startswith(b"421 4.7.0 Too many connections")
+        _hold(gateway, held, 4)  # the four no longer count: four new ones are served
+        fifth, greeting = _connect(gateway.ports[1])
+        with fifth:  # submission, served by the gateway process: the same count
+            assert greeting.startswith(b"421 4.7.0 Too many connections")
         for sock in held:
             sock.close()
         held.clear()

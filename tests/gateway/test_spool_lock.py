@@ -26,9 +26,7 @@ def two_writers(tmp_path):
     second.close()
 
 
-def test_the_lock_is_taken_after_short_naps_once_the_other_writer_commits(
-    two_writers, monkeypatch
-):
+def test_the_lock_is_taken_after_short_naps_once_the_other_writer_commits(two_writers, monkeypatch):
     holder, waiter = two_writers
     holder.execute("BEGIN IMMEDIATE")
     holder.execute("INSERT INTO t VALUES (1)")

@@ -66,6 +66,17 @@ def greets(port: int) -> bool:
         return False
 
 
+def reply_line(sock: socket.socket) -> bytes:
+    """One SMTP reply line (a greeting, a one-line reply); b"" once the server closed."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def refuses(port: int) -> bool:
     """Is nothing listening on 127.0.0.1:port any more?"""
     try:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 from harness.gatewaykit import start_gateway, write_config
+from harness.serve import reply_line
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,15 +24,7 @@ def _connect(address: tuple[str, int]) -> socket.socket:
     return socket.create_connection(address, timeout=10)
 
 
-def _line(sock: socket.socket) -> bytes:
-    """One reply line (the greeting, or a one-line reply); b"" once closed."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
+_line = reply_line  # one reply line (the greeting, or a one-line reply); b"" once closed
 
 
 async def test_connection_exhaustion_per_ip_limit_gets_421(gateway_factory):
