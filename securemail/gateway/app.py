@@ -71,6 +71,7 @@ from securemail.tls import served_certificate
 if TYPE_CHECKING:
     from securemail.web.serve import PortalWeb
 
+SPOOL_LINGER = 0.02  # seconds the gateway's commits wait for company beside accept workers
 PORTAL_EXPIRY_EVERY = 300.0  # seconds between two expiry runs of the portal
 
 
@@ -104,7 +105,12 @@ class Gateway:
         self.service = service
         # The spool first: it also keeps the MTA-STS policies the deliverer uses.
         self.spool = open_spool(
-            config.spool.url, base=config_base(config), audit_days=config.spool.audit_days
+            config.spool.url,
+            base=config_base(config),
+            audit_days=config.spool.audit_days,
+            # Beside accept workers, this process's writes are delivery bookkeeping:
+            # batched a little longer, they hold the lock the workers wait for less often.
+            linger=SPOOL_LINGER if workers > 1 and channel is None else 0.0,
         )
         live = self.live = build(config, today=today, events=self.events, sts_store=self.spool)
         for note in live.notes:

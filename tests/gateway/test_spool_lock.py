@@ -1,16 +1,21 @@
-"""The spool's writer waits for another process's write lock in short naps
-(``sqlite._begin``), not in SQLite's 1, 2, 5 … 100 ms sleeps, and within a bound.
+"""How the spool's writer shares the write lock with other processes (accept workers).
 
-Another connection holds the lock, as an accept worker's commit does; the naps are
-observed (``time.sleep`` replaced), so nothing here depends on the machine's speed.
+It waits for another's lock in short naps (``sqlite._begin``), not in SQLite's 1, 2,
+5 … 100 ms sleeps, and within a bound: another connection holds the lock, as an accept
+worker's commit does, and the naps are observed (``time.sleep`` replaced), so nothing
+depends on the machine's speed. And a spool with ``linger`` (the gateway's, beside
+accept workers) lets a request wait for company, so it takes the lock less often.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 
+from securemail.core.levels import TlsLevel
+from securemail.gateway.spool import NewMessage, NewRecipient, RcptStatus, SqliteSpool
 from securemail.gateway.spool import sqlite as spool_sqlite
 
 
@@ -63,3 +68,34 @@ def test_a_lock_never_released_fails_after_the_bound(two_writers, monkeypatch):
     assert not waiter.in_transaction
     assert waiter.execute("PRAGMA busy_timeout").fetchone() == (5000,)
     holder.execute("ROLLBACK")
+
+
+def _message(rcpt: str) -> NewMessage:
+    recipient = NewRecipient(rcpt, "example.test", RcptStatus.QUEUED, TlsLevel.VERIFIED, "why")
+    return NewMessage("jo@example.nhs.uk", (recipient,), b"Subject: hi\r\n\r\nbody\r\n",
+                      client="127.0.0.1 helo=pc")  # fmt: skip
+
+
+@pytest.mark.parametrize(("linger", "commits"), [(0.0, 2), (30.0, 1)])
+async def test_a_lingering_writer_commits_requests_apart_in_one_transaction(
+    tmp_path, linger, commits
+):
+    """Two stores 50 ms apart: without linger each has its own commit (the first is
+    answered before the second is asked); with it, both go in the first's transaction.
+    The second request ends the wait here, as ``close`` does."""
+    spool = SqliteSpool(tmp_path / "spool.db", synchronous="NORMAL", linger=linger)
+    await spool.open()
+    before = spool.stats.commits
+    try:
+        first = asyncio.ensure_future(spool.store(_message("a@example.test")))
+        if linger == 0.0:
+            await first  # answered on its own
+        else:
+            await asyncio.sleep(0.05)  # taken by the writer, which lingers
+        second = asyncio.ensure_future(spool.store(_message("b@example.test")))
+        close = asyncio.ensure_future(spool.close())  # _STOP after the second: no 30 s wait
+        await asyncio.gather(first, second, close)
+    finally:
+        await spool.close()
+    assert spool.stats.commits - before == commits
+    assert spool.stats.ops_committed >= 2

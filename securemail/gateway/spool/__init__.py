@@ -73,8 +73,11 @@ def spool_path(url: str, *, base: Path | None = None) -> Path:
     return path if path.is_absolute() else (base or Path.cwd()) / path
 
 
-def open_spool(url: str, *, base: Path | None = None, audit_days: float | None = None) -> Spool:
+def open_spool(
+    url: str, *, base: Path | None = None, audit_days: float | None = None, linger: float = 0.0
+) -> Spool:
     """The spool ``url`` names, not yet opened (``await spool.open()``); operator
     decisions older than ``audit_days`` are forgotten when it opens (``[spool]
-    audit_days``; None keeps them)."""
-    return SqliteSpool(spool_path(url, base=base), audit_days=audit_days)
+    audit_days``; None keeps them); ``linger``: seconds a commit waits for company
+    (``SqliteSpool._take``)."""
+    return SqliteSpool(spool_path(url, base=base), audit_days=audit_days, linger=linger)

@@ -87,6 +87,7 @@ class SqliteSpool:
         synchronous: str = "FULL",
         max_batch: int = 512,
         audit_days: float | None = None,
+        linger: float = 0.0,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
@@ -98,6 +99,7 @@ class SqliteSpool:
         self.recovered = 0
         self.stats = SpoolStats()
         self._max_batch = max_batch
+        self._linger = linger  # seconds a batch waits for company (``_take``)
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # so that no request can slip in behind _STOP
         self._state = "new"  # new → opening → open → closing → closed
@@ -287,10 +289,7 @@ class SqliteSpool:
     def _serve(self) -> None:
         stop = False
         while not stop:
-            batch = [self._requests.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < self._max_batch:
-                    batch.append(self._requests.get_nowait())
+            batch = self._take()
             if _STOP in batch:
                 stop = True
                 batch = batch[: batch.index(_STOP)]  # nothing follows: see close()
@@ -300,6 +299,27 @@ class SqliteSpool:
                 self._settle(self._execute(batch))
             if checkpoints:
                 self._settle(self._outside_transaction(checkpoints))
+
+    def _take(self) -> list[_Request]:
+        """The next batch: the first request, whatever else is waiting and, with
+        ``linger``, what arrives within that many seconds of the first.
+
+        Lingering is PostgreSQL's ``commit_delay``, for a spool whose write lock other
+        processes share (the gateway's, beside its accept workers): its own writes are
+        delivery bookkeeping, one claim or outcome at a time, and each transaction held
+        the lock the workers' commits wait for (2,351 of them in a 4.6 s relay run
+        against the two workers' 2,021). Fewer, larger ones leave it free more often.
+        """
+        batch = [self._requests.get()]
+        deadline = time.monotonic() + self._linger
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < self._max_batch and batch[-1] is not _STOP:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    batch.append(self._requests.get(timeout=left))
+                else:
+                    batch.append(self._requests.get_nowait())
+        return batch
 
     def _execute(self, batch: list[_Request]) -> list[_Result]:
         conn = self._conn
