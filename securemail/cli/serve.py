@@ -181,7 +181,7 @@ def run_accept_worker(fd: int, level: int) -> None:
         gateway = Gateway(config, channel=channel)
         gateway.listeners.budget.share(slots)
         stop = asyncio.Event()
-        grace = [30.0]
+        grace = 30.0  # the gateway's STOP says how long
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -191,6 +191,7 @@ def run_accept_worker(fd: int, level: int) -> None:
             channel.send(handoff.RELOADED + (await gateway.adopt(new)).encode())
 
         def received(kind: bytes, body: bytes, fds: list[int]) -> None:
+            nonlocal grace
             try:
                 if kind == handoff.CONNECTION and len(fds) == 1:
                     gateway.take(socket.socket(fileno=fds.pop()), handoff.read_id(body))
@@ -201,7 +202,7 @@ def run_accept_worker(fd: int, level: int) -> None:
                     reloads.add(task)
                     task.add_done_callback(reloads.discard)
                 elif kind == handoff.STOP:
-                    grace[0] = handoff.read_grace(body)
+                    grace = handoff.read_grace(body)
                     stop.set()
                 else:
                     raise handoff.ChannelError(f"a message of kind {kind!r}")
@@ -216,7 +217,7 @@ def run_accept_worker(fd: int, level: int) -> None:
         await gateway.start_worker()
         tune_gc()
         await stop.wait()
-        await gateway.stop(grace[0])
+        await gateway.stop(grace)
         channel.close()
 
     run_async(run())

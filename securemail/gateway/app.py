@@ -517,9 +517,10 @@ class Gateway:
             return
         if self.web is not None:  # no new page views; requests in flight finish
             await self.web.stop(min(grace, 10.0))
-        workers = asyncio.ensure_future(self.pool.stop(grace) if self.pool else _nothing())
-        deadline = await self.listeners.stop(grace)
-        await workers
+        workers = asyncio.ensure_future(self.pool.stop(grace)) if self.pool else None
+        deadline = await self.listeners.stop(grace)  # the workers drain meanwhile
+        if workers is not None:
+            await workers
         await self.queue.stop(max(deadline - time.monotonic(), 1.0))
         for task in (self._queue_task, self._expiry_task):
             if task is not None:
@@ -540,10 +541,6 @@ class Gateway:
         await self.spool.close()
         if self.portal is not None:
             await self.portal.close()
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _close_on_failure(

@@ -144,7 +144,7 @@ class GatewayProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         deadline = time.monotonic() + 60
-        while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in workers):
+        while any(map(alive, workers)):
             if time.monotonic() > deadline:
                 raise AssertionError(f"workers {workers} outlived the gateway by 60 s")
             time.sleep(0.05)
@@ -228,9 +228,9 @@ def _is_accept_worker(pid: int) -> bool:
         return False
 
 
-def _zombie(pid: int) -> bool:
-    """Exited, not yet reaped by anyone (an orphan's parent is init, which will)."""
+def alive(pid: int) -> bool:
+    """Is ``pid`` a running process (not gone, not a zombie waiting to be reaped)?"""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
-        return True
+        return False
